@@ -1,0 +1,240 @@
+// Package config loads, defaults and validates the wasmcri TOML configuration.
+//
+// The file has the feel of containerd's: top-level root/state directories,
+// then one table per concern. Unknown keys are an error naming the key, so a
+// typo never silently falls back to a default.
+package config
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+)
+
+// Version is the configuration schema version this build reads.
+const Version = 1
+
+// Defaults a node gets without any config file.
+const (
+	DefaultRoot           = "/var/lib/wasmcri"
+	DefaultState          = "/run/wasmcri"
+	DefaultAddress        = "/run/wasmcri/wasmcri.sock"
+	DefaultRuntimeHandler = "wasmtime"
+)
+
+// Config is the whole daemon configuration.
+type Config struct {
+	Version int `toml:"version"`
+	// Root holds what must survive a reboot: images, compiled modules,
+	// metadata, container writable directories.
+	Root string `toml:"root"`
+	// State holds what lives only while the daemon runs: the socket and
+	// per-container pipes.
+	State    string         `toml:"state"`
+	GRPC     GRPCConfig     `toml:"grpc"`
+	Log      LogConfig      `toml:"log"`
+	Runtime  RuntimeConfig  `toml:"runtime"`
+	Image    ImageConfig    `toml:"image"`
+	Registry RegistryConfig `toml:"registry"`
+}
+
+// GRPCConfig configures the CRI socket.
+type GRPCConfig struct {
+	// Address is the unix socket path; "unix://" is accepted as a prefix.
+	Address            string `toml:"address"`
+	MaxRecvMessageSize int    `toml:"max_recv_message_size"`
+	MaxSendMessageSize int    `toml:"max_send_message_size"`
+}
+
+// LogConfig configures the daemon's own log (not container logs).
+type LogConfig struct {
+	Level  string `toml:"level"`  // debug, info, warn, error
+	Format string `toml:"format"` // text, json
+}
+
+// RuntimeConfig configures how modules run.
+type RuntimeConfig struct {
+	// Handlers are the RuntimeClass handler names this runtime answers to;
+	// an empty runtime_handler in RunPodSandbox means the first one.
+	Handlers []string `toml:"handlers"`
+	// MaxWasmStack bounds each instance's wasm stack, in bytes.
+	MaxWasmStack int `toml:"max_wasm_stack"`
+}
+
+// ImageConfig configures pulling and storing images.
+type ImageConfig struct {
+	// MaxLayerSize refuses any blob (compressed layer or extracted module)
+	// larger than this many bytes before it is stored.
+	MaxLayerSize int64 `toml:"max_layer_size"`
+	// PullTimeout bounds one PullImage call, as a Go duration ("5m").
+	PullTimeout Duration `toml:"pull_timeout"`
+}
+
+// RegistryConfig configures registry access.
+type RegistryConfig struct {
+	// PlainHTTP lists registry hosts ("host" or "host:port") reached over
+	// plain HTTP. Loopback registries always fall back to HTTP.
+	PlainHTTP []string `toml:"plain_http"`
+	// ConfigPath is a directory of per-host hosts.toml files, laid out as
+	// containerd's config_path (<dir>/<host>/hosts.toml).
+	ConfigPath string `toml:"config_path"`
+}
+
+// Default returns the configuration used when no file is given.
+func Default() *Config {
+	return &Config{
+		Version: Version,
+		Root:    DefaultRoot,
+		State:   DefaultState,
+		GRPC: GRPCConfig{
+			Address:            DefaultAddress,
+			MaxRecvMessageSize: 16 << 20,
+			MaxSendMessageSize: 16 << 20,
+		},
+		Log:     LogConfig{Level: "info", Format: "text"},
+		Runtime: RuntimeConfig{Handlers: []string{DefaultRuntimeHandler}, MaxWasmStack: 1 << 20},
+		Image: ImageConfig{
+			MaxLayerSize: 512 << 20,
+			PullTimeout:  Duration{10 * time.Minute},
+		},
+		Registry: RegistryConfig{PlainHTTP: []string{}},
+	}
+}
+
+// Load reads the file at path over the defaults and validates the result.
+func Load(path string) (*Config, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("read config: %w", err)
+	}
+	return Parse(b)
+}
+
+// Parse decodes TOML text over the defaults and validates the result.
+func Parse(b []byte) (*Config, error) {
+	cfg := Default()
+	md, err := toml.NewDecoder(bytes.NewReader(b)).Decode(cfg)
+	if err != nil {
+		var perr toml.ParseError
+		if errors.As(err, &perr) {
+			return nil, fmt.Errorf("config: %s", perr.ErrorWithPosition())
+		}
+		return nil, fmt.Errorf("config: %w", err)
+	}
+	if undecoded := md.Undecoded(); len(undecoded) > 0 {
+		keys := make([]string, len(undecoded))
+		for i, k := range undecoded {
+			keys[i] = k.String()
+		}
+		return nil, fmt.Errorf("config: unknown key %s", strings.Join(keys, ", "))
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	return cfg, nil
+}
+
+// Validate checks every value and names the offending key.
+func (c *Config) Validate() error {
+	bad := func(key string, format string, args ...any) error {
+		return fmt.Errorf("config: invalid %s: %s", key, fmt.Sprintf(format, args...))
+	}
+	if c.Version != Version {
+		return bad("version", "%d (this build reads version %d)", c.Version, Version)
+	}
+	if !filepath.IsAbs(c.Root) {
+		return bad("root", "%q is not an absolute path", c.Root)
+	}
+	if !filepath.IsAbs(c.State) {
+		return bad("state", "%q is not an absolute path", c.State)
+	}
+	addr, err := SocketPath(c.GRPC.Address)
+	if err != nil {
+		return bad("grpc.address", "%v", err)
+	}
+	c.GRPC.Address = addr
+	if c.GRPC.MaxRecvMessageSize <= 0 {
+		return bad("grpc.max_recv_message_size", "%d must be positive", c.GRPC.MaxRecvMessageSize)
+	}
+	if c.GRPC.MaxSendMessageSize <= 0 {
+		return bad("grpc.max_send_message_size", "%d must be positive", c.GRPC.MaxSendMessageSize)
+	}
+	if _, err := ParseLevel(c.Log.Level); err != nil {
+		return bad("log.level", "%v", err)
+	}
+	if c.Log.Format != "text" && c.Log.Format != "json" {
+		return bad("log.format", "%q (want text or json)", c.Log.Format)
+	}
+	if len(c.Runtime.Handlers) == 0 {
+		return bad("runtime.handlers", "at least one handler name is needed")
+	}
+	seen := map[string]bool{}
+	for _, h := range c.Runtime.Handlers {
+		if h == "" || strings.ContainsAny(h, " \t/") {
+			return bad("runtime.handlers", "%q is not a valid handler name", h)
+		}
+		if seen[h] {
+			return bad("runtime.handlers", "%q is listed twice", h)
+		}
+		seen[h] = true
+	}
+	if c.Runtime.MaxWasmStack < 64<<10 {
+		return bad("runtime.max_wasm_stack", "%d is below 65536 bytes", c.Runtime.MaxWasmStack)
+	}
+	if c.Image.MaxLayerSize <= 0 {
+		return bad("image.max_layer_size", "%d must be positive", c.Image.MaxLayerSize)
+	}
+	if c.Image.PullTimeout.Duration <= 0 {
+		return bad("image.pull_timeout", "%s must be positive", c.Image.PullTimeout)
+	}
+	for _, h := range c.Registry.PlainHTTP {
+		if h == "" || strings.Contains(h, "/") {
+			return bad("registry.plain_http", "%q is not a host or host:port", h)
+		}
+		if _, _, err := net.SplitHostPort(h); err != nil && strings.Count(h, ":") == 1 {
+			return bad("registry.plain_http", "%q: %v", h, err)
+		}
+	}
+	if c.Registry.ConfigPath != "" && !filepath.IsAbs(c.Registry.ConfigPath) {
+		return bad("registry.config_path", "%q is not an absolute path", c.Registry.ConfigPath)
+	}
+	return nil
+}
+
+// SocketPath turns "unix:///x.sock" or "/x.sock" into "/x.sock".
+func SocketPath(address string) (string, error) {
+	p := strings.TrimPrefix(address, "unix://")
+	if strings.Contains(p, "://") {
+		return "", fmt.Errorf("%q: only unix sockets are supported", address)
+	}
+	if !filepath.IsAbs(p) {
+		return "", fmt.Errorf("%q is not an absolute socket path", address)
+	}
+	return p, nil
+}
+
+// ParseLevel maps a level name to a slog level.
+func ParseLevel(s string) (slog.Level, error) {
+	var l slog.Level
+	if err := l.UnmarshalText([]byte(s)); err != nil {
+		return 0, fmt.Errorf("%q (want debug, info, warn or error)", s)
+	}
+	return l, nil
+}
+
+// Encode writes the configuration as TOML.
+func (c *Config) Encode() ([]byte, error) {
+	var buf bytes.Buffer
+	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}

@@ -1,0 +1,214 @@
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"encoding/json"
+	"fmt"
+	"path"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	specs "github.com/opencontainers/image-spec/specs-go"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+)
+
+// Built is an image held in memory: its root descriptor and every blob,
+// ready to push. It is how `wasmcri image push` and the tests make images
+// from a .wasm file without Docker.
+type Built struct {
+	Root  ocispec.Descriptor
+	Blobs map[digest.Digest][]byte
+	// order is children before parents, the order a registry accepts.
+	order []ocispec.Descriptor
+}
+
+// Add stores a blob and returns its descriptor.
+func (b *Built) Add(mediaType string, data []byte) ocispec.Descriptor {
+	if b.Blobs == nil {
+		b.Blobs = map[digest.Digest][]byte{}
+	}
+	d := ocispec.Descriptor{MediaType: mediaType, Digest: digest.FromBytes(data), Size: int64(len(data))}
+	if _, ok := b.Blobs[d.Digest]; !ok {
+		b.Blobs[d.Digest] = data
+		b.order = append(b.order, d)
+	}
+	return d
+}
+
+// AddJSON stores v as a JSON blob.
+func (b *Built) AddJSON(mediaType string, v any) ocispec.Descriptor {
+	data, err := json.Marshal(v)
+	if err != nil {
+		panic(err) // only called with plain structs
+	}
+	return b.Add(mediaType, data)
+}
+
+// SetManifest adds a manifest of config and layers and makes it the root.
+func (b *Built) SetManifest(mediaType string, config ocispec.Descriptor, layers []ocispec.Descriptor, annotations map[string]string) ocispec.Descriptor {
+	b.Root = b.AddJSON(mediaType, ocispec.Manifest{
+		Versioned:   specs.Versioned{SchemaVersion: 2},
+		MediaType:   mediaType,
+		Config:      config,
+		Layers:      layers,
+		Annotations: annotations,
+	})
+	return b.Root
+}
+
+// BuildArtifact makes a Wasm OCI artifact: one module layer of layerType
+// (MediaTypeWasmLayer or MediaTypeWasmLayerV1) and a wasm config.
+func BuildArtifact(module []byte, configType, layerType string) *Built {
+	b := &Built{}
+	layer := b.Add(layerType, module)
+	cfg := b.AddJSON(configType, map[string]any{
+		"created":      time.Unix(0, 0).UTC(),
+		"architecture": "wasm",
+		"os":           "wasip1",
+		"layerDigests": []string{layer.Digest.String()},
+	})
+	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
+	return b
+}
+
+// CompatOptions shape a compat image.
+type CompatOptions struct {
+	// ModulePath is where the module sits in the layer ("/app.wasm").
+	ModulePath string
+	OS         string // wasip1 (default) or wasi
+	Entrypoint []string
+	Cmd        []string
+	Env        []string
+	WorkingDir string
+	// Annotations go on the manifest (e.g. module.wasm.image/variant).
+	Annotations map[string]string
+}
+
+// BuildCompat makes a compat image: a gzip tar layer holding the module at
+// opts.ModulePath, platform os/wasm, entrypoint naming the module unless
+// opts.Entrypoint says otherwise.
+func BuildCompat(module []byte, opts CompatOptions) (*Built, error) {
+	if opts.ModulePath == "" {
+		opts.ModulePath = "/module.wasm"
+	}
+	if opts.OS == "" {
+		opts.OS = "wasip1"
+	}
+	if opts.Entrypoint == nil {
+		opts.Entrypoint = []string{opts.ModulePath}
+	}
+	layerTar, err := TarGz(map[string][]byte{opts.ModulePath: module})
+	if err != nil {
+		return nil, err
+	}
+	b := &Built{}
+	layer := b.Add(ocispec.MediaTypeImageLayerGzip, layerTar)
+	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
+		Platform: ocispec.Platform{OS: opts.OS, Architecture: "wasm"},
+		Config:   ocispec.ImageConfig{Entrypoint: opts.Entrypoint, Cmd: opts.Cmd, Env: opts.Env, WorkingDir: opts.WorkingDir},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(mustGunzip(layerTar))}},
+	})
+	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, opts.Annotations)
+	return b, nil
+}
+
+// IndexEntry is one image of an index with its platform.
+type IndexEntry struct {
+	Image    *Built
+	Platform ocispec.Platform
+}
+
+// BuildIndex makes an image index over the entries.
+func BuildIndex(entries ...IndexEntry) *Built {
+	b := &Built{}
+	var manifests []ocispec.Descriptor
+	for _, e := range entries {
+		for _, d := range e.Image.order {
+			b.Add(d.MediaType, e.Image.Blobs[d.Digest])
+		}
+		m := e.Image.Root
+		p := e.Platform
+		m.Platform = &p
+		manifests = append(manifests, m)
+	}
+	b.Root = b.AddJSON(ocispec.MediaTypeImageIndex, ocispec.Index{
+		Versioned: specs.Versioned{SchemaVersion: 2},
+		MediaType: ocispec.MediaTypeImageIndex,
+		Manifests: manifests,
+	})
+	return b
+}
+
+// TarGz writes files (path -> bytes) as a gzip tar, in path order.
+func TarGz(files map[string][]byte) ([]byte, error) {
+	var buf bytes.Buffer
+	gz := gzip.NewWriter(&buf)
+	tw := tar.NewWriter(gz)
+	for _, name := range sortedKeys(files) {
+		data := files[name]
+		if err := tw.WriteHeader(&tar.Header{Name: path.Clean(name), Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+			return nil, err
+		}
+		if _, err := tw.Write(data); err != nil {
+			return nil, err
+		}
+	}
+	if err := tw.Close(); err != nil {
+		return nil, err
+	}
+	if err := gz.Close(); err != nil {
+		return nil, err
+	}
+	return buf.Bytes(), nil
+}
+
+// Push uploads b to ref, children first.
+func Push(ctx context.Context, ref string, b *Built, reg RegistryOptions, auth *Auth) error {
+	named, err := ParseReference(ref)
+	if err != nil {
+		return err
+	}
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: reg.registryHosts(ctx, auth)})
+	pusher, err := resolver.Pusher(ctx, named.String())
+	if err != nil {
+		return registryError(named.String(), err)
+	}
+	for _, d := range b.order {
+		if d.Digest == b.Root.Digest {
+			continue
+		}
+		if err := pushBlob(ctx, pusher, d, b.Blobs[d.Digest]); err != nil {
+			return registryError(named.String(), err)
+		}
+	}
+	if err := pushBlob(ctx, pusher, b.Root, b.Blobs[b.Root.Digest]); err != nil {
+		return registryError(named.String(), err)
+	}
+	return nil
+}
+
+func pushBlob(ctx context.Context, pusher interface {
+	Push(context.Context, ocispec.Descriptor) (content.Writer, error)
+}, d ocispec.Descriptor, data []byte) error {
+	w, err := pusher.Push(ctx, d)
+	if errdefs.IsAlreadyExists(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("push %s: %w", d.Digest, err)
+	}
+	defer w.Close()
+	if _, err := w.Write(data); err != nil {
+		return fmt.Errorf("push %s: %w", d.Digest, err)
+	}
+	if err := w.Commit(ctx, d.Size, d.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("push %s: %w", d.Digest, err)
+	}
+	return nil
+}

@@ -1,0 +1,67 @@
+// Package image pulls Wasm images from OCI registries into a
+// content-addressed store, keeps their metadata in bbolt, and finds the
+// WebAssembly module each image runs.
+package image
+
+import (
+	"time"
+
+	"github.com/opencontainers/go-digest"
+)
+
+// Format says which of the Wasm image layouts an image was pulled in.
+type Format string
+
+const (
+	// FormatArtifact is a Wasm OCI artifact: the module is a layer of its own
+	// (application/wasm or application/vnd.wasm.content.layer.v1+wasm).
+	FormatArtifact Format = "wasm-artifact"
+	// FormatCompat is a regular image built for platform wasip1/wasi + wasm
+	// whose tar layer holds the module, named by the entrypoint.
+	FormatCompat Format = "compat"
+)
+
+// Image is what the runtime knows of one pulled image. Its ID is the digest
+// of the image config (of the manifest for Wasm artifacts), so that the same
+// image pulled under two names is one image with two tags.
+type Image struct {
+	ID             string        `json:"id"`
+	RepoTags       []string      `json:"repoTags,omitempty"`
+	RepoDigests    []string      `json:"repoDigests,omitempty"`
+	ManifestDigest digest.Digest `json:"manifestDigest"`
+	Format         Format        `json:"format"`
+	// Size is the bytes the image holds in the content store.
+	Size int64 `json:"size"`
+	// Blobs are every content digest the image holds, for garbage collection.
+	Blobs []digest.Digest `json:"blobs"`
+
+	Module Module `json:"module"`
+
+	Entrypoint []string          `json:"entrypoint,omitempty"`
+	Cmd        []string          `json:"cmd,omitempty"`
+	Env        []string          `json:"env,omitempty"`
+	WorkingDir string            `json:"workingDir,omitempty"`
+	User       string            `json:"user,omitempty"`
+	Labels     map[string]string `json:"labels,omitempty"`
+	// Annotations are the manifest's annotations.
+	Annotations map[string]string `json:"annotations,omitempty"`
+	PulledAt    time.Time         `json:"pulledAt"`
+}
+
+// Module locates the WebAssembly module of an image in the content store.
+type Module struct {
+	Digest digest.Digest `json:"digest"`
+	Size   int64         `json:"size"`
+	// Name is argv[0] when neither the image nor the container gives a
+	// command: the module's path in a compat image, the repository's last
+	// path element for an artifact.
+	Name string `json:"name"`
+}
+
+// Auth is the registry credential for one pull, from PullImageRequest.Auth.
+type Auth struct {
+	Username      string
+	Password      string
+	IdentityToken string
+	RegistryToken string
+}

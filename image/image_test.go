@@ -1,0 +1,343 @@
+package image
+
+import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
+	"context"
+	"errors"
+	"io"
+	"log"
+	"net/http"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/containerd/errdefs"
+	"github.com/google/go-containerregistry/pkg/registry"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+// A minimal valid core module: the header of an empty module.
+var emptyModule = []byte("\x00asm\x01\x00\x00\x00")
+
+// A module that is a component (version 0x0d, layer 1).
+var componentModule = []byte("\x00asm\x0d\x00\x01\x00")
+
+// testRegistry runs go-containerregistry's registry on 127.0.0.1. With a
+// user, it demands HTTP basic auth as a registry behind htpasswd does.
+func testRegistry(t *testing.T, user, pass string) string {
+	t.Helper()
+	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	if user != "" {
+		inner := h
+		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+			u, p, ok := r.BasicAuth()
+			if !ok || u != user || p != pass {
+				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
+				http.Error(w, "unauthorized", http.StatusUnauthorized)
+				return
+			}
+			inner.ServeHTTP(w, r)
+		})
+	}
+	srv := httptest.NewServer(h)
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
+func newService(t *testing.T, dir string, opts Options) *Service {
+	t.Helper()
+	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { db.Close() })
+	s, err := NewService(db, filepath.Join(dir, "content"), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+func push(t *testing.T, ref string, b *Built) {
+	t.Helper()
+	if err := Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
+		t.Fatalf("push %s: %v", ref, err)
+	}
+}
+
+func mustCompat(t *testing.T, module []byte, opts CompatOptions) *Built {
+	t.Helper()
+	b, err := BuildCompat(module, opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func wantErr(t *testing.T, err error, class error, substr string) {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("no error; want %v containing %q", class, substr)
+	}
+	if !errors.Is(err, class) {
+		t.Fatalf("error %q is not %v", err, class)
+	}
+	if !strings.Contains(err.Error(), substr) {
+		t.Fatalf("error %q does not say %q", err, substr)
+	}
+}
+
+func TestPullEachLayout(t *testing.T) {
+	reg := testRegistry(t, "", "")
+	ctx := context.Background()
+	s := newService(t, t.TempDir(), Options{})
+	module := append(append([]byte{}, emptyModule...), []byte("\x00\x04name")...) // a custom section
+
+	linux := &Built{}
+	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
+	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("not really a layer"))
+	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
+	compat := mustCompat(t, module, CompatOptions{ModulePath: "/bin/app.wasm", Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/srv"})
+
+	for _, tc := range []struct {
+		name     string
+		image    *Built
+		format   Format
+		modName  string
+		wantCmd  []string
+		wantEntr []string
+	}{
+		{"artifact-v0-config-v1-layer", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v0-config-v1-layer", nil, nil},
+		{"artifact-application-wasm", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer), FormatArtifact, "artifact-application-wasm", nil, nil},
+		{"artifact-v1-config", BuildArtifact(module, MediaTypeWasmConfigV1, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v1-config", nil, nil},
+		{"compat", compat, FormatCompat, "/bin/app.wasm", []string{"serve"}, []string{"/bin/app.wasm"}},
+		{"compat-wasi", mustCompat(t, module, CompatOptions{OS: "wasi"}), FormatCompat, "/module.wasm", nil, []string{"/module.wasm"}},
+		{"index", BuildIndex(
+			IndexEntry{linux, ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+			IndexEntry{compat, ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
+		), FormatCompat, "/bin/app.wasm", []string{"serve"}, []string{"/bin/app.wasm"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ref := reg + "/test/" + tc.name + ":v1"
+			push(t, ref, tc.image)
+			img, err := s.Pull(ctx, ref, nil)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if img.Format != tc.format {
+				t.Errorf("format = %s, want %s", img.Format, tc.format)
+			}
+			if img.Module.Name != tc.modName {
+				t.Errorf("module name = %q, want %q", img.Module.Name, tc.modName)
+			}
+			if strings.Join(img.Cmd, " ") != strings.Join(tc.wantCmd, " ") || strings.Join(img.Entrypoint, " ") != strings.Join(tc.wantEntr, " ") {
+				t.Errorf("entrypoint/cmd = %q/%q", img.Entrypoint, img.Cmd)
+			}
+			// The index holds the compat image: one image, two names.
+			if !slices.Contains(img.RepoTags, ref) {
+				t.Errorf("repo tags = %v", img.RepoTags)
+			}
+			wantDigest := reg + "/test/" + tc.name + "@" + tc.image.Root.Digest.String()
+			if !slices.Contains(img.RepoDigests, wantDigest) {
+				t.Errorf("repo digests = %v, want %s", img.RepoDigests, wantDigest)
+			}
+			got, err := s.ReadModule(ctx, img)
+			if err != nil || !bytes.Equal(got, module) {
+				t.Fatalf("module read back = %q, %v", got, err)
+			}
+			// Every name of the image finds it.
+			for _, name := range []string{ref, wantDigest, img.ID, strings.TrimPrefix(img.ID, "sha256:"), strings.TrimPrefix(img.ID, "sha256:")[:12]} {
+				if g, err := s.Get(name); err != nil || g.ID != img.ID {
+					t.Errorf("Get(%q) = %v, %v", name, g, err)
+				}
+			}
+			// Pulling by digest gives the same image.
+			byDigest, err := s.Pull(ctx, wantDigest, nil)
+			if err != nil || byDigest.ID != img.ID {
+				t.Fatalf("pull by digest: %v, %v", byDigest, err)
+			}
+		})
+	}
+	if env := mustGet(t, s, reg+"/test/compat:v1").Env; len(env) != 1 || env[0] != "A=1" {
+		t.Errorf("compat env = %v", env)
+	}
+}
+
+func mustGet(t *testing.T, s *Service, ref string) *Image {
+	t.Helper()
+	img, err := s.Get(ref)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return img
+}
+
+func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
+	reg := testRegistry(t, "", "")
+	ctx := context.Background()
+	s := newService(t, t.TempDir(), Options{MaxLayerSize: 1 << 10})
+
+	linux := &Built{}
+	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
+	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("layer"))
+	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
+	push(t, reg+"/bad/linux:1", linux)
+	push(t, reg+"/bad/linux-index:1", BuildIndex(IndexEntry{linux, ocispec.Platform{OS: "linux", Architecture: "amd64"}}))
+	push(t, reg+"/bad/component:1", BuildArtifact(componentModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/notwasm:1", BuildArtifact([]byte("#!/bin/sh\necho hi\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/big:1", BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 2<<10)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/noentry:1", mustCompat(t, emptyModule, CompatOptions{Entrypoint: []string{"/missing.wasm"}}))
+
+	// A tar whose entry climbs out of the root.
+	var tb bytes.Buffer
+	gz := gzip.NewWriter(&tb)
+	tw := tar.NewWriter(gz)
+	tw.WriteHeader(&tar.Header{Name: "../../module.wasm", Mode: 0o644, Size: int64(len(emptyModule)), Typeflag: tar.TypeReg})
+	tw.Write(emptyModule)
+	tw.Close()
+	gz.Close()
+	evil := &Built{}
+	ecfg := evil.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}, Config: ocispec.ImageConfig{Entrypoint: []string{"/module.wasm"}}})
+	elayer := evil.Add(ocispec.MediaTypeImageLayerGzip, tb.Bytes())
+	evil.SetManifest(ocispec.MediaTypeImageManifest, ecfg, []ocispec.Descriptor{elayer}, nil)
+	push(t, reg+"/bad/traversal:1", evil)
+
+	for _, tc := range []struct {
+		ref   string
+		class error
+		says  string
+	}{
+		{reg + "/bad/linux:1", errdefs.ErrInvalidArgument, "platform linux/amd64"},
+		{reg + "/bad/linux-index:1", errdefs.ErrInvalidArgument, "holds linux/amd64"},
+		{reg + "/bad/component:1", errdefs.ErrInvalidArgument, "components are not yet supported"},
+		{reg + "/bad/notwasm:1", errdefs.ErrInvalidArgument, "not WebAssembly"},
+		{reg + "/bad/big:1", errdefs.ErrInvalidArgument, "over the 1024-byte limit"},
+		{reg + "/bad/noentry:1", errdefs.ErrInvalidArgument, "/missing.wasm"},
+		{reg + "/bad/traversal:1", errdefs.ErrInvalidArgument, "climbs out of the image root"},
+		{reg + "/bad/absent:1", errdefs.ErrNotFound, "not found"},
+		{"bad:tag:twice", errdefs.ErrInvalidArgument, "bad:tag:twice"},
+		{"127.0.0.1:1/nothing/listens:here", errdefs.ErrUnavailable, "unreachable"},
+	} {
+		t.Run(tc.says, func(t *testing.T) {
+			_, err := s.Pull(ctx, tc.ref, nil)
+			wantErr(t, err, tc.class, tc.says)
+		})
+	}
+	if imgs, _ := s.List(); len(imgs) != 0 {
+		t.Fatalf("refused pulls left images: %v", imgs)
+	}
+}
+
+func TestPullWithBasicAuth(t *testing.T) {
+	reg := testRegistry(t, "alice", "s3cret")
+	ctx := context.Background()
+	ref := reg + "/private/app:1"
+	if err := Push(ctx, ref, BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), RegistryOptions{}, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
+		t.Fatal(err)
+	}
+	s := newService(t, t.TempDir(), Options{})
+	_, err := s.Pull(ctx, ref, nil)
+	wantErr(t, err, errdefs.ErrUnauthenticated, "credentials")
+	_, err = s.Pull(ctx, ref, &Auth{Username: "alice", Password: "wrong"})
+	wantErr(t, err, errdefs.ErrUnauthenticated, "credentials")
+	if _, err := s.Pull(ctx, ref, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
+		t.Fatalf("pull with credentials: %v", err)
+	}
+}
+
+func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
+	reg := testRegistry(t, "", "")
+	ctx := context.Background()
+	dir := t.TempDir()
+	s := newService(t, dir, Options{})
+	a := BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer)
+	b := mustCompat(t, emptyModule, CompatOptions{})
+	push(t, reg+"/x/a:1", a)
+	push(t, reg+"/x/a:2", a)
+	push(t, reg+"/x/b:1", b)
+	imgA, err := s.Pull(ctx, reg+"/x/a:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Pull(ctx, reg+"/x/a:2", nil); err != nil {
+		t.Fatal(err)
+	}
+	imgB, err := s.Pull(ctx, reg+"/x/b:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := mustGet(t, s, reg+"/x/a:2"); len(got.RepoTags) != 2 {
+		t.Fatalf("one image under two tags has tags %v", got.RepoTags)
+	}
+	// a and b share the module bytes (one blob): removing a keeps it for b.
+	if imgA.Module.Digest != imgB.Module.Digest {
+		t.Fatalf("test expects a shared module blob")
+	}
+	before, _ := s.Usage()
+	if err := s.Remove(ctx, reg+"/x/a:1"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Get(reg + "/x/a:2"); !errdefs.IsNotFound(err) {
+		t.Fatalf("RemoveImage left the image's other tag: %v", err)
+	}
+	after, _ := s.Usage()
+	if after.Bytes >= before.Bytes {
+		t.Errorf("usage %d -> %d: nothing freed", before.Bytes, after.Bytes)
+	}
+	if _, err := s.ReadModule(ctx, imgB); err != nil {
+		t.Fatalf("shared module deleted with the other image: %v", err)
+	}
+	if err := s.Remove(ctx, reg+"/x/a:1"); err != nil {
+		t.Fatalf("second remove: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "content", "blobs", "sha256", imgA.ManifestDigest.Encoded())); !os.IsNotExist(err) {
+		t.Errorf("manifest blob of removed image still on disk: %v", err)
+	}
+}
+
+func TestMetadataSurvivesReopen(t *testing.T) {
+	reg := testRegistry(t, "", "")
+	dir := t.TempDir()
+	push(t, reg+"/x/a:1", BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	s, _ := NewService(db, filepath.Join(dir, "content"), Options{})
+	img, err := s.Pull(context.Background(), reg+"/x/a:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	db.Close()
+	s2 := newService(t, dir, Options{})
+	got := mustGet(t, s2, reg+"/x/a:1")
+	if got.ID != img.ID || got.Module.Digest != img.Module.Digest {
+		t.Fatalf("after reopen: %+v", got)
+	}
+}
+
+func TestParseReference(t *testing.T) {
+	for in, want := range map[string]string{
+		"hello":                     "docker.io/library/hello:latest",
+		"user/app:1":                "docker.io/user/app:1",
+		"127.0.0.1:5000/app":        "127.0.0.1:5000/app:latest",
+		"registry.k8s.io/pause:3.9": "registry.k8s.io/pause:3.9",
+		"hello@sha256:" + strings.Repeat("a", 64): "docker.io/library/hello@sha256:" + strings.Repeat("a", 64),
+	} {
+		got, err := ParseReference(in)
+		if err != nil || got.String() != want {
+			t.Errorf("ParseReference(%q) = %v, %v; want %s", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "Hello", "a b", "x@sha256:short"} {
+		if _, err := ParseReference(bad); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("ParseReference(%q) = %v, want invalid argument", bad, err)
+		}
+	}
+}

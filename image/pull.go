@@ -1,0 +1,281 @@
+package image
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"log/slog"
+	"path"
+	"strings"
+	"time"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/remotes"
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	"github.com/containerd/errdefs"
+	"github.com/distribution/reference"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/singleflight"
+)
+
+// maxMetadataSize bounds manifests, indexes and configs, as containerd does.
+const maxMetadataSize = 4 << 20
+
+// Options configure a Service.
+type Options struct {
+	Registry RegistryOptions
+	// MaxLayerSize refuses larger blobs and modules before storing them.
+	MaxLayerSize int64
+	// PullTimeout bounds one pull.
+	PullTimeout time.Duration
+	// Validate checks a module fully (e.g. wasmtime's validator) before
+	// the image is recorded; nil checks the header only.
+	Validate func(module []byte) error
+	Logger   *slog.Logger
+}
+
+// Service is the image side of the runtime: pulls into the Store and
+// answers lookups from it.
+type Service struct {
+	*Store
+	opts  Options
+	pulls singleflight.Group
+}
+
+// NewService opens the image store under contentDir with metadata in db.
+func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) {
+	st, err := NewStore(db, contentDir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxLayerSize <= 0 {
+		opts.MaxLayerSize = 512 << 20
+	}
+	if opts.PullTimeout <= 0 {
+		opts.PullTimeout = 10 * time.Minute
+	}
+	return &Service{Store: st, opts: opts}, nil
+}
+
+// Pull fetches ref from its registry, checks that it is a Wasm image in a
+// known layout, and records it. Concurrent pulls of one reference with the
+// same credentials share one download.
+func (s *Service) Pull(ctx context.Context, ref string, auth *Auth) (*Image, error) {
+	named, err := ParseReference(ref)
+	if err != nil {
+		return nil, err
+	}
+	key := named.String()
+	if auth != nil {
+		key += "\x00" + auth.Username + "\x00" + auth.Password + "\x00" + auth.IdentityToken + "\x00" + auth.RegistryToken
+	}
+	ch := s.pulls.DoChan(key, func() (any, error) {
+		// The shared pull outlives any one caller's cancellation.
+		pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.opts.PullTimeout)
+		defer cancel()
+		return s.pull(pctx, named, auth)
+	})
+	select {
+	case r := <-ch:
+		if r.Err != nil {
+			return nil, r.Err
+		}
+		return r.Val.(*Image), nil
+	case <-ctx.Done():
+		return nil, registryError(named.String(), ctx.Err())
+	}
+}
+
+// pull is one download; see Pull.
+type pull struct {
+	s       *Service
+	ref     string
+	fetcher remotes.Fetcher
+	cs      content.Store
+	blobs   []digest.Digest
+	size    int64
+	release []func()
+}
+
+func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (*Image, error) {
+	ref := named.String()
+	log := s.opts.Logger.With("image", ref)
+	start := time.Now()
+	log.Info("pulling image")
+
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.opts.Registry.registryHosts(ctx, auth)})
+	name, root, err := resolver.Resolve(ctx, ref)
+	if err != nil {
+		err = registryError(ref, err)
+		log.Warn("pull failed", "error", err)
+		return nil, err
+	}
+	fetcher, err := resolver.Fetcher(ctx, name)
+	if err != nil {
+		return nil, registryError(ref, err)
+	}
+	p := &pull{s: s, ref: ref, fetcher: fetcher, cs: s.content}
+	defer p.done()
+
+	img, err := p.run(ctx, named, root)
+	if err != nil {
+		log.Warn("pull failed", "digest", root.Digest, "error", err)
+		return nil, err
+	}
+	log.Info("pulled image", "digest", root.Digest, "id", img.ID, "format", img.Format,
+		"module", img.Module.Digest, "bytes", img.Size, "duration", time.Since(start).Round(time.Millisecond))
+	return img, nil
+}
+
+func (p *pull) done() {
+	for _, r := range p.release {
+		r()
+	}
+}
+
+// fetch stores desc in the content store (digest and size verified by the
+// content writer) and returns its bytes when asked to read it back.
+func (p *pull) fetch(ctx context.Context, desc ocispec.Descriptor, limit int64, read bool) ([]byte, error) {
+	if desc.Size > limit {
+		return nil, fmt.Errorf("%s: blob %s (%s) is %d bytes, over the %d-byte limit: %w",
+			p.ref, desc.Digest, desc.MediaType, desc.Size, limit, errdefs.ErrInvalidArgument)
+	}
+	if err := desc.Digest.Validate(); err != nil {
+		return nil, fmt.Errorf("%s: descriptor digest %q: %v: %w", p.ref, desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	p.keep(desc.Digest, desc.Size)
+	if err := remotes.Fetch(ctx, p.cs, p.fetcher, desc); err != nil && !errdefs.IsAlreadyExists(err) {
+		return nil, registryError(p.ref, fmt.Errorf("fetch %s: %w", desc.Digest, err))
+	}
+	if !read {
+		return nil, nil
+	}
+	return content.ReadBlob(ctx, p.cs, desc)
+}
+
+// keep leases a blob for the pull and counts it in the image.
+func (p *pull) keep(d digest.Digest, size int64) {
+	for _, b := range p.blobs {
+		if b == d {
+			return
+		}
+	}
+	p.blobs = append(p.blobs, d)
+	p.size += size
+	p.release = append(p.release, p.s.lease(d))
+}
+
+func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Descriptor) (*Image, error) {
+	manifestDesc := root
+	switch {
+	case isIndex(root.MediaType):
+		b, err := p.fetch(ctx, root, maxMetadataSize, true)
+		if err != nil {
+			return nil, err
+		}
+		var idx ocispec.Index
+		if err := json.Unmarshal(b, &idx); err != nil {
+			return nil, fmt.Errorf("%s: index %s: %v: %w", p.ref, root.Digest, err, errdefs.ErrInvalidArgument)
+		}
+		if manifestDesc, err = chooseManifest(p.ref, idx); err != nil {
+			return nil, err
+		}
+	case isManifest(root.MediaType):
+	default:
+		return nil, fmt.Errorf("%s: unsupported manifest media type %q: %w", p.ref, root.MediaType, errdefs.ErrInvalidArgument)
+	}
+
+	b, err := p.fetch(ctx, manifestDesc, maxMetadataSize, true)
+	if err != nil {
+		return nil, err
+	}
+	var m ocispec.Manifest
+	if err := json.Unmarshal(b, &m); err != nil {
+		return nil, fmt.Errorf("%s: manifest %s: %v: %w", p.ref, manifestDesc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	configJSON, err := p.fetch(ctx, m.Config, maxMetadataSize, true)
+	if err != nil {
+		return nil, err
+	}
+	format, cfg, err := classify(p.ref, m, configJSON)
+	if err != nil {
+		return nil, err
+	}
+	for _, l := range m.Layers {
+		if _, err := p.fetch(ctx, l, p.s.opts.MaxLayerSize, false); err != nil {
+			return nil, err
+		}
+	}
+
+	img := &Image{
+		ID:             imageID(format, m, manifestDesc),
+		ManifestDigest: manifestDesc.Digest,
+		Format:         format,
+		Annotations:    m.Annotations,
+		RepoDigests:    []string{repoDigest(named, root.Digest.String())},
+		PulledAt:       time.Now().UTC(),
+	}
+	if tagged, ok := named.(reference.Tagged); ok {
+		img.RepoTags = []string{named.Name() + ":" + tagged.Tag()}
+	}
+
+	var module []byte
+	switch format {
+	case FormatArtifact:
+		layer := m.Layers[0]
+		if module, err = content.ReadBlob(ctx, p.cs, layer); err != nil {
+			return nil, err
+		}
+		img.Module = Module{Digest: layer.Digest, Size: layer.Size, Name: path.Base(reference.Path(named))}
+	case FormatCompat:
+		modPath, mod, err := findCompatModule(ctx, p.cs, m.Layers, cfg, p.s.opts.MaxLayerSize)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", p.ref, err)
+		}
+		module = mod
+		img.Module = Module{Digest: digest.FromBytes(mod), Size: int64(len(mod)), Name: modPath}
+		c := cfg.Config
+		img.Entrypoint, img.Cmd, img.Env, img.WorkingDir, img.User, img.Labels = c.Entrypoint, c.Cmd, c.Env, c.WorkingDir, c.User, c.Labels
+	}
+	if err := checkModuleHeader(p.ref, module); err != nil {
+		return nil, err
+	}
+	if p.s.opts.Validate != nil {
+		if err := p.s.opts.Validate(module); err != nil {
+			return nil, fmt.Errorf("%s: the module is not valid WebAssembly: %s: %w", p.ref, firstLine(err.Error()), errdefs.ErrInvalidArgument)
+		}
+	}
+	if format == FormatCompat {
+		// The extracted module is content of its own, so containers load it
+		// without reading the layer again.
+		desc := ocispec.Descriptor{MediaType: MediaTypeWasmLayer, Digest: img.Module.Digest, Size: img.Module.Size}
+		p.keep(desc.Digest, desc.Size)
+		if err := content.WriteBlob(ctx, p.cs, "module-"+desc.Digest.Encoded(), strings.NewReader(string(module)), desc); err != nil && !errdefs.IsAlreadyExists(err) {
+			return nil, fmt.Errorf("%s: store module: %w", p.ref, err)
+		}
+	}
+	img.Blobs, img.Size = p.blobs, p.size
+	return p.s.record(img)
+}
+
+// imageID is the config digest, as containerd's, for compat images. Wasm
+// artifacts are identified by their manifest instead: their configs can be
+// byte-identical ("{}") across unrelated modules.
+func imageID(format Format, m ocispec.Manifest, manifest ocispec.Descriptor) string {
+	if format == FormatArtifact {
+		return manifest.Digest.String()
+	}
+	return m.Config.Digest.String()
+}
+
+func firstLine(s string) string {
+	if i := strings.IndexByte(s, '\n'); i >= 0 {
+		return s[:i]
+	}
+	return s
+}

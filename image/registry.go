@@ -1,0 +1,90 @@
+package image
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"slices"
+	"syscall"
+
+	"github.com/containerd/containerd/v2/core/remotes/docker"
+	dockerconfig "github.com/containerd/containerd/v2/core/remotes/docker/config"
+	remoteerrors "github.com/containerd/containerd/v2/core/remotes/errors"
+	"github.com/containerd/errdefs"
+)
+
+// RegistryOptions say how registries are reached.
+type RegistryOptions struct {
+	// PlainHTTP lists hosts ("host" or "host:port") spoken to over HTTP.
+	// Loopback hosts fall back to HTTP without being listed.
+	PlainHTTP []string
+	// ConfigPath is a containerd-style hosts.toml directory, or "".
+	ConfigPath string
+}
+
+// registryHosts builds the per-pull host list: hosts.toml when configured,
+// plain HTTP where allowed, and the pull's own credentials.
+func (o RegistryOptions) registryHosts(ctx context.Context, auth *Auth) docker.RegistryHosts {
+	opts := dockerconfig.HostOptions{}
+	if o.ConfigPath != "" {
+		opts.HostDir = dockerconfig.HostDirFromRoot(o.ConfigPath)
+	}
+	if auth != nil {
+		opts.Credentials = func(string) (string, string, error) {
+			if auth.IdentityToken != "" {
+				// An empty user with a secret is a long-lived refresh token.
+				return "", auth.IdentityToken, nil
+			}
+			return auth.Username, auth.Password, nil
+		}
+	}
+	configured := dockerconfig.ConfigureHosts(ctx, opts)
+	return func(host string) ([]docker.RegistryHost, error) {
+		hosts, err := configured(host)
+		if err != nil {
+			return nil, err
+		}
+		for i := range hosts {
+			if slices.Contains(o.PlainHTTP, hosts[i].Host) {
+				hosts[i].Scheme = "http"
+			}
+			if auth != nil && auth.RegistryToken != "" {
+				if hosts[i].Header == nil {
+					hosts[i].Header = http.Header{}
+				}
+				hosts[i].Header.Set("Authorization", "Bearer "+auth.RegistryToken)
+			}
+		}
+		return hosts, nil
+	}
+}
+
+// registryError gives a registry failure the error class CRI callers act on.
+func registryError(ref string, err error) error {
+	var status remoteerrors.ErrUnexpectedStatus
+	switch {
+	case errdefs.IsNotFound(err):
+		return fmt.Errorf("%s: not found in the registry: %w", ref, errdefs.ErrNotFound)
+	case errors.As(err, &status) && (status.StatusCode == http.StatusUnauthorized):
+		return fmt.Errorf("%s: the registry refused the credentials (%s): %w", ref, status.Status, errdefs.ErrUnauthenticated)
+	case errors.As(err, &status) && status.StatusCode == http.StatusForbidden:
+		return fmt.Errorf("%s: %s: %w", ref, status.Status, errdefs.ErrPermissionDenied)
+	case errdefs.IsUnauthorized(err):
+		return fmt.Errorf("%s: %v: %w", ref, err, errdefs.ErrUnauthenticated)
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: pull timed out: %w", ref, err)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s: pull canceled: %w", ref, err)
+	case isNetError(err):
+		return fmt.Errorf("%s: registry unreachable: %v: %w", ref, err, errdefs.ErrUnavailable)
+	}
+	return fmt.Errorf("%s: %w", ref, err)
+}
+
+func isNetError(err error) bool {
+	var ne net.Error
+	var oe *net.OpError
+	return errors.As(err, &ne) || errors.As(err, &oe) || errors.Is(err, syscall.ECONNREFUSED)
+}

@@ -1,0 +1,315 @@
+package image
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"slices"
+	"sort"
+	"strings"
+	"sync"
+
+	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/plugins/content/local"
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	bolt "go.etcd.io/bbolt"
+)
+
+var (
+	bucketImages = []byte("images")     // image ID -> Image (JSON)
+	bucketRefs   = []byte("image-refs") // repo tag or repo digest -> image ID
+)
+
+// Store keeps image metadata in bbolt and image content in containerd's
+// local content store. Metadata is written only after every blob of an
+// image is committed, so a crash mid-pull leaves no half image behind.
+type Store struct {
+	db         *bolt.DB
+	content    content.Store
+	contentDir string
+
+	// leases counts blobs an unfinished pull relies on, so that removing
+	// another image never deletes content a pull has just fetched.
+	mu     sync.Mutex
+	leases map[digest.Digest]int
+}
+
+// NewStore opens the store with content under contentDir and metadata in db.
+func NewStore(db *bolt.DB, contentDir string) (*Store, error) {
+	cs, err := local.NewStore(contentDir)
+	if err != nil {
+		return nil, fmt.Errorf("open content store: %w", err)
+	}
+	err = db.Update(func(tx *bolt.Tx) error {
+		for _, b := range [][]byte{bucketImages, bucketRefs} {
+			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
+				return err
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("init image metadata: %w", err)
+	}
+	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}}, nil
+}
+
+// Content is the content store blobs are fetched into.
+func (s *Store) Content() content.Store { return s.content }
+
+// Get finds an image by repo tag, repo digest, image ID or unique ID prefix.
+func (s *Store) Get(ref string) (*Image, error) {
+	var img *Image
+	err := s.db.View(func(tx *bolt.Tx) error {
+		id, err := resolveID(tx, ref)
+		if err != nil {
+			return err
+		}
+		img, err = getImage(tx, id)
+		return err
+	})
+	return img, err
+}
+
+func resolveID(tx *bolt.Tx, ref string) (string, error) {
+	images := tx.Bucket(bucketImages)
+	for _, id := range []string{ref, "sha256:" + ref} {
+		if images.Get([]byte(id)) != nil {
+			return id, nil
+		}
+	}
+	if named, err := ParseReference(ref); err == nil {
+		if id := tx.Bucket(bucketRefs).Get([]byte(named.String())); id != nil {
+			return string(id), nil
+		}
+	}
+	// A unique prefix of the hex ID, as crictl users type it.
+	if isHexPrefix(ref) {
+		var found []string
+		prefix := []byte("sha256:" + ref)
+		c := images.Cursor()
+		for k, _ := c.Seek(prefix); k != nil && strings.HasPrefix(string(k), string(prefix)); k, _ = c.Next() {
+			found = append(found, string(k))
+		}
+		switch len(found) {
+		case 1:
+			return found[0], nil
+		case 0:
+		default:
+			return "", fmt.Errorf("image ID prefix %q matches %d images: %w", ref, len(found), errdefs.ErrInvalidArgument)
+		}
+	}
+	return "", fmt.Errorf("image %q: %w", ref, errdefs.ErrNotFound)
+}
+
+func isHexPrefix(s string) bool {
+	if len(s) < 4 || len(s) > 64 {
+		return false
+	}
+	for _, r := range s {
+		if !strings.ContainsRune("0123456789abcdef", r) {
+			return false
+		}
+	}
+	return true
+}
+
+func getImage(tx *bolt.Tx, id string) (*Image, error) {
+	b := tx.Bucket(bucketImages).Get([]byte(id))
+	if b == nil {
+		return nil, fmt.Errorf("image %q: %w", id, errdefs.ErrNotFound)
+	}
+	var img Image
+	if err := json.Unmarshal(b, &img); err != nil {
+		return nil, fmt.Errorf("decode image %s: %w", id, err)
+	}
+	return &img, nil
+}
+
+func putImage(tx *bolt.Tx, img *Image) error {
+	b, err := json.Marshal(img)
+	if err != nil {
+		return err
+	}
+	return tx.Bucket(bucketImages).Put([]byte(img.ID), b)
+}
+
+// List returns every image, ordered by ID.
+func (s *Store) List() ([]*Image, error) {
+	var out []*Image
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketImages).ForEach(func(k, _ []byte) error {
+			img, err := getImage(tx, string(k))
+			if err != nil {
+				return err
+			}
+			out = append(out, img)
+			return nil
+		})
+	})
+	return out, err
+}
+
+// record stores img under its tags and digests. A tag that named another
+// image moves to this one, as a re-pulled tag does in containerd.
+func (s *Store) record(img *Image) (*Image, error) {
+	var saved *Image
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		refs := tx.Bucket(bucketRefs)
+		merged := img
+		if old, err := getImage(tx, img.ID); err == nil {
+			merged = old
+			merged.RepoTags = union(old.RepoTags, img.RepoTags)
+			merged.RepoDigests = union(old.RepoDigests, img.RepoDigests)
+			merged.PulledAt = img.PulledAt
+		}
+		for _, ref := range append(slices.Clone(img.RepoTags), img.RepoDigests...) {
+			prev := refs.Get([]byte(ref))
+			if prev != nil && string(prev) != img.ID {
+				if err := dropRef(tx, string(prev), ref); err != nil {
+					return err
+				}
+			}
+			if err := refs.Put([]byte(ref), []byte(img.ID)); err != nil {
+				return err
+			}
+		}
+		saved = merged
+		return putImage(tx, merged)
+	})
+	return saved, err
+}
+
+// dropRef takes ref off image id, leaving the image itself in place.
+func dropRef(tx *bolt.Tx, id, ref string) error {
+	img, err := getImage(tx, id)
+	if err != nil {
+		return err
+	}
+	img.RepoTags = slices.DeleteFunc(img.RepoTags, func(s string) bool { return s == ref })
+	img.RepoDigests = slices.DeleteFunc(img.RepoDigests, func(s string) bool { return s == ref })
+	return putImage(tx, img)
+}
+
+func union(a, b []string) []string {
+	out := slices.Clone(a)
+	for _, s := range b {
+		if !slices.Contains(out, s) {
+			out = append(out, s)
+		}
+	}
+	sort.Strings(out)
+	return out
+}
+
+// Remove deletes the image ref names, with all its tags and digests, and
+// frees content no other image uses. Removing an absent image is not an
+// error (CRI RemoveImage is idempotent).
+func (s *Store) Remove(ctx context.Context, ref string) error {
+	var removed *Image
+	var inUse map[digest.Digest]bool
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		id, err := resolveID(tx, ref)
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if removed, err = getImage(tx, id); err != nil {
+			return err
+		}
+		refs := tx.Bucket(bucketRefs)
+		for _, r := range append(slices.Clone(removed.RepoTags), removed.RepoDigests...) {
+			if err := refs.Delete([]byte(r)); err != nil {
+				return err
+			}
+		}
+		if err := tx.Bucket(bucketImages).Delete([]byte(id)); err != nil {
+			return err
+		}
+		inUse = map[digest.Digest]bool{}
+		return tx.Bucket(bucketImages).ForEach(func(k, _ []byte) error {
+			other, err := getImage(tx, string(k))
+			if err != nil {
+				return err
+			}
+			for _, d := range other.Blobs {
+				inUse[d] = true
+			}
+			return nil
+		})
+	})
+	if err != nil || removed == nil {
+		return err
+	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for _, d := range removed.Blobs {
+		if inUse[d] || s.leases[d] > 0 {
+			continue
+		}
+		if err := s.content.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("free blob %s of image %s: %w", d, removed.ID, err)
+		}
+	}
+	return nil
+}
+
+// lease marks blobs as in use by a pull until the returned func is called.
+func (s *Store) lease(ds ...digest.Digest) (release func()) {
+	s.mu.Lock()
+	for _, d := range ds {
+		s.leases[d]++
+	}
+	s.mu.Unlock()
+	return func() {
+		s.mu.Lock()
+		for _, d := range ds {
+			if s.leases[d]--; s.leases[d] <= 0 {
+				delete(s.leases, d)
+			}
+		}
+		s.mu.Unlock()
+	}
+}
+
+// ReadModule returns the bytes of img's WebAssembly module.
+func (s *Store) ReadModule(ctx context.Context, img *Image) ([]byte, error) {
+	return content.ReadBlob(ctx, s.content, ocispec.Descriptor{Digest: img.Module.Digest, Size: img.Module.Size})
+}
+
+// Usage is the disk the image store takes: bytes and inodes under its
+// content directory.
+type Usage struct {
+	Mountpoint string
+	Bytes      uint64
+	Inodes     uint64
+}
+
+// Usage walks the content directory. It is called every few seconds by
+// kubelet's image GC, on a directory holding one file per blob.
+func (s *Store) Usage() (Usage, error) {
+	u := Usage{Mountpoint: s.contentDir}
+	err := filepath.WalkDir(s.contentDir, func(_ string, d fs.DirEntry, err error) error {
+		if err != nil {
+			if os.IsNotExist(err) {
+				return nil
+			}
+			return err
+		}
+		u.Inodes++
+		if d.Type().IsRegular() {
+			if fi, err := d.Info(); err == nil {
+				u.Bytes += uint64(fi.Size())
+			}
+		}
+		return nil
+	})
+	return u, err
+}
