@@ -1,0 +1,71 @@
+// Command hello is the example WASI program of wasmcri: the demo runs it in a
+// pod, and the tests use its modes to make a module behave as they need.
+//
+//	hello [args...]         print args, environment and working directory
+//	hello sleep-forever     print a tick every 100ms until stopped
+//	hello spin              loop without ever calling the host
+//	hello exit N            exit with code N
+//	hello write FILE TEXT   write TEXT into FILE and print it back
+package main
+
+import (
+	"fmt"
+	"os"
+	"sort"
+	"strconv"
+	"time"
+)
+
+func main() {
+	args := os.Args[1:]
+	mode := ""
+	if len(args) > 0 {
+		mode = args[0]
+	}
+	switch mode {
+	case "sleep-forever":
+		for i := 0; ; i++ {
+			fmt.Println("tick", i)
+			time.Sleep(100 * time.Millisecond)
+		}
+	case "spin":
+		fmt.Println("spinning")
+		n := 0
+		for {
+			n++
+		}
+	case "exit":
+		code := 0
+		if len(args) > 1 {
+			code, _ = strconv.Atoi(args[1])
+		}
+		fmt.Fprintf(os.Stderr, "exiting with %d\n", code)
+		os.Exit(code)
+	case "write":
+		if len(args) != 3 {
+			fmt.Fprintln(os.Stderr, "usage: hello write FILE TEXT")
+			os.Exit(2)
+		}
+		if err := os.WriteFile(args[1], []byte(args[2]), 0o644); err != nil {
+			fmt.Fprintln(os.Stderr, "write:", err)
+			os.Exit(1)
+		}
+		b, err := os.ReadFile(args[1])
+		if err != nil {
+			fmt.Fprintln(os.Stderr, "read:", err)
+			os.Exit(1)
+		}
+		fmt.Printf("%s holds %q\n", args[1], b)
+	default:
+		fmt.Println("Hello from WebAssembly!")
+		fmt.Printf("args: %q\n", os.Args)
+		env := os.Environ()
+		sort.Strings(env)
+		for _, kv := range env {
+			fmt.Println("env:", kv)
+		}
+		wd, _ := os.Getwd()
+		fmt.Println("cwd:", wd)
+		fmt.Fprintln(os.Stderr, "this line went to stderr")
+	}
+}

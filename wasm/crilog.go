@@ -1,0 +1,138 @@
+package wasm
+
+import (
+	"bytes"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+)
+
+// MaxLogLine is the longest record written as one line; longer lines are
+// split into partial (P) records that kubelet and crictl join again.
+const MaxLogLine = 16 << 10
+
+// CRILog writes a container's output in kubelet's log format:
+//
+//	<RFC3339Nano time> <stdout|stderr> <F|P> <text>
+//
+// Both streams of a container share one file.
+type CRILog struct {
+	mu   sync.Mutex
+	f    *os.File
+	refs int
+}
+
+// OpenCRILog opens (appending) the log file at path.
+func OpenCRILog(path string) (*CRILog, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return nil, err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return nil, err
+	}
+	return &CRILog{f: f}, nil
+}
+
+// Stream returns the writer for one stream ("stdout" or "stderr"). The
+// file closes when every stream has been closed.
+func (l *CRILog) Stream(name string) *LogStream {
+	l.mu.Lock()
+	l.refs++
+	l.mu.Unlock()
+	return &LogStream{log: l, name: name}
+}
+
+func (l *CRILog) write(stream string, partial bool, text []byte) {
+	tag := "F"
+	if partial {
+		tag = "P"
+	}
+	var buf bytes.Buffer
+	buf.Grow(len(text) + 64)
+	buf.WriteString(time.Now().UTC().Format(time.RFC3339Nano))
+	buf.WriteByte(' ')
+	buf.WriteString(stream)
+	buf.WriteByte(' ')
+	buf.WriteString(tag)
+	buf.WriteByte(' ')
+	buf.Write(text)
+	buf.WriteByte('\n')
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f != nil {
+		l.f.Write(buf.Bytes())
+	}
+}
+
+func (l *CRILog) release() error {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	l.refs--
+	if l.refs > 0 || l.f == nil {
+		return nil
+	}
+	err := l.f.Close()
+	l.f = nil
+	return err
+}
+
+// LogStream assembles one stream's bytes into log records.
+type LogStream struct {
+	log     *CRILog
+	name    string
+	pending []byte
+	closed  bool
+}
+
+// Write records every complete line of p and keeps the rest for later.
+func (s *LogStream) Write(p []byte) (int, error) {
+	if s.closed {
+		return 0, fmt.Errorf("log stream %s is closed", s.name)
+	}
+	n := len(p)
+	for len(p) > 0 {
+		i := bytes.IndexByte(p, '\n')
+		if i < 0 {
+			s.pending = append(s.pending, p...)
+			break
+		}
+		line := p[:i]
+		if len(s.pending) > 0 {
+			line = append(s.pending, line...)
+			s.pending = s.pending[:0]
+		}
+		s.emit(line)
+		p = p[i+1:]
+	}
+	// A line that is still growing past the limit goes out in pieces.
+	for len(s.pending) >= MaxLogLine {
+		s.log.write(s.name, true, s.pending[:MaxLogLine])
+		s.pending = append(s.pending[:0], s.pending[MaxLogLine:]...)
+	}
+	return n, nil
+}
+
+// emit writes a complete line, split into partial records when too long.
+func (s *LogStream) emit(line []byte) {
+	for len(line) > MaxLogLine {
+		s.log.write(s.name, true, line[:MaxLogLine])
+		line = line[MaxLogLine:]
+	}
+	s.log.write(s.name, false, line)
+}
+
+// Close writes an unterminated last line as a full record.
+func (s *LogStream) Close() error {
+	if s.closed {
+		return nil
+	}
+	s.closed = true
+	if len(s.pending) > 0 {
+		s.emit(s.pending)
+		s.pending = nil
+	}
+	return s.log.release()
+}

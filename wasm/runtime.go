@@ -1,0 +1,178 @@
+// Package wasm runs WebAssembly modules on wasmtime: it compiles each module
+// once into an on-disk cache, and runs instances under WASI preview1 with
+// their output in CRI log files and a stop that interrupts only them.
+package wasm
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+	"github.com/opencontainers/go-digest"
+	"golang.org/x/sync/singleflight"
+)
+
+// WasmtimeVersion is the wasmtime-go release linked in; compiled modules
+// are cached per version because wasmtime refuses another's artifacts.
+// A test keeps it equal to go.mod.
+const WasmtimeVersion = "39.0.1"
+
+func init() {
+	// Without this every wasmtime error text carries a Rust backtrace.
+	if os.Getenv("RUST_LIB_BACKTRACE") == "" {
+		os.Setenv("RUST_LIB_BACKTRACE", "0")
+	}
+}
+
+// Options configure the Runtime.
+type Options struct {
+	// MaxWasmStack bounds each instance's wasm stack in bytes.
+	MaxWasmStack int
+	Logger       *slog.Logger
+}
+
+// Runtime compiles modules and starts instances. Each instance gets an
+// Engine of its own, so an epoch increment that stops it reaches no other
+// instance; the module code is shared through the cached, memory-mapped
+// compiled file.
+type Runtime struct {
+	cacheDir string
+	opts     Options
+	// compiler compiles and validates; it never runs code.
+	compiler *wasmtime.Engine
+	compiles singleflight.Group
+}
+
+// NewRuntime keeps compiled modules under cacheDir.
+func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
+	if opts.MaxWasmStack <= 0 {
+		opts.MaxWasmStack = 1 << 20
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion)
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("create module cache: %w", err)
+	}
+	r := &Runtime{cacheDir: dir, opts: opts}
+	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
+	return r, nil
+}
+
+// engineConfig is the one configuration every engine uses; compiled
+// artifacts are only loadable by an engine configured the same way.
+func (r *Runtime) engineConfig() *wasmtime.Config {
+	cfg := wasmtime.NewConfig()
+	cfg.SetEpochInterruption(true)
+	cfg.SetMaxWasmStack(r.opts.MaxWasmStack)
+	return cfg
+}
+
+// Close releases the compiler engine.
+func (r *Runtime) Close() { r.compiler.Close() }
+
+// Validate checks that b is a valid core module for this wasmtime.
+func (r *Runtime) Validate(b []byte) error {
+	return wasmtime.ModuleValidate(r.compiler, b)
+}
+
+// Compiled is a module ready to instantiate: its cached compiled form.
+type Compiled struct {
+	Digest digest.Digest
+	Path   string
+	// Fresh says this call compiled it (a cache miss).
+	Fresh bool
+}
+
+// Prepare returns the cached compiled form of the module with digest d,
+// compiling it from load() on a miss. Concurrent callers for one module
+// share one compilation.
+func (r *Runtime) Prepare(ctx context.Context, d digest.Digest, load func() ([]byte, error)) (Compiled, error) {
+	if err := d.Validate(); err != nil {
+		return Compiled{}, fmt.Errorf("module digest %q: %w", d, err)
+	}
+	path := filepath.Join(r.cacheDir, d.Algorithm().String()+"-"+d.Encoded()+".cwasm")
+	if _, err := os.Stat(path); err == nil {
+		return Compiled{Digest: d, Path: path}, nil
+	}
+	v, err, _ := r.compiles.Do(path, func() (any, error) {
+		if _, err := os.Stat(path); err == nil {
+			return false, nil
+		}
+		return true, r.compile(d, path, load)
+	})
+	if err != nil {
+		return Compiled{}, err
+	}
+	return Compiled{Digest: d, Path: path, Fresh: v.(bool)}, nil
+}
+
+// ErrInvalidModule wraps compile failures of the module itself.
+var ErrInvalidModule = errors.New("invalid WebAssembly module")
+
+func (r *Runtime) compile(d digest.Digest, path string, load func() ([]byte, error)) error {
+	b, err := load()
+	if err != nil {
+		return fmt.Errorf("load module %s: %w", d, err)
+	}
+	if got := digest.FromBytes(b); got != d {
+		return fmt.Errorf("module content is %s, expected %s", got, d)
+	}
+	start := time.Now()
+	mod, err := wasmtime.NewModule(r.compiler, b)
+	if err != nil {
+		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, firstLine(err.Error()))
+	}
+	defer mod.Close()
+	ser, err := mod.Serialize()
+	if err != nil {
+		return fmt.Errorf("serialize module %s: %w", d, err)
+	}
+	// Write then rename, so a crash never leaves a torn file in the cache.
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".compiling-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(ser); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	r.opts.Logger.Info("compiled module", "digest", d, "bytes", len(b), "compiled_bytes", len(ser), "duration", time.Since(start).Round(time.Millisecond))
+	return nil
+}
+
+// load deserializes a compiled module into a fresh engine. A cache file
+// wasmtime will not load (another build, corruption) is dropped so the
+// next Prepare compiles it again.
+func (r *Runtime) load(c Compiled) (*wasmtime.Engine, *wasmtime.Module, error) {
+	engine := wasmtime.NewEngineWithConfig(r.engineConfig())
+	mod, err := wasmtime.NewModuleDeserializeFile(engine, c.Path)
+	if err != nil {
+		engine.Close()
+		os.Remove(c.Path)
+		return nil, nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %s", c.Digest, firstLine(err.Error()))
+	}
+	return engine, mod, nil
+}
+
+func firstLine(s string) string {
+	for i := 0; i < len(s); i++ {
+		if s[i] == '\n' {
+			return s[:i]
+		}
+	}
+	return s
+}

@@ -1,0 +1,274 @@
+package wasm
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/opencontainers/go-digest"
+	"github.com/wasmcri/wasmcri/internal/testmodule"
+)
+
+func newRuntime(t *testing.T, dir string) *Runtime {
+	t.Helper()
+	r, err := NewRuntime(dir, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(r.Close)
+	return r
+}
+
+func prepare(t *testing.T, r *Runtime, module []byte) Compiled {
+	t.Helper()
+	c, err := r.Prepare(context.Background(), digest.FromBytes(module), func() ([]byte, error) { return module, nil })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// run starts module with args and returns the instance and its log path.
+func run(t *testing.T, r *Runtime, module []byte, spec Spec) (*Instance, string) {
+	t.Helper()
+	dir := t.TempDir()
+	logPath := filepath.Join(dir, "logs", "0.log")
+	l, err := OpenCRILog(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	spec.Stdout, spec.Stderr, spec.PipeDir = l.Stream("stdout"), l.Stream("stderr"), dir
+	inst, err := r.Start(prepare(t, r, module), spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { inst.Stop(); <-inst.Done() })
+	return inst, logPath
+}
+
+func wait(t *testing.T, inst *Instance, within time.Duration) Result {
+	t.Helper()
+	select {
+	case <-inst.Done():
+		return inst.Result()
+	case <-time.After(within):
+		t.Fatalf("instance still running after %v", within)
+		return Result{}
+	}
+}
+
+var logLine = regexp.MustCompile(`^(\S+) (stdout|stderr) ([FP]) (.*)$`)
+
+// readLog parses a CRI log file into "stream text" lines, checking the
+// format of every record.
+func readLog(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		m := logLine.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("log line not in CRI format: %q", line)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, m[1]); err != nil {
+			t.Fatalf("log timestamp %q: %v", m[1], err)
+		}
+		out = append(out, m[2]+" "+m[3]+" "+m[4])
+	}
+	return out
+}
+
+func contains(lines []string, want string) bool {
+	for _, l := range lines {
+		if l == want {
+			return true
+		}
+	}
+	return false
+}
+
+func TestRunGoModuleWithArgsEnvAndWorkingDir(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	root := t.TempDir()
+	if err := os.Mkdir(filepath.Join(root, "srv"), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	inst, logPath := run(t, r, testmodule.Hello(t), Spec{
+		Args:       []string{"hello", "one", "two words"},
+		Env:        []string{"GREETING=hi", "EMPTY="},
+		WorkingDir: "/srv",
+		Dirs:       []Dir{{Host: root, Guest: "/"}},
+	})
+	res := wait(t, inst, 10*time.Second)
+	if res.ExitCode != 0 || res.Trap != "" || res.Stopped {
+		t.Fatalf("result = %+v", res)
+	}
+	lines := readLog(t, logPath)
+	for _, want := range []string{
+		"stdout F Hello from WebAssembly!",
+		`stdout F args: ["hello" "one" "two words"]`,
+		"stdout F env: GREETING=hi",
+		"stdout F env: EMPTY=",
+		"stdout F cwd: /srv",
+		"stderr F this line went to stderr",
+	} {
+		if !contains(lines, want) {
+			t.Errorf("log lacks %q:\n%s", want, strings.Join(lines, "\n"))
+		}
+	}
+}
+
+func TestExitCodeAndTrap(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	inst, logPath := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "exit", "42"}})
+	if res := wait(t, inst, 10*time.Second); res.ExitCode != 42 || res.Trap != "" {
+		t.Fatalf("exit 42: result = %+v", res)
+	}
+	if lines := readLog(t, logPath); !contains(lines, "stderr F exiting with 42") {
+		t.Errorf("log = %q", lines)
+	}
+
+	inst, _ = run(t, r, testmodule.Wat(t, testmodule.Trap), Spec{Args: []string{"trap"}})
+	res := wait(t, inst, 5*time.Second)
+	if res.ExitCode != 1 || !strings.Contains(res.Trap, "unreachable") || strings.Contains(res.Trap, "\n") {
+		t.Fatalf("trap: result = %+v", res)
+	}
+
+	inst, logPath = run(t, r, testmodule.Wat(t, testmodule.Print), Spec{Args: []string{"print"}})
+	if res := wait(t, inst, 5*time.Second); res.ExitCode != 0 {
+		t.Fatalf("print: result = %+v", res)
+	}
+	if lines := readLog(t, logPath); len(lines) != 1 || lines[0] != "stdout F hi from wat" {
+		t.Errorf("print log = %q", lines)
+	}
+}
+
+// Stop must end an instance whether it runs code or sleeps in the host,
+// and must not touch any other instance.
+func TestStopInterruptsOnlyItsInstance(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	hello := testmodule.Hello(t)
+	bystander, bystanderLog := run(t, r, hello, Spec{Args: []string{"hello", "sleep-forever"}})
+	for _, tc := range []struct {
+		name   string
+		module []byte
+		args   []string
+	}{
+		{"go-sleeping-in-poll_oneoff", hello, []string{"hello", "sleep-forever"}},
+		{"go-spinning", hello, []string{"hello", "spin"}},
+		{"wat-spinning", testmodule.Wat(t, testmodule.Spin), []string{"spin"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			inst, _ := run(t, r, tc.module, Spec{Args: tc.args})
+			time.Sleep(300 * time.Millisecond)
+			select {
+			case <-inst.Done():
+				t.Fatalf("ended before Stop: %+v", inst.Result())
+			default:
+			}
+			start := time.Now()
+			inst.Stop()
+			res := wait(t, inst, 2*time.Second)
+			if !res.Stopped || res.ExitCode != 137 {
+				t.Fatalf("result = %+v", res)
+			}
+			t.Logf("stopped in %v", time.Since(start))
+		})
+	}
+	select {
+	case <-bystander.Done():
+		t.Fatalf("stopping others ended the bystander: %+v", bystander.Result())
+	default:
+	}
+	before := len(readLog(t, bystanderLog))
+	time.Sleep(300 * time.Millisecond)
+	if after := len(readLog(t, bystanderLog)); after <= before {
+		t.Fatalf("bystander stopped ticking: %d -> %d lines", before, after)
+	}
+}
+
+func TestSleepKeepsTime(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	inst, logPath := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
+	time.Sleep(time.Second)
+	inst.Stop()
+	wait(t, inst, 2*time.Second)
+	// 100ms ticks for a second: about 10, never a busy loop's thousands.
+	if n := len(readLog(t, logPath)); n < 5 || n > 15 {
+		t.Fatalf("%d ticks in one second of 100ms sleeps", n)
+	}
+}
+
+func TestCompileCache(t *testing.T) {
+	dir := t.TempDir()
+	module := testmodule.Wat(t, testmodule.Print)
+	r := newRuntime(t, dir)
+	if c := prepare(t, r, module); !c.Fresh {
+		t.Fatal("first Prepare did not compile")
+	}
+	if c := prepare(t, r, module); c.Fresh {
+		t.Fatal("second Prepare compiled again")
+	}
+	r2 := newRuntime(t, dir)
+	c := prepare(t, r2, module)
+	if c.Fresh {
+		t.Fatal("a new runtime over the same cache compiled again")
+	}
+	if !strings.Contains(c.Path, "wasmtime-"+WasmtimeVersion) {
+		t.Errorf("cache path %s is not keyed by wasmtime version", c.Path)
+	}
+
+	// A corrupt cache entry is dropped and compiled again, not fatal.
+	if err := os.WriteFile(c.Path, []byte("garbage"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r2.Start(c, Spec{PipeDir: t.TempDir()}); err == nil {
+		t.Fatal("started from a corrupt cache file")
+	}
+	if c := prepare(t, r2, module); !c.Fresh {
+		t.Fatal("corrupt entry was not recompiled")
+	}
+
+	_, err := r.Prepare(context.Background(), digest.FromBytes([]byte("x")), func() ([]byte, error) { return []byte("\x00asm\x01\x00\x00\x00\xff"), nil })
+	if err == nil || !strings.Contains(err.Error(), "content is") {
+		t.Fatalf("digest mismatch not caught: %v", err)
+	}
+	bad := []byte("\x00asm\x01\x00\x00\x00\xff")
+	_, err = r.Prepare(context.Background(), digest.FromBytes(bad), func() ([]byte, error) { return bad, nil })
+	if !errors.Is(err, ErrInvalidModule) {
+		t.Fatalf("malformed module: %v", err)
+	}
+}
+
+func TestStartRefusesWhatCannotRun(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	for name, tc := range map[string]struct{ wat, says string }{
+		"no _start":      {testmodule.NoStart, "_start"},
+		"unknown import": {testmodule.UnknownImport, "launch_missiles"},
+	} {
+		module := testmodule.Wat(t, tc.wat)
+		_, err := r.Start(prepare(t, r, module), Spec{PipeDir: t.TempDir()})
+		if err == nil || !strings.Contains(err.Error(), tc.says) {
+			t.Errorf("%s: err = %v", name, err)
+		}
+	}
+}
+
+func TestWasmtimeVersionMatchesGoMod(t *testing.T) {
+	b, err := os.ReadFile("../go.mod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "github.com/bytecodealliance/wasmtime-go/v39 v" + WasmtimeVersion
+	if !strings.Contains(string(b), want) {
+		t.Fatalf("go.mod does not require %s: update WasmtimeVersion", want)
+	}
+}
