@@ -1,0 +1,138 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RunSandbox creates a ready sandbox for the pod config. An empty handler
+// means the default one; an unknown handler is refused.
+func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (Sandbox, error) {
+	md := cfg.GetMetadata()
+	if md == nil || md.GetName() == "" {
+		return Sandbox{}, fmt.Errorf("sandbox config has no metadata name: %w", errdefs.ErrInvalidArgument)
+	}
+	if handler == "" {
+		handler = m.opts.Handlers[0]
+	}
+	if !slices.Contains(m.opts.Handlers, handler) {
+		return Sandbox{}, fmt.Errorf("runtime handler %q is not served by wasmcri (configured: %v): %w", handler, m.opts.Handlers, errdefs.ErrInvalidArgument)
+	}
+	sb := &Sandbox{
+		ID:             newID(),
+		Config:         cfg,
+		RuntimeHandler: handler,
+		State:          SandboxReady,
+		CreatedAt:      time.Now(),
+		LogDirectory:   cfg.GetLogDirectory(),
+	}
+	if sb.LogDirectory == "" {
+		sb.LogDirectory = filepath.Join(m.sandboxRoot(sb.ID), "logs")
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if other, taken := m.names[sb.Name()]; taken {
+		return Sandbox{}, fmt.Errorf("sandbox name %q is taken by sandbox %s: %w", sb.Name(), other, errdefs.ErrAlreadyExists)
+	}
+	for _, dir := range []string{m.sandboxRoot(sb.ID), m.sandboxState(sb.ID), sb.LogDirectory} {
+		if err := os.MkdirAll(dir, 0o755); err != nil {
+			removeAll(m.sandboxRoot(sb.ID), m.sandboxState(sb.ID))
+			return Sandbox{}, fmt.Errorf("create sandbox directory: %w", err)
+		}
+	}
+	if err := m.store.putSandbox(sb); err != nil {
+		removeAll(m.sandboxRoot(sb.ID), m.sandboxState(sb.ID))
+		return Sandbox{}, fmt.Errorf("persist sandbox: %w", err)
+	}
+	m.sandboxes[sb.ID] = sb
+	m.names[sb.Name()] = sb.ID
+	m.log.Info("sandbox ready", "sandbox", sb.ID, "pod", sb.Name(), "handler", handler)
+	return *sb, nil
+}
+
+// StopSandbox ends every container of the sandbox at once (CRI: forcibly)
+// and marks it not ready. Stopping a stopped sandbox is not an error.
+func (m *Manager) StopSandbox(id string) error {
+	m.mu.Lock()
+	sb, err := m.sandboxLocked(id)
+	if err != nil {
+		m.mu.Unlock()
+		return err
+	}
+	var ids []string
+	for _, c := range m.containers {
+		if c.SandboxID == sb.ID {
+			ids = append(ids, c.ID)
+		}
+	}
+	m.mu.Unlock()
+
+	for _, cid := range ids {
+		if err := m.StopContainer(cid, 0); err != nil && !errdefs.IsNotFound(err) {
+			return fmt.Errorf("stop container %s of sandbox %s: %w", cid, sb.ID, err)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if sb.State == SandboxNotReady {
+		return nil
+	}
+	sb.State = SandboxNotReady
+	if err := m.store.putSandbox(sb); err != nil {
+		return fmt.Errorf("persist sandbox: %w", err)
+	}
+	m.log.Info("sandbox stopped", "sandbox", sb.ID)
+	return nil
+}
+
+// RemoveSandbox stops and removes the sandbox and all its containers.
+// Removing an absent sandbox is not an error (CRI: idempotent).
+func (m *Manager) RemoveSandbox(id string) error {
+	m.mu.Lock()
+	sb, err := m.sandboxLocked(id)
+	m.mu.Unlock()
+	if errdefs.IsNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	if err := m.StopSandbox(sb.ID); err != nil {
+		return err
+	}
+
+	m.mu.Lock()
+	var ids []string
+	for _, c := range m.containers {
+		if c.SandboxID == sb.ID {
+			ids = append(ids, c.ID)
+		}
+	}
+	m.mu.Unlock()
+	for _, cid := range ids {
+		if err := m.RemoveContainer(cid); err != nil {
+			return fmt.Errorf("remove container %s of sandbox %s: %w", cid, sb.ID, err)
+		}
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if err := m.store.delete(bucketSandboxes, sb.ID); err != nil {
+		return fmt.Errorf("delete sandbox record: %w", err)
+	}
+	delete(m.sandboxes, sb.ID)
+	delete(m.names, sb.Name())
+	if err := removeAll(m.sandboxRoot(sb.ID), m.sandboxState(sb.ID)); err != nil {
+		m.log.Warn("sandbox directories not removed", "sandbox", sb.ID, "error", err)
+	}
+	m.log.Info("sandbox removed", "sandbox", sb.ID)
+	return nil
+}

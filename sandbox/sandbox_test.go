@@ -1,0 +1,398 @@
+package sandbox
+
+import (
+	"context"
+	"io"
+	"log"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	clog "github.com/containerd/log"
+	"github.com/google/go-containerregistry/pkg/registry"
+	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/internal/testmodule"
+	"github.com/wasmcri/wasmcri/wasm"
+	bolt "go.etcd.io/bbolt"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func TestMain(m *testing.M) {
+	_ = clog.SetLevel("error")
+	os.Exit(m.Run())
+}
+
+// env is a manager over real image and wasm layers, with images pulled
+// from an in-process registry on 127.0.0.1.
+type env struct {
+	t      *testing.T
+	dir    string
+	db     *bolt.DB
+	images *image.Service
+	rt     *wasm.Runtime
+	m      *Manager
+	reg    string
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
+	t.Cleanup(srv.Close)
+	e := &env{t: t, dir: t.TempDir(), reg: strings.TrimPrefix(srv.URL, "http://")}
+	var err error
+	if e.db, err = bolt.Open(filepath.Join(e.dir, "meta.db"), 0o600, nil); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { e.db.Close() })
+	if e.images, err = image.NewService(e.db, filepath.Join(e.dir, "content"), image.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	if e.rt, err = wasm.NewRuntime(filepath.Join(e.dir, "modules"), wasm.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(e.rt.Close)
+	e.m = e.manager()
+	t.Cleanup(e.m.Shutdown)
+	return e
+}
+
+func (e *env) manager() *Manager {
+	e.t.Helper()
+	m, err := NewManager(e.db, e.images, e.rt, Options{
+		RootDir: filepath.Join(e.dir, "root"), StateDir: filepath.Join(e.dir, "state"), Handlers: []string{"wasmtime", "wasmtime-debug"},
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return m
+}
+
+// image pushes module as a compat image and pulls it.
+func (e *env) image(name string, module []byte) string {
+	e.t.Helper()
+	ref := e.reg + "/test/" + name + ":1"
+	b, err := image.BuildCompat(module, image.CompatOptions{ModulePath: "/" + name + ".wasm", Env: []string{"FROM_IMAGE=yes", "OVERRIDE=image"}})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := image.Push(context.Background(), ref, b, image.RegistryOptions{}, nil); err != nil {
+		e.t.Fatal(err)
+	}
+	if _, err := e.images.Pull(context.Background(), ref, nil); err != nil {
+		e.t.Fatal(err)
+	}
+	return ref
+}
+
+func (e *env) sandbox(name string) Sandbox {
+	e.t.Helper()
+	sb, err := e.m.RunSandbox(podConfig(name, e.dir), "")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return sb
+}
+
+func podConfig(name, dir string) *runtimeapi.PodSandboxConfig {
+	return &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "default", Uid: name + "-uid"},
+		LogDirectory: filepath.Join(dir, "pods", name),
+		Labels:       map[string]string{"app": name},
+	}
+}
+
+func (e *env) container(sb Sandbox, name, img string, args ...string) Container {
+	e.t.Helper()
+	c, err := e.m.CreateContainer(context.Background(), sb.ID, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: name},
+		Image:    &runtimeapi.ImageSpec{Image: img},
+		Args:     args,
+		Envs:     []*runtimeapi.KeyValue{{Key: "OVERRIDE", Value: []byte("container")}},
+		LogPath:  name + ".log",
+	})
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+func (e *env) waitExited(id string, within time.Duration) Container {
+	e.t.Helper()
+	deadline := time.Now().Add(within)
+	for {
+		c, err := e.m.Container(id)
+		if err != nil {
+			e.t.Fatal(err)
+		}
+		if c.State == ContainerExited {
+			return c
+		}
+		if time.Now().After(deadline) {
+			e.t.Fatalf("container %s still %s after %v", id, c.State, within)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func readFile(t *testing.T, path string) string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(b)
+}
+
+func TestContainerRunsToCompletion(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod-a")
+	c := e.container(sb, "app", img, "first", "second")
+	if c.State != ContainerCreated {
+		t.Fatalf("state after create = %s", c.State)
+	}
+	if err := e.m.StartContainer(context.Background(), c.ID); err != nil {
+		t.Fatal(err)
+	}
+	c = e.waitExited(c.ID, 10*time.Second)
+	if c.ExitCode != 0 || c.Reason != ReasonCompleted {
+		t.Fatalf("exit = %d %s %s", c.ExitCode, c.Reason, c.Message)
+	}
+	if c.StartedAt.IsZero() || c.FinishedAt.Before(c.StartedAt) || c.StartedAt.Before(c.CreatedAt) {
+		t.Errorf("times: created %v started %v finished %v", c.CreatedAt, c.StartedAt, c.FinishedAt)
+	}
+	if c.LogPath != filepath.Join(e.dir, "pods", "pod-a", "app.log") {
+		t.Errorf("log path = %s", c.LogPath)
+	}
+	out := readFile(t, c.LogPath)
+	for _, want := range []string{
+		` stdout F args: ["/hello.wasm" "first" "second"]`,
+		" stdout F env: FROM_IMAGE=yes",
+		" stdout F env: OVERRIDE=container",
+		" stdout F cwd: /",
+		" stderr F this line went to stderr",
+	} {
+		if !strings.Contains(out, want) {
+			t.Errorf("log lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, "OVERRIDE=image") {
+		t.Errorf("container env did not override the image's:\n%s", out)
+	}
+	if err := e.m.StartContainer(context.Background(), c.ID); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("second start: %v", err)
+	}
+}
+
+func TestExitCodesAndTraps(t *testing.T) {
+	e := newEnv(t)
+	hello := e.image("hello", testmodule.Hello(t))
+	trap := e.image("trap", testmodule.Wat(t, testmodule.Trap))
+	sb := e.sandbox("pod")
+	for _, tc := range []struct {
+		img    string
+		args   []string
+		code   int32
+		reason string
+		msg    string
+	}{
+		{hello, []string{"exit", "3"}, 3, ReasonError, ""},
+		{trap, nil, 1, ReasonError, "unreachable"},
+	} {
+		c := e.container(sb, "c-"+strings.Join(tc.args, "-")+filepath.Base(tc.img), tc.img, tc.args...)
+		if err := e.m.StartContainer(context.Background(), c.ID); err != nil {
+			t.Fatal(err)
+		}
+		c = e.waitExited(c.ID, 10*time.Second)
+		if c.ExitCode != tc.code || c.Reason != tc.reason || !strings.Contains(c.Message, tc.msg) {
+			t.Errorf("%v: exit %d reason %q message %q", tc.args, c.ExitCode, c.Reason, c.Message)
+		}
+	}
+}
+
+func TestStopIsPromptAndIsolated(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	a, b := e.sandbox("pod-a"), e.sandbox("pod-b")
+	ca := e.container(a, "sleeper", img, "sleep-forever")
+	cb := e.container(b, "sleeper", img, "sleep-forever")
+	spinner := e.container(a, "spinner", img, "spin")
+	for _, c := range []Container{ca, cb, spinner} {
+		if err := e.m.StartContainer(context.Background(), c.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	time.Sleep(300 * time.Millisecond)
+	for _, c := range []Container{ca, spinner} {
+		start := time.Now()
+		if err := e.m.StopContainer(c.ID, 2*time.Second); err != nil {
+			t.Fatal(err)
+		}
+		if d := time.Since(start); d > time.Second {
+			t.Errorf("stop of %s took %v", c.Config.Metadata.Name, d)
+		}
+		got, _ := e.m.Container(c.ID)
+		if got.State != ContainerExited || got.ExitCode != 137 {
+			t.Errorf("%s after stop: %s exit %d", c.Config.Metadata.Name, got.State, got.ExitCode)
+		}
+	}
+	if got, _ := e.m.Container(cb.ID); got.State != ContainerRunning {
+		t.Fatalf("the other pod's container is %s", got.State)
+	}
+	// Stopping the sandbox stops what runs in it; removing it removes all.
+	if err := e.m.StopSandbox(b.ID); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.m.Container(cb.ID); got.State != ContainerExited {
+		t.Fatalf("container of stopped sandbox is %s", got.State)
+	}
+	if sb, _ := e.m.Sandbox(b.ID); sb.State != SandboxNotReady {
+		t.Fatalf("stopped sandbox is %s", sb.State)
+	}
+	if _, err := e.m.CreateContainer(context.Background(), b.ID, &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "late"}, Image: &runtimeapi.ImageSpec{Image: img},
+	}); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("create in a stopped sandbox: %v", err)
+	}
+	if err := e.m.RemoveSandbox(a.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.m.Container(ca.ID); !errdefs.IsNotFound(err) {
+		t.Fatalf("container outlived its removed sandbox: %v", err)
+	}
+	if _, err := os.Stat(e.m.containerRoot(ca.ID)); !os.IsNotExist(err) {
+		t.Fatalf("container root left behind: %v", err)
+	}
+	if err := e.m.RemoveSandbox(a.ID); err != nil {
+		t.Fatalf("second remove: %v", err)
+	}
+}
+
+func TestStateSurvivesRestart(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	running := e.container(sb, "running", img, "sleep-forever")
+	created := e.container(sb, "created", img)
+	done := e.container(sb, "done", img, "exit", "7")
+	for _, c := range []Container{running, done} {
+		if err := e.m.StartContainer(context.Background(), c.ID); err != nil {
+			t.Fatal(err)
+		}
+	}
+	e.waitExited(done.ID, 10*time.Second)
+
+	// A new manager over the same database is the daemon after a crash.
+	m2 := e.manager()
+	if got, err := m2.Sandbox(sb.ID); err != nil || got.State != SandboxReady || got.Config.Labels["app"] != "pod" {
+		t.Fatalf("sandbox after restart: %+v, %v", got, err)
+	}
+	checks := map[string]func(Container) bool{
+		running.ID: func(c Container) bool {
+			return c.State == ContainerExited && c.Reason == ReasonDaemonRestarted && c.ExitCode == 255
+		},
+		created.ID: func(c Container) bool { return c.State == ContainerCreated },
+		done.ID:    func(c Container) bool { return c.State == ContainerExited && c.ExitCode == 7 },
+	}
+	for id, ok := range checks {
+		c, err := m2.Container(id)
+		if err != nil || !ok(c) {
+			t.Errorf("container %s after restart: %+v, %v", id, c, err)
+		}
+	}
+	// The created container can still start under the new manager.
+	if err := m2.StartContainer(context.Background(), created.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := m2.RunSandbox(podConfig("pod", e.dir), ""); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("sandbox name not reserved after restart: %v", err)
+	}
+	m2.Shutdown()
+}
+
+func TestRefusals(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	bad := e.image("bad", []byte("\x00asm\x01\x00\x00\x00\x01\x02\x03"))
+	noStart := e.image("nostart", testmodule.Wat(t, testmodule.NoStart))
+	sb := e.sandbox("pod")
+	ctx := context.Background()
+
+	if _, err := e.m.RunSandbox(podConfig("pod", e.dir), ""); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("duplicate sandbox: %v", err)
+	}
+	if _, err := e.m.RunSandbox(podConfig("other", e.dir), "runc"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "runc") {
+		t.Errorf("unknown handler: %v", err)
+	}
+	if got, err := e.m.RunSandbox(podConfig("debug", e.dir), "wasmtime-debug"); err != nil || got.RuntimeHandler != "wasmtime-debug" {
+		t.Errorf("second handler: %+v, %v", got, err)
+	}
+	if _, err := e.m.RunSandbox(&runtimeapi.PodSandboxConfig{}, ""); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("no metadata: %v", err)
+	}
+	if _, err := e.m.CreateContainer(ctx, "nope", &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "x"}, Image: &runtimeapi.ImageSpec{Image: img}}); !errdefs.IsNotFound(err) {
+		t.Errorf("create in unknown sandbox: %v", err)
+	}
+	if _, err := e.m.CreateContainer(ctx, sb.ID, &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "x"}, Image: &runtimeapi.ImageSpec{Image: "absent:1"}}); !errdefs.IsNotFound(err) {
+		t.Errorf("create from absent image: %v", err)
+	}
+	if _, err := e.m.CreateContainer(ctx, sb.ID, &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "x"}, Image: &runtimeapi.ImageSpec{Image: bad}}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("create from malformed module: %v", err)
+	}
+	c := e.container(sb, "nostart", noStart)
+	if err := e.m.StartContainer(ctx, c.ID); !errdefs.IsFailedPrecondition(err) || !strings.Contains(err.Error(), "_start") {
+		t.Errorf("start of a module without _start: %v", err)
+	}
+	if got, _ := e.m.Container(c.ID); got.State != ContainerExited || got.Reason != ReasonStartError || got.ExitCode != 128 {
+		t.Errorf("after failed start: %+v", got)
+	}
+	e.container(sb, "dup", img)
+	if _, err := e.m.CreateContainer(ctx, sb.ID, &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "dup"}, Image: &runtimeapi.ImageSpec{Image: img}}); !errdefs.IsAlreadyExists(err) {
+		t.Errorf("duplicate container name: %v", err)
+	}
+	for name, err := range map[string]error{
+		"start":  e.m.StartContainer(ctx, "nope"),
+		"stop":   e.m.StopContainer("nope", 0),
+		"stopp":  e.m.StopSandbox("nope"),
+		"status": func() error { _, err := e.m.Container("nope"); return err }(),
+	} {
+		if !errdefs.IsNotFound(err) {
+			t.Errorf("%s of unknown ID: %v", name, err)
+		}
+	}
+	if err := e.m.RemoveContainer("nope"); err != nil {
+		t.Errorf("remove of unknown container: %v", err)
+	}
+	// A unique prefix finds the sandbox, as crictl users type it.
+	if got, err := e.m.Sandbox(sb.ID[:12]); err != nil || got.ID != sb.ID {
+		t.Errorf("prefix lookup: %v", err)
+	}
+}
+
+func TestCommandLine(t *testing.T) {
+	artifact := &image.Image{Module: image.Module{Name: "app"}}
+	compat := &image.Image{Entrypoint: []string{"/app.wasm"}, Cmd: []string{"serve"}, Module: image.Module{Name: "/app.wasm"}}
+	cmdOnly := &image.Image{Cmd: []string{"/app.wasm", "x"}, Module: image.Module{Name: "/app.wasm"}}
+	for _, tc := range []struct {
+		img        *image.Image
+		cmd, args  []string
+		wantCmdArg string
+	}{
+		{artifact, nil, nil, "app"},
+		{artifact, nil, []string{"a", "b"}, "app a b"},
+		{artifact, []string{"prog", "-v"}, []string{"a"}, "prog -v a"},
+		{compat, nil, nil, "/app.wasm serve"},
+		{compat, nil, []string{"debug"}, "/app.wasm debug"},
+		{compat, []string{"/app.wasm"}, nil, "/app.wasm"},
+		{cmdOnly, nil, nil, "/app.wasm x"},
+	} {
+		got := strings.Join(commandLine(tc.img, &runtimeapi.ContainerConfig{Command: tc.cmd, Args: tc.args}), " ")
+		if got != tc.wantCmdArg {
+			t.Errorf("image %v/%v command %v args %v: argv %q, want %q", tc.img.Entrypoint, tc.img.Cmd, tc.cmd, tc.args, got, tc.wantCmdArg)
+		}
+	}
+}

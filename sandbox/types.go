@@ -1,0 +1,103 @@
+// Package sandbox keeps pods (sandboxes) and their containers: their state
+// machines, their directories, their persistence in bbolt, and the
+// lifecycle that starts and stops Wasm instances for them.
+package sandbox
+
+import (
+	"strconv"
+	"time"
+
+	"github.com/wasmcri/wasmcri/wasm"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// SandboxState is a pod sandbox's state, as CRI knows it.
+type SandboxState string
+
+const (
+	SandboxReady    SandboxState = "ready"
+	SandboxNotReady SandboxState = "notready"
+)
+
+// ContainerState is a container's state, as CRI knows it.
+type ContainerState string
+
+const (
+	ContainerCreated ContainerState = "created"
+	ContainerRunning ContainerState = "running"
+	ContainerExited  ContainerState = "exited"
+)
+
+// Reasons a container reports when it has exited.
+const (
+	ReasonCompleted = "Completed"
+	ReasonError     = "Error"
+	// ReasonStartError is a module that could not be instantiated.
+	ReasonStartError = "StartError"
+	// ReasonDaemonRestarted is a container that was running when the daemon
+	// stopped: its instance lived in the daemon and died with it.
+	ReasonDaemonRestarted = "DaemonRestarted"
+)
+
+// Sandbox is one pod. A Wasm sandbox has no process of its own: it is a
+// scope of directories, logs and limits its containers run in.
+type Sandbox struct {
+	ID             string                       `json:"id"`
+	Config         *runtimeapi.PodSandboxConfig `json:"-"`
+	RuntimeHandler string                       `json:"runtimeHandler"`
+	State          SandboxState                 `json:"state"`
+	CreatedAt      time.Time                    `json:"createdAt"`
+	// LogDirectory is where container log paths are relative to.
+	LogDirectory string `json:"logDirectory"`
+}
+
+// Name is the sandbox's reserved name: one sandbox per pod attempt.
+func (s *Sandbox) Name() string {
+	md := s.Config.GetMetadata()
+	return md.GetNamespace() + "/" + md.GetName() + "/" + md.GetUid() + "/" + itoa(md.GetAttempt())
+}
+
+// Container is one module instance (run once) inside a sandbox.
+type Container struct {
+	ID        string                      `json:"id"`
+	SandboxID string                      `json:"sandboxId"`
+	Config    *runtimeapi.ContainerConfig `json:"-"`
+	// ImageRef is the image as the container config names it; ImageID and
+	// ImageDigestRef identify what was resolved at creation.
+	ImageRef       string `json:"imageRef"`
+	ImageID        string `json:"imageId"`
+	ImageDigestRef string `json:"imageDigestRef"`
+	ModuleDigest   string `json:"moduleDigest"`
+
+	// What the instance runs with, fixed at creation.
+	Args       []string `json:"args"`
+	Env        []string `json:"env"`
+	WorkingDir string   `json:"workingDir"`
+	// LogPath is absolute, or "" when the config asks for no log.
+	LogPath string `json:"logPath"`
+
+	State      ContainerState `json:"state"`
+	CreatedAt  time.Time      `json:"createdAt"`
+	StartedAt  time.Time      `json:"startedAt"`
+	FinishedAt time.Time      `json:"finishedAt"`
+	ExitCode   int32          `json:"exitCode"`
+	Reason     string         `json:"reason"`
+	Message    string         `json:"message"`
+
+	run *run
+}
+
+// run is a started container's live instance.
+type run struct {
+	instance *wasm.Instance
+	// recorded is closed once the exit is in the container's fields.
+	recorded chan struct{}
+}
+
+// Name is the container's reserved name within its sandbox.
+func (c *Container) Name() string {
+	md := c.Config.GetMetadata()
+	return c.SandboxID + "/" + md.GetName() + "/" + itoa(md.GetAttempt())
+}
+
+func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
