@@ -218,9 +218,15 @@ func (m *Manager) Containers() []Container {
 }
 
 // Directories of one sandbox or container.
-func (m *Manager) sandboxRoot(id string) string   { return filepath.Join(m.opts.RootDir, "sandboxes", id) }
-func (m *Manager) sandboxState(id string) string  { return filepath.Join(m.opts.StateDir, "sandboxes", id) }
-func (m *Manager) containerRoot(id string) string { return filepath.Join(m.opts.RootDir, "containers", id) }
+func (m *Manager) sandboxRoot(id string) string {
+	return filepath.Join(m.opts.RootDir, "sandboxes", id)
+}
+func (m *Manager) sandboxState(id string) string {
+	return filepath.Join(m.opts.StateDir, "sandboxes", id)
+}
+func (m *Manager) containerRoot(id string) string {
+	return filepath.Join(m.opts.RootDir, "containers", id)
+}
 func (m *Manager) containerState(id string) string {
 	return filepath.Join(m.opts.StateDir, "containers", id)
 }
