@@ -233,7 +233,9 @@ func ParseLevel(s string) (slog.Level, error) {
 // Encode writes the configuration as TOML.
 func (c *Config) Encode() ([]byte, error) {
 	var buf bytes.Buffer
-	if err := toml.NewEncoder(&buf).Encode(c); err != nil {
+	enc := toml.NewEncoder(&buf)
+	enc.Indent = ""
+	if err := enc.Encode(c); err != nil {
 		return nil, err
 	}
 	return buf.Bytes(), nil

@@ -53,6 +53,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 		SandboxID:      sandbox.ID,
 		Config:         cfg,
 		ImageRef:       cfg.GetImage().GetImage(),
+		ImageName:      cfg.GetImage().GetImage(),
 		ImageID:        img.ID,
 		ImageDigestRef: digestRef(img),
 		ModuleDigest:   img.Module.Digest.String(),
@@ -61,6 +62,9 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 		WorkingDir:     cfg.GetWorkingDir(),
 		State:          ContainerCreated,
 		CreatedAt:      time.Now(),
+	}
+	if len(img.RepoTags) > 0 {
+		c.ImageName = img.RepoTags[0]
 	}
 	if c.WorkingDir == "" {
 		c.WorkingDir = img.WorkingDir

@@ -62,9 +62,11 @@ type Container struct {
 	ID        string                      `json:"id"`
 	SandboxID string                      `json:"sandboxId"`
 	Config    *runtimeapi.ContainerConfig `json:"-"`
-	// ImageRef is the image as the container config names it; ImageID and
-	// ImageDigestRef identify what was resolved at creation.
+	// ImageRef is the image as the container config names it (kubelet
+	// passes the image ID); ImageName is the image's first tag for display;
+	// ImageID and ImageDigestRef identify what was resolved at creation.
 	ImageRef       string `json:"imageRef"`
+	ImageName      string `json:"imageName"`
 	ImageID        string `json:"imageId"`
 	ImageDigestRef string `json:"imageDigestRef"`
 	ModuleDigest   string `json:"moduleDigest"`

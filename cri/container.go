@@ -1,0 +1,130 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/sandbox"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// CreateContainer creates a container from a pulled Wasm image.
+func (s *Server) CreateContainer(ctx context.Context, req *runtimeapi.CreateContainerRequest) (*runtimeapi.CreateContainerResponse, error) {
+	if req.GetConfig() == nil {
+		return nil, fmt.Errorf("CreateContainer: no config: %w", errdefs.ErrInvalidArgument)
+	}
+	c, err := s.sandboxes.CreateContainer(ctx, req.GetPodSandboxId(), req.GetConfig())
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.CreateContainerResponse{ContainerId: c.ID}, nil
+}
+
+// StartContainer runs a created container's module.
+func (s *Server) StartContainer(ctx context.Context, req *runtimeapi.StartContainerRequest) (*runtimeapi.StartContainerResponse, error) {
+	if err := s.sandboxes.StartContainer(ctx, req.GetContainerId()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.StartContainerResponse{}, nil
+}
+
+// StopContainer interrupts a running container.
+func (s *Server) StopContainer(ctx context.Context, req *runtimeapi.StopContainerRequest) (*runtimeapi.StopContainerResponse, error) {
+	if err := s.sandboxes.StopContainer(req.GetContainerId(), time.Duration(req.GetTimeout())*time.Second); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.StopContainerResponse{}, nil
+}
+
+// RemoveContainer removes a container, stopping it first if needed.
+func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveContainerRequest) (*runtimeapi.RemoveContainerResponse, error) {
+	if err := s.sandboxes.RemoveContainer(req.GetContainerId()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.RemoveContainerResponse{}, nil
+}
+
+// ListContainers lists containers matching the filter.
+func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
+	f := req.GetFilter()
+	resp := &runtimeapi.ListContainersResponse{}
+	for _, c := range s.sandboxes.Containers() {
+		state := containerState(c.State)
+		if !matchID(f.GetId(), c.ID) ||
+			!matchID(f.GetPodSandboxId(), c.SandboxID) ||
+			(f.GetState() != nil && f.GetState().GetState() != state) ||
+			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
+			continue
+		}
+		resp.Containers = append(resp.Containers, &runtimeapi.Container{
+			Id:           c.ID,
+			PodSandboxId: c.SandboxID,
+			Metadata:     c.Config.GetMetadata(),
+			Image:        imageSpec(c),
+			ImageRef:     c.ImageDigestRef,
+			ImageId:      c.ImageID,
+			State:        state,
+			CreatedAt:    nanos(c.CreatedAt),
+			Labels:       c.Config.GetLabels(),
+			Annotations:  c.Config.GetAnnotations(),
+		})
+	}
+	return resp, nil
+}
+
+// ContainerStatus reports one container.
+func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
+	c, err := s.sandboxes.Container(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{
+		Id:          c.ID,
+		Metadata:    c.Config.GetMetadata(),
+		State:       containerState(c.State),
+		CreatedAt:   nanos(c.CreatedAt),
+		StartedAt:   nanos(c.StartedAt),
+		FinishedAt:  nanos(c.FinishedAt),
+		ExitCode:    c.ExitCode,
+		Image:       imageSpec(c),
+		ImageRef:    c.ImageDigestRef,
+		ImageId:     c.ImageID,
+		Reason:      c.Reason,
+		Message:     c.Message,
+		Labels:      c.Config.GetLabels(),
+		Annotations: c.Config.GetAnnotations(),
+		LogPath:     c.LogPath,
+	}}
+	if req.GetVerbose() {
+		b, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"info": string(b)}
+	}
+	return resp, nil
+}
+
+func imageSpec(c sandbox.Container) *runtimeapi.ImageSpec {
+	return &runtimeapi.ImageSpec{
+		Image:              c.ImageName,
+		UserSpecifiedImage: c.Config.GetImage().GetUserSpecifiedImage(),
+		RuntimeHandler:     c.Config.GetImage().GetRuntimeHandler(),
+		Annotations:        c.Config.GetImage().GetAnnotations(),
+	}
+}
+
+func containerState(s sandbox.ContainerState) runtimeapi.ContainerState {
+	switch s {
+	case sandbox.ContainerCreated:
+		return runtimeapi.ContainerState_CONTAINER_CREATED
+	case sandbox.ContainerRunning:
+		return runtimeapi.ContainerState_CONTAINER_RUNNING
+	case sandbox.ContainerExited:
+		return runtimeapi.ContainerState_CONTAINER_EXITED
+	}
+	return runtimeapi.ContainerState_CONTAINER_UNKNOWN
+}

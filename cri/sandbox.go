@@ -1,0 +1,101 @@
+package cri
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+
+	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/sandbox"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RunPodSandbox creates a ready Wasm sandbox.
+func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandboxRequest) (*runtimeapi.RunPodSandboxResponse, error) {
+	if req.GetConfig() == nil {
+		return nil, fmt.Errorf("RunPodSandbox: no config: %w", errdefs.ErrInvalidArgument)
+	}
+	sb, err := s.sandboxes.RunSandbox(req.GetConfig(), req.GetRuntimeHandler())
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.RunPodSandboxResponse{PodSandboxId: sb.ID}, nil
+}
+
+// StopPodSandbox ends every container of the sandbox.
+func (s *Server) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
+	if err := s.sandboxes.StopSandbox(req.GetPodSandboxId()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.StopPodSandboxResponse{}, nil
+}
+
+// RemovePodSandbox removes the sandbox and its containers.
+func (s *Server) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
+	if err := s.sandboxes.RemoveSandbox(req.GetPodSandboxId()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.RemovePodSandboxResponse{}, nil
+}
+
+// PodSandboxStatus reports one sandbox.
+func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandboxStatusRequest) (*runtimeapi.PodSandboxStatusResponse, error) {
+	sb, err := s.sandboxes.Sandbox(req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.PodSandboxStatusResponse{Status: &runtimeapi.PodSandboxStatus{
+		Id:          sb.ID,
+		Metadata:    sb.Config.GetMetadata(),
+		State:       sandboxState(sb.State),
+		CreatedAt:   nanos(sb.CreatedAt),
+		Network:     &runtimeapi.PodSandboxNetworkStatus{},
+		Labels:      sb.Config.GetLabels(),
+		Annotations: sb.Config.GetAnnotations(),
+		// kubelet compares the namespace options with the pod's to decide
+		// whether the sandbox must be recreated; report what was asked.
+		Linux: &runtimeapi.LinuxPodSandboxStatus{Namespaces: &runtimeapi.Namespace{
+			Options: sb.Config.GetLinux().GetSecurityContext().GetNamespaceOptions(),
+		}},
+		RuntimeHandler: sb.RuntimeHandler,
+	}}
+	if req.GetVerbose() {
+		b, err := json.Marshal(sb)
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"info": string(b)}
+	}
+	return resp, nil
+}
+
+// ListPodSandbox lists sandboxes matching the filter.
+func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
+	f := req.GetFilter()
+	resp := &runtimeapi.ListPodSandboxResponse{}
+	for _, sb := range s.sandboxes.Sandboxes() {
+		state := sandboxState(sb.State)
+		if !matchID(f.GetId(), sb.ID) ||
+			(f.GetState() != nil && f.GetState().GetState() != state) ||
+			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
+			continue
+		}
+		resp.Items = append(resp.Items, &runtimeapi.PodSandbox{
+			Id:             sb.ID,
+			Metadata:       sb.Config.GetMetadata(),
+			State:          state,
+			CreatedAt:      nanos(sb.CreatedAt),
+			Labels:         sb.Config.GetLabels(),
+			Annotations:    sb.Config.GetAnnotations(),
+			RuntimeHandler: sb.RuntimeHandler,
+		})
+	}
+	return resp, nil
+}
+
+func sandboxState(s sandbox.SandboxState) runtimeapi.PodSandboxState {
+	if s == sandbox.SandboxReady {
+		return runtimeapi.PodSandboxState_SANDBOX_READY
+	}
+	return runtimeapi.PodSandboxState_SANDBOX_NOTREADY
+}
