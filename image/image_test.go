@@ -6,10 +6,6 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
-	"io"
-	"log"
-	"net/http"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"slices"
@@ -17,8 +13,8 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
-	"github.com/google/go-containerregistry/pkg/registry"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
 )
 
@@ -27,28 +23,6 @@ var emptyModule = []byte("\x00asm\x01\x00\x00\x00")
 
 // A module that is a component (version 0x0d, layer 1).
 var componentModule = []byte("\x00asm\x0d\x00\x01\x00")
-
-// testRegistry runs go-containerregistry's registry on 127.0.0.1. With a
-// user, it demands HTTP basic auth as a registry behind htpasswd does.
-func testRegistry(t *testing.T, user, pass string) string {
-	t.Helper()
-	var h http.Handler = registry.New(registry.Logger(log.New(io.Discard, "", 0)))
-	if user != "" {
-		inner := h
-		h = http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-			u, p, ok := r.BasicAuth()
-			if !ok || u != user || p != pass {
-				w.Header().Set("WWW-Authenticate", `Basic realm="test"`)
-				http.Error(w, "unauthorized", http.StatusUnauthorized)
-				return
-			}
-			inner.ServeHTTP(w, r)
-		})
-	}
-	srv := httptest.NewServer(h)
-	t.Cleanup(srv.Close)
-	return strings.TrimPrefix(srv.URL, "http://")
-}
 
 func newService(t *testing.T, dir string, opts Options) *Service {
 	t.Helper()
@@ -94,7 +68,7 @@ func wantErr(t *testing.T, err error, class error, substr string) {
 }
 
 func TestPullEachLayout(t *testing.T) {
-	reg := testRegistry(t, "", "")
+	reg := testregistry.Start(t)
 	ctx := context.Background()
 	s := newService(t, t.TempDir(), Options{})
 	module := append(append([]byte{}, emptyModule...), []byte("\x00\x04name")...) // a custom section
@@ -179,7 +153,7 @@ func mustGet(t *testing.T, s *Service, ref string) *Image {
 }
 
 func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
-	reg := testRegistry(t, "", "")
+	reg := testregistry.Start(t)
 	ctx := context.Background()
 	s := newService(t, t.TempDir(), Options{MaxLayerSize: 1 << 10})
 
@@ -235,7 +209,7 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 }
 
 func TestPullWithBasicAuth(t *testing.T) {
-	reg := testRegistry(t, "alice", "s3cret")
+	reg := testregistry.StartWithBasicAuth(t, "alice", "s3cret")
 	ctx := context.Background()
 	ref := reg + "/private/app:1"
 	if err := Push(ctx, ref, BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), RegistryOptions{}, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
@@ -252,7 +226,7 @@ func TestPullWithBasicAuth(t *testing.T) {
 }
 
 func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
-	reg := testRegistry(t, "", "")
+	reg := testregistry.Start(t)
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := newService(t, dir, Options{})
@@ -302,7 +276,7 @@ func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
 }
 
 func TestMetadataSurvivesReopen(t *testing.T) {
-	reg := testRegistry(t, "", "")
+	reg := testregistry.Start(t)
 	dir := t.TempDir()
 	push(t, reg+"/x/a:1", BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)

@@ -2,9 +2,6 @@ package sandbox
 
 import (
 	"context"
-	"io"
-	"log"
-	"net/http/httptest"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,9 +10,9 @@ import (
 
 	"github.com/containerd/errdefs"
 	clog "github.com/containerd/log"
-	"github.com/google/go-containerregistry/pkg/registry"
 	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
+	"github.com/wasmcri/wasmcri/internal/testregistry"
 	"github.com/wasmcri/wasmcri/wasm"
 	bolt "go.etcd.io/bbolt"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -40,9 +37,7 @@ type env struct {
 
 func newEnv(t *testing.T) *env {
 	t.Helper()
-	srv := httptest.NewServer(registry.New(registry.Logger(log.New(io.Discard, "", 0))))
-	t.Cleanup(srv.Close)
-	e := &env{t: t, dir: t.TempDir(), reg: strings.TrimPrefix(srv.URL, "http://")}
+	e := &env{t: t, dir: t.TempDir(), reg: testregistry.Start(t)}
 	var err error
 	if e.db, err = bolt.Open(filepath.Join(e.dir, "meta.db"), 0o600, nil); err != nil {
 		t.Fatal(err)

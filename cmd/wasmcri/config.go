@@ -3,7 +3,6 @@ package main
 import (
 	"errors"
 	"io/fs"
-	"os"
 
 	"github.com/urfave/cli/v2"
 	"github.com/wasmcri/wasmcri/config"
@@ -62,9 +61,4 @@ func applyFlags(c *cli.Context, cfg *config.Config) error {
 		cfg.Log.Format = c.String("log-format")
 	}
 	return cfg.Validate()
-}
-
-func fileExists(p string) bool {
-	_, err := os.Stat(p)
-	return err == nil
 }

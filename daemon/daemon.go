@@ -1,0 +1,136 @@
+// Package daemon assembles wasmcri from its parts (metadata database,
+// image service, wasm runtime, sandbox manager, CRI server) for a
+// configuration, and runs it on its socket.
+package daemon
+
+import (
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/wasmcri/wasmcri/config"
+	"github.com/wasmcri/wasmcri/cri"
+	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/sandbox"
+	"github.com/wasmcri/wasmcri/wasm"
+	bolt "go.etcd.io/bbolt"
+	"google.golang.org/grpc"
+)
+
+// Daemon is a wired wasmcri, listening once Start returns.
+type Daemon struct {
+	cfg       *config.Config
+	log       *slog.Logger
+	db        *bolt.DB
+	runtime   *wasm.Runtime
+	Images    *image.Service
+	Sandboxes *sandbox.Manager
+	grpc      *grpc.Server
+	listener  net.Listener
+	served    chan error
+}
+
+// Start opens the state under cfg.Root and cfg.State and serves CRI on
+// cfg.GRPC.Address.
+func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err error) {
+	d := &Daemon{cfg: cfg, log: log, served: make(chan error, 1)}
+	defer func() {
+		if err != nil {
+			d.close()
+		}
+	}()
+	for _, dir := range []string{cfg.Root, cfg.State, filepath.Dir(cfg.GRPC.Address)} {
+		if err := os.MkdirAll(dir, 0o711); err != nil {
+			return nil, fmt.Errorf("create %s: %w", dir, err)
+		}
+	}
+	dbPath := filepath.Join(cfg.Root, "meta.db")
+	if d.db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: 2 * time.Second}); err != nil {
+		return nil, fmt.Errorf("open metadata database %s (is another wasmcri running on this root?): %w", dbPath, err)
+	}
+	if d.runtime, err = wasm.NewRuntime(filepath.Join(cfg.Root, "modules"), wasm.Options{MaxWasmStack: cfg.Runtime.MaxWasmStack, Logger: log}); err != nil {
+		return nil, err
+	}
+	d.Images, err = image.NewService(d.db, filepath.Join(cfg.Root, "content"), image.Options{
+		Registry:     image.RegistryOptions{PlainHTTP: cfg.Registry.PlainHTTP, ConfigPath: cfg.Registry.ConfigPath},
+		MaxLayerSize: cfg.Image.MaxLayerSize,
+		PullTimeout:  cfg.Image.PullTimeout.Duration,
+		Validate:     d.runtime.Validate,
+		Logger:       log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	d.Sandboxes, err = sandbox.NewManager(d.db, d.Images, d.runtime, sandbox.Options{
+		RootDir: cfg.Root, StateDir: cfg.State, Handlers: cfg.Runtime.Handlers, Logger: log,
+	})
+	if err != nil {
+		return nil, err
+	}
+	server := cri.NewServer(d.Sandboxes, d.Images, cri.Info{Version: version, Handlers: cfg.Runtime.Handlers, Config: cfg}, log)
+	d.grpc = server.NewGRPCServer(cfg.GRPC.MaxRecvMessageSize, cfg.GRPC.MaxSendMessageSize)
+	if d.listener, err = listenUnix(cfg.GRPC.Address); err != nil {
+		return nil, err
+	}
+	go func() { d.served <- d.grpc.Serve(d.listener) }()
+	log.Info("wasmcri serving", "version", version, "socket", cfg.GRPC.Address, "root", cfg.Root, "state", cfg.State, "handlers", cfg.Runtime.Handlers)
+	return d, nil
+}
+
+// Done delivers the error that ended serving, if serving ends on its own.
+func (d *Daemon) Done() <-chan error { return d.served }
+
+// Stop finishes calls in flight (for at most grace), stops every running
+// instance and closes the database and socket.
+func (d *Daemon) Stop(grace time.Duration) {
+	done := make(chan struct{})
+	go func() { d.grpc.GracefulStop(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(grace):
+		d.grpc.Stop()
+	}
+	d.close()
+}
+
+func (d *Daemon) close() {
+	if d.Sandboxes != nil {
+		d.Sandboxes.Shutdown()
+	}
+	if d.runtime != nil {
+		d.runtime.Close()
+	}
+	if d.db != nil {
+		d.db.Close()
+	}
+	if d.listener != nil {
+		os.Remove(d.cfg.GRPC.Address)
+	}
+}
+
+// listenUnix listens on path, replacing a stale socket but never one a
+// live daemon still answers on.
+func listenUnix(path string) (net.Listener, error) {
+	if _, err := os.Stat(path); err == nil {
+		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			conn.Close()
+			return nil, fmt.Errorf("socket %s is in use by another process", path)
+		}
+		if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
+			return nil, fmt.Errorf("remove stale socket: %w", err)
+		}
+	}
+	l, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	if err := os.Chmod(path, 0o660); err != nil {
+		l.Close()
+		return nil, err
+	}
+	return l, nil
+}
