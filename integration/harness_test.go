@@ -1,0 +1,267 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// The integration tests drive the built wasmcri binary with the real
+// crictl against Debian's docker-registry on 127.0.0.1. `make test` puts
+// both tools on PATH (or CRICTL names crictl); without them the tests
+// fail rather than skip, so CI can never pass by not running them.
+
+var wasmcriBin string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "wasmcri-it-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	wasmcriBin = filepath.Join(dir, "wasmcri")
+	cmd := exec.Command("go", "build", "-o", wasmcriBin, "./cmd/wasmcri")
+	cmd.Dir = repoRoot()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "build wasmcri: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+func repoRoot() string {
+	_, file, _, _ := runtime.Caller(0)
+	return filepath.Dir(filepath.Dir(file))
+}
+
+// tool finds a required program, from an environment variable or PATH.
+func tool(t *testing.T, env, name string) string {
+	t.Helper()
+	if p := os.Getenv(env); p != "" {
+		return p
+	}
+	p, err := exec.LookPath(name)
+	if err != nil {
+		t.Fatalf("%s is not installed: run `make test` (or .ci/run), or set %s", name, env)
+	}
+	return p
+}
+
+// startProcess runs cmd in its own process group, killed when the test ends.
+func startProcess(t *testing.T, cmd *exec.Cmd, logPath string) *exec.Cmd {
+	t.Helper()
+	logFile, err := os.Create(logPath)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd.Stdout, cmd.Stderr = logFile, logFile
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start %s: %v", cmd.Path, err)
+	}
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		cmd.Wait()
+		logFile.Close()
+		if t.Failed() {
+			b, _ := os.ReadFile(logPath)
+			t.Logf("--- %s log ---\n%s", filepath.Base(cmd.Path), tail(string(b), 60))
+		}
+	})
+	return cmd
+}
+
+func tail(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = lines[len(lines)-n:]
+	}
+	return strings.Join(lines, "\n")
+}
+
+func freePort(t *testing.T) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+func waitFor(t *testing.T, what string, within time.Duration, ok func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not within %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// startRegistry runs Debian's docker-registry on a free loopback port and
+// returns its host:port.
+func startRegistry(t *testing.T) string {
+	t.Helper()
+	bin := tool(t, "DOCKER_REGISTRY", "docker-registry")
+	dir := t.TempDir()
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	cfgPath := filepath.Join(dir, "config.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	startProcess(t, exec.Command(bin, "serve", cfgPath), filepath.Join(dir, "registry.log"))
+	waitFor(t, "registry answering on "+addr, 10*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	})
+	return addr
+}
+
+// daemon is one wasmcri process on temp directories.
+type daemon struct {
+	t      *testing.T
+	root   string
+	state  string
+	socket string
+	log    string
+	cmd    *exec.Cmd
+	// cmdLog is the current process's log file.
+	cmdLog       string
+	crictl       string
+	crictlConfig string
+}
+
+func newDaemon(t *testing.T) *daemon {
+	t.Helper()
+	dir := t.TempDir()
+	sockDir, err := os.MkdirTemp("", "wcri")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { os.RemoveAll(sockDir) })
+	d := &daemon{
+		t: t, root: filepath.Join(dir, "root"), state: filepath.Join(dir, "state"),
+		socket: filepath.Join(sockDir, "wasmcri.sock"), log: filepath.Join(dir, "wasmcri.log"),
+		crictl: tool(t, "CRICTL", "crictl"), crictlConfig: filepath.Join(dir, "crictl.yaml"),
+	}
+	if err := os.WriteFile(d.crictlConfig, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.start()
+	return d
+}
+
+func (d *daemon) start() {
+	d.t.Helper()
+	cmd := exec.Command(wasmcriBin, "serve", "--root", d.root, "--state", d.state, "--listen", "unix://"+d.socket, "--log-level", "debug")
+	d.cmdLog = d.log + fmt.Sprintf(".%d", time.Now().UnixNano())
+	d.cmd = startProcess(d.t, cmd, d.cmdLog)
+	waitFor(d.t, "wasmcri socket", 20*time.Second, func() bool {
+		c, err := net.Dial("unix", d.socket)
+		if err != nil {
+			return false
+		}
+		c.Close()
+		return true
+	})
+}
+
+// stop ends the daemon with sig and waits for it.
+func (d *daemon) stop(sig syscall.Signal) error {
+	d.cmd.Process.Signal(sig)
+	return d.cmd.Wait()
+}
+
+// run calls crictl and returns stdout; a failure is returned, not fatal.
+func (d *daemon) run(args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	full := append([]string{"--config", d.crictlConfig, "--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket, "--timeout", "30s"}, args...)
+	cmd := exec.CommandContext(ctx, d.crictl, full...)
+	var stdout, stderr bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &stdout, &stderr
+	err := cmd.Run()
+	if err != nil {
+		return stdout.String(), fmt.Errorf("crictl %s: %v: %s", strings.Join(args, " "), err, strings.TrimSpace(stderr.String()))
+	}
+	return stdout.String(), nil
+}
+
+// must calls crictl and fails the test on error.
+func (d *daemon) must(args ...string) string {
+	d.t.Helper()
+	out, err := d.run(args...)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	return out
+}
+
+// writeJSON writes v to a file in the test's temp dir for crictl to read.
+func writeJSON(t *testing.T, name string, v any) string {
+	t.Helper()
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := filepath.Join(t.TempDir(), name)
+	if err := os.WriteFile(p, b, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+// inspect returns crictl inspect's status object.
+func (d *daemon) inspect(id string) map[string]any {
+	d.t.Helper()
+	var out struct {
+		Status map[string]any `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(d.must("inspect", id)), &out); err != nil {
+		d.t.Fatal(err)
+	}
+	return out.Status
+}
+
+func (d *daemon) waitState(id, state string, within time.Duration) map[string]any {
+	d.t.Helper()
+	var st map[string]any
+	waitFor(d.t, "container "+id[:12]+" "+state, within, func() bool {
+		st = d.inspect(id)
+		return st["state"] == state
+	})
+	return st
+}
+
+// pushWasm pushes a module with the wasmcri CLI, as a user would.
+func pushWasm(t *testing.T, module []byte, ref, format string) {
+	t.Helper()
+	file := filepath.Join(t.TempDir(), "app.wasm")
+	if err := os.WriteFile(file, module, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, err := exec.Command(wasmcriBin, "image", "push", "--format", format, "--insecure", file, ref).CombinedOutput()
+	if err != nil {
+		t.Fatalf("wasmcri image push %s: %v\n%s", ref, err, out)
+	}
+}
