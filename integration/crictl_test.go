@@ -239,6 +239,9 @@ func TestStateSurvivesCrash(t *testing.T) {
 	if err := d.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
+	if _, err := os.Stat(d.socket); !os.IsNotExist(err) {
+		t.Fatalf("socket left after SIGTERM: %v", err)
+	}
 	d.start()
 	if pods := d.must("pods", "-q"); !strings.Contains(pods, pod) {
 		t.Fatalf("pod lost over a clean restart:\n%s", pods)

@@ -53,8 +53,13 @@ func newLogger(cfg config.LogConfig) *slog.Logger {
 func serve(cfg *config.Config) error {
 	log := newLogger(cfg.Log)
 	slog.SetDefault(log)
+	// containerd's registry and content libraries log through logrus:
+	// same format as ours, and their chatter only when debugging.
 	if cfg.Log.Level == "debug" {
 		_ = clog.SetLevel("debug")
+	}
+	if cfg.Log.Format == "json" {
+		_ = clog.SetFormat(clog.JSONFormat)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
