@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"encoding/base64"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -144,6 +145,42 @@ func TestCrictlEndToEnd(t *testing.T) {
 	}
 	if n := strings.Count(string(b), `msg="compiled module"`); n != 1 {
 		t.Errorf("the module was compiled %d times, want once", n)
+	}
+}
+
+// Pulls by digest, and with credentials from a registry behind htpasswd
+// (crictl --creds and --auth fill PullImageRequest.Auth).
+func TestCrictlPullByDigestAndWithCredentials(t *testing.T) {
+	reg := startRegistryWithAuth(t, "wasm", "s3cret")
+	d := newDaemon(t)
+	repo := reg + "/private/hello"
+	dgst := pushWasm(t, testmodule.Wat(t, testmodule.Print), repo+":v1", "oci", "--username", "wasm", "--password", "s3cret")
+
+	if _, err := d.run("pull", repo+":v1"); err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+		t.Fatalf("pull without credentials: %v", err)
+	}
+	if _, err := d.run("pull", "--creds", "wasm:wrong", repo+":v1"); err == nil || !strings.Contains(err.Error(), "Unauthenticated") {
+		t.Fatalf("pull with a wrong password: %v", err)
+	}
+	d.must("pull", "--creds", "wasm:s3cret", repo+"@"+dgst)
+	var img struct {
+		Status struct {
+			RepoTags    []string `json:"repoTags"`
+			RepoDigests []string `json:"repoDigests"`
+		} `json:"status"`
+	}
+	if err := json.Unmarshal([]byte(d.must("inspecti", repo+"@"+dgst)), &img); err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Status.RepoTags) != 0 || len(img.Status.RepoDigests) != 1 || img.Status.RepoDigests[0] != repo+"@"+dgst {
+		t.Errorf("pulled by digest: tags %v digests %v", img.Status.RepoTags, img.Status.RepoDigests)
+	}
+	d.must("pull", "--auth", base64.StdEncoding.EncodeToString([]byte("wasm:s3cret")), repo+":v1")
+	if err := json.Unmarshal([]byte(d.must("inspecti", repo+":v1")), &img); err != nil {
+		t.Fatal(err)
+	}
+	if len(img.Status.RepoTags) != 1 || img.Status.RepoTags[0] != repo+":v1" {
+		t.Errorf("the tag pull did not join the digest pull's image: %v", img.Status.RepoTags)
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/crypto/bcrypt"
 )
 
 // The integration tests drive the built wasmcri binary with the real
@@ -116,11 +118,28 @@ func waitFor(t *testing.T, what string, within time.Duration, ok func() bool) {
 // startRegistry runs Debian's docker-registry on a free loopback port and
 // returns its host:port.
 func startRegistry(t *testing.T) string {
+	return startRegistryWithAuth(t, "", "")
+}
+
+// startRegistryWithAuth runs docker-registry behind htpasswd auth when user
+// is set: it answers 401 with a Basic challenge to anyone else.
+func startRegistryWithAuth(t *testing.T, user, pass string) string {
 	t.Helper()
 	bin := tool(t, "DOCKER_REGISTRY", "docker-registry")
 	dir := t.TempDir()
 	addr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
 	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "data"), addr)
+	if user != "" {
+		hash, err := bcrypt.GenerateFromPassword([]byte(pass), bcrypt.DefaultCost)
+		if err != nil {
+			t.Fatal(err)
+		}
+		htpasswd := filepath.Join(dir, "htpasswd")
+		if err := os.WriteFile(htpasswd, []byte(user+":"+string(hash)+"\n"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		cfg += fmt.Sprintf("auth:\n  htpasswd:\n    realm: wasmcri-test\n    path: %s\n", htpasswd)
+	}
 	cfgPath := filepath.Join(dir, "config.yml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -132,7 +151,7 @@ func startRegistry(t *testing.T) string {
 			return false
 		}
 		resp.Body.Close()
-		return resp.StatusCode == http.StatusOK
+		return resp.StatusCode == http.StatusOK || (user != "" && resp.StatusCode == http.StatusUnauthorized)
 	})
 	return addr
 }
@@ -253,15 +272,22 @@ func (d *daemon) waitState(id, state string, within time.Duration) map[string]an
 	return st
 }
 
-// pushWasm pushes a module with the wasmcri CLI, as a user would.
-func pushWasm(t *testing.T, module []byte, ref, format string) {
+// pushWasm pushes a module with the wasmcri CLI, as a user would, and
+// returns the digest it pushed.
+func pushWasm(t *testing.T, module []byte, ref, format string, extra ...string) string {
 	t.Helper()
 	file := filepath.Join(t.TempDir(), "app.wasm")
 	if err := os.WriteFile(file, module, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	out, err := exec.Command(wasmcriBin, "image", "push", "--format", format, "--insecure", file, ref).CombinedOutput()
+	args := append([]string{"image", "push", "--format", format, "--insecure"}, extra...)
+	out, err := exec.Command(wasmcriBin, append(args, file, ref)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("wasmcri image push %s: %v\n%s", ref, err, out)
 	}
+	_, dgst, ok := strings.Cut(strings.TrimSpace(string(out)), "@")
+	if !ok {
+		t.Fatalf("wasmcri image push printed no digest: %s", out)
+	}
+	return dgst
 }
