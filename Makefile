@@ -51,7 +51,7 @@ integration: $(CRICTL)
 
 ## test: everything CI runs
 test: lint $(CRICTL)
-	CRICTL=$(CRICTL) $(GO) test -count=1 -timeout 30m ./...
+	CRICTL=$(CRICTL) $(GO) test -race -count=1 -timeout 30m ./...
 
 clean:
 	rm -rf bin $(RUN_DIR)

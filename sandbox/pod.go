@@ -66,12 +66,7 @@ func (m *Manager) StopSandbox(id string) error {
 		m.mu.Unlock()
 		return err
 	}
-	var ids []string
-	for _, c := range m.containers {
-		if c.SandboxID == sb.ID {
-			ids = append(ids, c.ID)
-		}
-	}
+	ids := m.containerIDsLocked(sb.ID)
 	m.mu.Unlock()
 
 	for _, cid := range ids {
@@ -110,12 +105,7 @@ func (m *Manager) RemoveSandbox(id string) error {
 	}
 
 	m.mu.Lock()
-	var ids []string
-	for _, c := range m.containers {
-		if c.SandboxID == sb.ID {
-			ids = append(ids, c.ID)
-		}
-	}
+	ids := m.containerIDsLocked(sb.ID)
 	m.mu.Unlock()
 	for _, cid := range ids {
 		if err := m.RemoveContainer(cid); err != nil {
@@ -135,4 +125,15 @@ func (m *Manager) RemoveSandbox(id string) error {
 	}
 	m.log.Info("sandbox removed", "sandbox", sb.ID)
 	return nil
+}
+
+// containerIDsLocked lists the containers of a sandbox.
+func (m *Manager) containerIDsLocked(sandboxID string) []string {
+	var ids []string
+	for _, c := range m.containers {
+		if c.SandboxID == sandboxID {
+			ids = append(ids, c.ID)
+		}
+	}
+	return ids
 }
