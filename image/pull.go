@@ -1,6 +1,7 @@
 package image
 
 import (
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -255,7 +256,7 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 		// without reading the layer again.
 		desc := ocispec.Descriptor{MediaType: MediaTypeWasmLayer, Digest: img.Module.Digest, Size: img.Module.Size}
 		p.keep(desc.Digest, desc.Size)
-		if err := content.WriteBlob(ctx, p.cs, "module-"+desc.Digest.Encoded(), strings.NewReader(string(module)), desc); err != nil && !errdefs.IsAlreadyExists(err) {
+		if err := content.WriteBlob(ctx, p.cs, "module-"+desc.Digest.Encoded(), bytes.NewReader(module), desc); err != nil && !errdefs.IsAlreadyExists(err) {
 			return nil, fmt.Errorf("%s: store module: %w", p.ref, err)
 		}
 	}

@@ -272,7 +272,11 @@ func TestStateSurvivesCrash(t *testing.T) {
 		t.Errorf("container started after the crash logged:\n%s", logs)
 	}
 
-	// A clean stop removes the socket; the next start finds everything.
+	// A clean stop removes the socket; the next start finds everything,
+	// and a container it ended says why.
+	again := strings.TrimSpace(d.must("create", pod, containerJSON(t, "again", ref, []string{"sleep-forever"}, nil), podJSON(t, "survivor")))
+	d.must("start", again)
+	d.waitState(again, "CONTAINER_RUNNING", 10*time.Second)
 	if err := d.stop(syscall.SIGTERM); err != nil {
 		t.Fatalf("SIGTERM: %v", err)
 	}
@@ -282,5 +286,8 @@ func TestStateSurvivesCrash(t *testing.T) {
 	d.start()
 	if pods := d.must("pods", "-q"); !strings.Contains(pods, pod) {
 		t.Fatalf("pod lost over a clean restart:\n%s", pods)
+	}
+	if st := d.inspect(again); st["state"] != "CONTAINER_EXITED" || st["reason"] != "DaemonRestarted" || !strings.Contains(fmt.Sprint(st["message"]), "shut down") {
+		t.Errorf("container running at a clean shutdown: %v %v %v", st["state"], st["reason"], st["message"])
 	}
 }

@@ -212,6 +212,8 @@ func (m *Manager) watch(c *Container, r *run) {
 	c.FinishedAt = res.FinishedAt
 	c.ExitCode = res.ExitCode
 	switch {
+	case res.Stopped && m.shuttingDown:
+		c.Reason, c.Message = ReasonDaemonRestarted, "wasmcri was shut down while the container was running"
 	case res.Stopped:
 		c.Reason, c.Message = ReasonError, "stopped by the runtime"
 	case res.Trap != "":

@@ -52,6 +52,8 @@ type Manager struct {
 	// names reserves sandbox and container names, as kubelet expects a
 	// second create under one name to fail.
 	names map[string]string
+	// shuttingDown makes instances ended by Shutdown say so.
+	shuttingDown bool
 }
 
 // NewManager loads persisted state. Containers that were running when the
@@ -85,7 +87,7 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 			c.FinishedAt = time.Now()
 			c.ExitCode = 255
 			c.Reason = ReasonDaemonRestarted
-			c.Message = "wasmcri stopped while the container was running; its instance ended with the daemon"
+			c.Message = "wasmcri died while the container was running; its instance ended with the daemon"
 			if err := st.putContainer(c); err != nil {
 				return nil, err
 			}
@@ -101,6 +103,7 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 // after a restart those containers show as exited.
 func (m *Manager) Shutdown() {
 	m.mu.Lock()
+	m.shuttingDown = true
 	var running []*run
 	for _, c := range m.containers {
 		if c.run != nil {

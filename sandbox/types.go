@@ -35,7 +35,7 @@ const (
 	// ReasonStartError is a module that could not be instantiated.
 	ReasonStartError = "StartError"
 	// ReasonDaemonRestarted is a container that was running when the daemon
-	// stopped: its instance lived in the daemon and died with it.
+	// stopped or died: its instance lived in the daemon and ended with it.
 	ReasonDaemonRestarted = "DaemonRestarted"
 )
 

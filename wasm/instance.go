@@ -62,18 +62,24 @@ type Instance struct {
 // Start instantiates the compiled module under WASI and runs its _start
 // in the background. Link errors (unknown imports, no _start) are returned
 // here, before anything runs.
-func (r *Runtime) Start(c Compiled, spec Spec) (*Instance, error) {
+func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	engine, mod, err := r.load(c)
 	if err != nil {
 		return nil, err
 	}
 	inst := &Instance{engine: engine, stop: make(chan struct{}), done: make(chan struct{})}
 	store := wasmtime.NewStore(engine)
-	cleanup := func() {
-		store.Close()
-		mod.Close()
-		engine.Close()
-	}
+	var outs *outputs
+	defer func() {
+		if err != nil {
+			if outs != nil {
+				outs.abandon()
+			}
+			store.Close()
+			mod.Close()
+			engine.Close()
+		}
+	}()
 	// Any epoch increment (only Stop makes one) interrupts running code.
 	store.SetEpochDeadline(1)
 	if spec.MemoryLimit > 0 {
@@ -81,25 +87,8 @@ func (r *Runtime) Start(c Compiled, spec Spec) (*Instance, error) {
 	}
 
 	origin := time.Now()
-	wasi := wasmtime.NewWasiConfig()
-	wasi.SetArgv(spec.Args)
-	keys, values := splitEnv(withWorkingDir(spec.Env, spec.WorkingDir))
-	wasi.SetEnv(keys, values)
-	for _, d := range spec.Dirs {
-		dirPerms, filePerms := wasmtime.DIR_READ|wasmtime.DIR_WRITE, wasmtime.FILE_READ|wasmtime.FILE_WRITE
-		if d.ReadOnly {
-			dirPerms, filePerms = wasmtime.DIR_READ, wasmtime.FILE_READ
-		}
-		if err := wasi.PreopenDir(d.Host, d.Guest, dirPerms, filePerms); err != nil {
-			wasi.Close()
-			cleanup()
-			return nil, fmt.Errorf("preopen %s at %s: %w", d.Host, d.Guest, err)
-		}
-	}
-	outputs, err := openOutputs(wasi, spec)
-	if err != nil {
-		wasi.Close()
-		cleanup()
+	var wasi *wasmtime.WasiConfig
+	if wasi, outs, err = newWasiConfig(spec); err != nil {
 		return nil, err
 	}
 	store.SetWasi(wasi)
@@ -107,29 +96,21 @@ func (r *Runtime) Start(c Compiled, spec Spec) (*Instance, error) {
 	linker := wasmtime.NewLinker(engine)
 	defer linker.Close()
 	if err := linker.DefineWasi(); err != nil {
-		outputs.abandon()
-		cleanup()
 		return nil, err
 	}
 	if err := definePollOneoff(linker, inst.stop, origin); err != nil {
-		outputs.abandon()
-		cleanup()
 		return nil, err
 	}
 	instance, err := linker.Instantiate(store, mod)
 	if err != nil {
-		outputs.abandon()
-		cleanup()
 		return nil, fmt.Errorf("instantiate: %s", firstLine(err.Error()))
 	}
 	start := instance.GetFunc(store, "_start")
 	if start == nil {
-		outputs.abandon()
-		cleanup()
 		return nil, errors.New("the module exports no _start function: it is not a WASI command")
 	}
 
-	copied := outputs.copy()
+	copied := outs.copy()
 	go func() {
 		_, err := start.Call(store)
 		res := inst.resultOf(err)
@@ -147,6 +128,30 @@ func (r *Runtime) Start(c Compiled, spec Spec) (*Instance, error) {
 		close(inst.done)
 	}()
 	return inst, nil
+}
+
+// newWasiConfig sets argv, env, preopened directories and output pipes.
+func newWasiConfig(spec Spec) (*wasmtime.WasiConfig, *outputs, error) {
+	wasi := wasmtime.NewWasiConfig()
+	wasi.SetArgv(spec.Args)
+	keys, values := splitEnv(withWorkingDir(spec.Env, spec.WorkingDir))
+	wasi.SetEnv(keys, values)
+	for _, d := range spec.Dirs {
+		dirPerms, filePerms := wasmtime.DIR_READ|wasmtime.DIR_WRITE, wasmtime.FILE_READ|wasmtime.FILE_WRITE
+		if d.ReadOnly {
+			dirPerms, filePerms = wasmtime.DIR_READ, wasmtime.FILE_READ
+		}
+		if err := wasi.PreopenDir(d.Host, d.Guest, dirPerms, filePerms); err != nil {
+			wasi.Close()
+			return nil, nil, fmt.Errorf("preopen %s at %s: %w", d.Host, d.Guest, err)
+		}
+	}
+	outputs, err := openOutputs(wasi, spec)
+	if err != nil {
+		wasi.Close()
+		return nil, nil, err
+	}
+	return wasi, outputs, nil
 }
 
 // resultOf turns the outcome of _start into an exit code, as a process's.
