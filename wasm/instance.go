@@ -4,14 +4,14 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
-	"syscall"
+	"sync/atomic"
 	"time"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
+	"golang.org/x/sys/unix"
 )
 
 // Dir is a host directory the instance sees at Guest.
@@ -21,20 +21,32 @@ type Dir struct {
 	ReadOnly bool
 }
 
+// Limits bound an instance's resources.
+type Limits struct {
+	// MemoryBytes bounds each linear memory; 0 is no limit.
+	MemoryBytes int64
+	// CPUQuota and CPUPeriod (microseconds) cap CPU time per period, as
+	// CFS does; a quota of 0 or less is no cap.
+	CPUQuota, CPUPeriod int64
+}
+
 // Spec says how to run one instance.
 type Spec struct {
+	// ID names the instance in limits bookkeeping (its CPU cgroup).
+	ID         string
 	Args       []string
 	Env        []string // KEY=VALUE
 	WorkingDir string
 	Dirs       []Dir
+	// Stdin feeds the module's standard input until EOF; nil is empty.
+	Stdin io.Reader
 	// Stdout and Stderr receive the streams and are closed at their end;
 	// nil discards.
 	Stdout, Stderr io.WriteCloser
-	// PipeDir holds the named pipes wasmtime writes output into (WASI
-	// output goes to file paths only).
+	// PipeDir holds the named pipes wasmtime reads and writes standard I/O
+	// through (WASI standard I/O goes to file paths only).
 	PipeDir string
-	// MemoryLimit bounds each linear memory in bytes; 0 is no limit.
-	MemoryLimit int64
+	Limits  Limits
 }
 
 // Result is how an instance ended.
@@ -42,9 +54,20 @@ type Result struct {
 	ExitCode int32
 	// Stopped is set when Stop ended the instance.
 	Stopped bool
+	// OOM is set when the instance failed at its memory limit.
+	OOM bool
 	// Trap is the trap message when the module trapped.
 	Trap       string
 	FinishedAt time.Time
+}
+
+// Stats are an instance's resource figures.
+type Stats struct {
+	// CPU is the CPU time the instance's thread has used.
+	CPU time.Duration
+	// MemoryBytes is the size of its linear memory, as of its last host
+	// call (poll_oneoff) or its start.
+	MemoryBytes int64
 }
 
 // Instance is one running module.
@@ -53,10 +76,24 @@ type Instance struct {
 	stop   chan struct{}
 	done   chan struct{}
 	result Result
+	stdin  *stdinPipe
+	cpu    *cpuController
+	id     string
+
+	memory atomic.Int64
+	// pendingMemoryLimit is a new limit for the instance's own thread to
+	// apply at its next host call; -1 is none.
+	pendingMemoryLimit atomic.Int64
 
 	mu       sync.Mutex
+	limits   Limits
 	stopped  bool
 	finished bool
+	tid      int
+	// finalCPU is the thread's CPU time read just before it ended; the
+	// thread ID may belong to another thread after that.
+	finalCPU time.Duration
+	cpuFinal bool
 }
 
 // Start instantiates the compiled module under WASI and runs its _start
@@ -67,13 +104,14 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{engine: engine, stop: make(chan struct{}), done: make(chan struct{})}
+	inst := &Instance{engine: engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits}
+	inst.pendingMemoryLimit.Store(-1)
 	store := wasmtime.NewStore(engine)
-	var outs *outputs
+	var sio *stdio
 	defer func() {
 		if err != nil {
-			if outs != nil {
-				outs.abandon()
+			if sio != nil {
+				sio.abandon()
 			}
 			store.Close()
 			mod.Close()
@@ -82,23 +120,32 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	}()
 	// Any epoch increment (only Stop makes one) interrupts running code.
 	store.SetEpochDeadline(1)
-	if spec.MemoryLimit > 0 {
-		store.Limiter(spec.MemoryLimit, -1, -1, -1, -1)
+	if spec.Limits.MemoryBytes > 0 {
+		store.Limiter(spec.Limits.MemoryBytes, -1, -1, -1, -1)
 	}
 
 	origin := time.Now()
 	var wasi *wasmtime.WasiConfig
-	if wasi, outs, err = newWasiConfig(spec); err != nil {
+	if wasi, sio, err = newWasiConfig(spec); err != nil {
 		return nil, err
 	}
 	store.SetWasi(wasi)
+	inst.stdin = sio.stdin
 
 	linker := wasmtime.NewLinker(engine)
 	defer linker.Close()
 	if err := linker.DefineWasi(); err != nil {
 		return nil, err
 	}
-	if err := definePollOneoff(linker, inst.stop, origin); err != nil {
+	onHostCall := func(caller *wasmtime.Caller) {
+		if limit := inst.pendingMemoryLimit.Swap(-1); limit >= 0 {
+			store.Limiter(limitOrNone(limit), -1, -1, -1, -1)
+		}
+		if m := caller.GetExport("memory"); m != nil && m.Memory() != nil {
+			inst.memory.Store(int64(m.Memory().DataSize(caller)))
+		}
+	}
+	if err := definePollOneoff(linker, inst.stop, origin, onHostCall); err != nil {
 		return nil, err
 	}
 	instance, err := linker.Instantiate(store, mod)
@@ -109,14 +156,39 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	if start == nil {
 		return nil, errors.New("the module exports no _start function: it is not a WASI command")
 	}
+	memory := func() int64 {
+		if m := instance.GetExport(store, "memory"); m != nil && m.Memory() != nil {
+			return int64(m.Memory().DataSize(store))
+		}
+		return 0
+	}
+	inst.memory.Store(memory())
 
-	copied := outs.copy()
+	copied := sio.start()
+	started := make(chan error, 1)
 	go func() {
-		_, err := start.Call(store)
-		res := inst.resultOf(err)
+		// The instance owns this thread for its life: its CPU clock is the
+		// instance's CPU time and its cgroup the instance's CPU cap. The
+		// thread is never unlocked, so it ends with the instance.
+		runtime.LockOSThread()
+		inst.mu.Lock()
+		inst.tid = unix.Gettid()
+		err := inst.cpu.apply(inst.id, inst.tid, inst.limits)
+		inst.mu.Unlock()
+		started <- err
+
+		_, runErr := start.Call(store)
+		finalMemory := memory()
+		res := inst.resultOf(runErr, finalMemory)
+		inst.mu.Lock()
+		inst.finalCPU, inst.cpuFinal = threadCPU(inst.tid), true
+		inst.memory.Store(0)
+		inst.mu.Unlock()
+		inst.cpu.release(inst.id, inst.tid)
 		// Closing the store closes wasmtime's ends of the pipes, so the
 		// copies see EOF once everything written has been read.
 		store.Close()
+		sio.stdin.close()
 		copied.Wait()
 		res.FinishedAt = time.Now()
 		mod.Close()
@@ -127,52 +199,69 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		inst.mu.Unlock()
 		close(inst.done)
 	}()
+	if err := <-started; err != nil {
+		// CPU caps are best effort: the runtime reports why it has none.
+		r.opts.Logger.Warn("CPU limit not applied", "instance", spec.ID, "error", err)
+	}
 	return inst, nil
 }
 
-// newWasiConfig sets argv, env, preopened directories and output pipes.
-func newWasiConfig(spec Spec) (*wasmtime.WasiConfig, *outputs, error) {
-	wasi := wasmtime.NewWasiConfig()
-	wasi.SetArgv(spec.Args)
-	keys, values := splitEnv(withWorkingDir(spec.Env, spec.WorkingDir))
-	wasi.SetEnv(keys, values)
-	for _, d := range spec.Dirs {
-		dirPerms, filePerms := wasmtime.DIR_READ|wasmtime.DIR_WRITE, wasmtime.FILE_READ|wasmtime.FILE_WRITE
-		if d.ReadOnly {
-			dirPerms, filePerms = wasmtime.DIR_READ, wasmtime.FILE_READ
-		}
-		if err := wasi.PreopenDir(d.Host, d.Guest, dirPerms, filePerms); err != nil {
-			wasi.Close()
-			return nil, nil, fmt.Errorf("preopen %s at %s: %w", d.Host, d.Guest, err)
-		}
+// limitOrNone turns 0 into wasmtime's "no limit" (-1).
+func limitOrNone(n int64) int64 {
+	if n <= 0 {
+		return -1
 	}
-	outputs, err := openOutputs(wasi, spec)
-	if err != nil {
-		wasi.Close()
-		return nil, nil, err
-	}
-	return wasi, outputs, nil
+	return n
 }
 
+// oomMargin is how close to its limit a failed instance's memory must be
+// to call the failure an out-of-memory kill: the limiter makes a denied
+// memory.grow return -1 without telling the host, so the size the memory
+// reached is the evidence. Go's allocator fails within 1 MiB of the limit.
+func oomMargin(limit int64) int64 { return min(limit/8, 8<<20) }
+
 // resultOf turns the outcome of _start into an exit code, as a process's.
-func (i *Instance) resultOf(err error) Result {
+func (i *Instance) resultOf(err error, finalMemory int64) Result {
 	i.mu.Lock()
-	stopped := i.stopped
+	stopped, limit := i.stopped, i.limits.MemoryBytes
 	i.mu.Unlock()
 	if err == nil {
 		return Result{ExitCode: 0}
 	}
+	res := Result{ExitCode: 1}
 	var werr *wasmtime.Error
 	if errors.As(err, &werr) {
 		if code, ok := werr.ExitStatus(); ok {
-			return Result{ExitCode: code}
+			res = Result{ExitCode: code}
 		}
 	}
-	if stopped {
+	switch {
+	case stopped && res.ExitCode != 0 && !isExit(err):
 		// Killed from outside, reported as a SIGKILLed process is.
 		return Result{ExitCode: 137, Stopped: true}
+	case res.ExitCode != 0 && limit > 0 && finalMemory+oomMargin(limit) >= limit:
+		// As the kernel's OOM killer would: SIGKILL, exit code 137.
+		return Result{ExitCode: 137, OOM: true, Trap: trapOf(err)}
+	case isExit(err):
+		return res
 	}
-	return Result{ExitCode: 1, Trap: trapMessage(err.Error())}
+	return Result{ExitCode: 1, Trap: trapOf(err)}
+}
+
+func isExit(err error) bool {
+	var werr *wasmtime.Error
+	if errors.As(err, &werr) {
+		_, ok := werr.ExitStatus()
+		return ok
+	}
+	return false
+}
+
+func trapOf(err error) string {
+	if isExit(err) {
+		return ""
+	}
+	return trapMessage(err.Error())
 }
 
 // trapMessage keeps the cause of a wasmtime error and drops the backtrace.
@@ -185,8 +274,8 @@ func trapMessage(s string) string {
 }
 
 // Stop interrupts the instance wherever it is: running wasm code (through
-// its engine's epoch) or waiting in poll_oneoff. It returns at once; use
-// Done to wait.
+// its engine's epoch), waiting in poll_oneoff, or reading its stdin. It
+// returns at once; use Done to wait.
 func (i *Instance) Stop() {
 	i.mu.Lock()
 	defer i.mu.Unlock()
@@ -196,6 +285,9 @@ func (i *Instance) Stop() {
 	i.stopped = true
 	close(i.stop)
 	i.engine.IncrementEpoch()
+	// A read of stdin blocks in the host; its end of file sends the module
+	// back into wasm code, where the epoch deadline traps it.
+	i.stdin.close()
 }
 
 // Done is closed when the instance has ended and its output is written.
@@ -207,88 +299,30 @@ func (i *Instance) Result() Result {
 	return i.result
 }
 
-// withWorkingDir passes the working directory the way WASI programs read
-// it: preview1 has no cwd, so Go and wasi-libc start from $PWD.
-func withWorkingDir(env []string, dir string) []string {
-	if dir == "" {
-		return env
+// Stats reports the instance's CPU time and memory.
+func (i *Instance) Stats() Stats {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	cpu := i.finalCPU
+	if !i.cpuFinal && i.tid != 0 {
+		cpu = threadCPU(i.tid)
 	}
-	for _, kv := range env {
-		if strings.HasPrefix(kv, "PWD=") {
-			return env
-		}
-	}
-	return append(env[:len(env):len(env)], "PWD="+dir)
+	return Stats{CPU: cpu, MemoryBytes: i.memory.Load()}
 }
 
-func splitEnv(env []string) (keys, values []string) {
-	for _, kv := range env {
-		k, v, _ := strings.Cut(kv, "=")
-		keys = append(keys, k)
-		values = append(values, v)
+// SetLimits changes a running instance's limits: the CPU cap at once, the
+// memory limit at the instance's next host call (wasmtime's limiter may
+// only be changed from the thread that runs the store).
+func (i *Instance) SetLimits(l Limits) error {
+	i.mu.Lock()
+	defer i.mu.Unlock()
+	if i.finished {
+		return nil
 	}
-	return keys, values
-}
-
-// outputs are the read ends of the stdout/stderr pipes.
-type outputs struct {
-	readers []*os.File
-	writers []io.WriteCloser
-}
-
-// openOutputs makes a named pipe per stream, opens our read end first (so
-// wasmtime's open for writing does not block) and points WASI at them.
-func openOutputs(wasi *wasmtime.WasiConfig, spec Spec) (*outputs, error) {
-	o := &outputs{}
-	for _, s := range []struct {
-		name string
-		w    io.WriteCloser
-		set  func(string) error
-	}{{"stdout", spec.Stdout, wasi.SetStdoutFile}, {"stderr", spec.Stderr, wasi.SetStderrFile}} {
-		if s.w == nil {
-			continue
-		}
-		p := filepath.Join(spec.PipeDir, s.name)
-		os.Remove(p)
-		if err := syscall.Mkfifo(p, 0o600); err != nil {
-			o.abandon()
-			return nil, fmt.Errorf("create %s pipe: %w", s.name, err)
-		}
-		r, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			o.abandon()
-			return nil, fmt.Errorf("open %s pipe: %w", s.name, err)
-		}
-		o.readers = append(o.readers, r)
-		o.writers = append(o.writers, s.w)
-		if err := s.set(p); err != nil {
-			o.abandon()
-			return nil, fmt.Errorf("attach %s: %w", s.name, err)
-		}
+	i.limits = l
+	i.pendingMemoryLimit.Store(max(l.MemoryBytes, 0))
+	if i.tid == 0 {
+		return nil
 	}
-	return o, nil
-}
-
-// copy moves each stream into its writer until EOF, then closes the writer.
-func (o *outputs) copy() *sync.WaitGroup {
-	var wg sync.WaitGroup
-	for i, r := range o.readers {
-		wg.Add(1)
-		go func(r *os.File, w io.WriteCloser) {
-			defer wg.Done()
-			io.Copy(w, r)
-			r.Close()
-			w.Close()
-		}(r, o.writers[i])
-	}
-	return &wg
-}
-
-func (o *outputs) abandon() {
-	for _, r := range o.readers {
-		r.Close()
-	}
-	for _, w := range o.writers {
-		w.Close()
-	}
+	return i.cpu.apply(i.id, i.tid, l)
 }

@@ -33,11 +33,13 @@ const (
 // reader or writer for long, as on POSIX for regular files.
 //
 // origin is when the instance's WASI context was made: wasmtime counts the
-// monotonic clock from there.
-func definePollOneoff(linker *wasmtime.Linker, stop <-chan struct{}, origin time.Time) error {
+// monotonic clock from there. onCall runs first on every call, on the
+// thread that owns the store.
+func definePollOneoff(linker *wasmtime.Linker, stop <-chan struct{}, origin time.Time, onCall func(*wasmtime.Caller)) error {
 	linker.AllowShadowing(true)
 	return linker.FuncWrap("wasi_snapshot_preview1", "poll_oneoff",
 		func(caller *wasmtime.Caller, in, out, nsubs, neventsPtr int32) (int32, *wasmtime.Trap) {
+			onCall(caller)
 			mem := caller.GetExport("memory")
 			if mem == nil || mem.Memory() == nil {
 				return errnoFault, nil

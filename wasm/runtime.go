@@ -33,7 +33,10 @@ func init() {
 type Options struct {
 	// MaxWasmStack bounds each instance's wasm stack in bytes.
 	MaxWasmStack int
-	Logger       *slog.Logger
+	// CgroupName is the cgroup, under the daemon's own in the cpu
+	// hierarchy, that holds capped instances (default "wasmcri").
+	CgroupName string
+	Logger     *slog.Logger
 }
 
 // Runtime compiles modules and starts instances. Each instance gets an
@@ -46,6 +49,10 @@ type Runtime struct {
 	// compiler compiles and validates; it never runs code.
 	compiler *wasmtime.Engine
 	compiles singleflight.Group
+	// cpu caps instance threads; nil where no cgroup controller is usable.
+	cpu *cpuController
+	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
+	CPUCapsUnavailable error
 }
 
 // NewRuntime keeps compiled modules under cacheDir.
@@ -56,12 +63,19 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.CgroupName == "" {
+		opts.CgroupName = "wasmcri"
+	}
 	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create module cache: %w", err)
 	}
 	r := &Runtime{cacheDir: dir, opts: opts}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
+	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
+	if r.CPUCapsUnavailable != nil {
+		opts.Logger.Warn("CPU quotas will not be enforced", "reason", r.CPUCapsUnavailable)
+	}
 	return r, nil
 }
 

@@ -3,6 +3,7 @@ package wasm
 import (
 	"context"
 	"errors"
+	"io"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -270,5 +271,136 @@ func TestWasmtimeVersionMatchesGoMod(t *testing.T) {
 	want := "github.com/bytecodealliance/wasmtime-go/v39 v" + WasmtimeVersion
 	if !strings.Contains(string(b), want) {
 		t.Fatalf("go.mod does not require %s: update WasmtimeVersion", want)
+	}
+}
+
+func TestStdin(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	inst, logPath := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: strings.NewReader("line one\nline two\n")})
+	if res := wait(t, inst, 10*time.Second); res.ExitCode != 0 {
+		t.Fatalf("result = %+v", res)
+	}
+	if lines := readLog(t, logPath); strings.Join(lines, "|") != "stdout F line one|stdout F line two" {
+		t.Fatalf("echoed %q", lines)
+	}
+
+	// A module blocked reading a stdin that never ends still stops.
+	pr, pw := io.Pipe()
+	defer pw.Close()
+	inst, _ = run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: pr})
+	time.Sleep(300 * time.Millisecond)
+	inst.Stop()
+	if res := wait(t, inst, 2*time.Second); !res.Stopped || res.ExitCode != 137 {
+		t.Fatalf("stopped while reading stdin: %+v", res)
+	}
+}
+
+func TestStatsReportCPUAndMemory(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	hello := testmodule.Hello(t)
+	holder, holderLog := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "20"}})
+	spinner, _ := run(t, r, hello, Spec{Args: []string{"hello", "spin"}})
+	waitLog(t, holderLog, "holding 20 MiB")
+	time.Sleep(500 * time.Millisecond)
+	if st := holder.Stats(); st.MemoryBytes < 20<<20 || st.MemoryBytes > 64<<20 {
+		t.Errorf("holder memory = %d bytes, want about 20 MiB", st.MemoryBytes)
+	}
+	st1 := spinner.Stats()
+	time.Sleep(300 * time.Millisecond)
+	st2 := spinner.Stats()
+	if d := st2.CPU - st1.CPU; d < 150*time.Millisecond {
+		t.Errorf("a spinning instance used %v CPU in 300ms", d)
+	}
+	if idle := holder.Stats().CPU; idle > time.Second {
+		t.Errorf("an idle instance used %v CPU", idle)
+	}
+	spinner.Stop()
+	wait(t, spinner, 2*time.Second)
+	final := spinner.Stats()
+	time.Sleep(100 * time.Millisecond)
+	if later := spinner.Stats(); later.CPU != final.CPU || final.CPU < st2.CPU {
+		t.Errorf("CPU after exit moved: %v then %v (was %v running)", final.CPU, later.CPU, st2.CPU)
+	}
+}
+
+func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	hello := testmodule.Hello(t)
+	limited, _ := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}, Limits: Limits{MemoryBytes: 32 << 20}})
+	free, freeLog := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}})
+	res := wait(t, limited, 20*time.Second)
+	if !res.OOM || res.ExitCode != 137 {
+		t.Fatalf("over its limit: %+v", res)
+	}
+	waitLog(t, freeLog, "holding 100 MiB")
+	select {
+	case <-free.Done():
+		t.Fatalf("the unlimited neighbour ended: %+v", free.Result())
+	default:
+	}
+
+	// A module failing far below its limit is no OOM.
+	inst, _ := run(t, r, hello, Spec{Args: []string{"hello", "exit", "2"}, Limits: Limits{MemoryBytes: 256 << 20}})
+	if res := wait(t, inst, 10*time.Second); res.OOM || res.ExitCode != 2 {
+		t.Fatalf("plain failure under a limit: %+v", res)
+	}
+
+	// A limit set while running applies from the next host call.
+	inst, logPath := run(t, r, hello, Spec{Args: []string{"hello", "alloc-slowly"}})
+	waitLog(t, logPath, "holding 20 MiB")
+	if err := inst.SetLimits(Limits{MemoryBytes: 48 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	res = wait(t, inst, 20*time.Second)
+	if !res.OOM {
+		t.Fatalf("after lowering the limit: %+v", res)
+	}
+	if lines := readLog(t, logPath); contains(lines, "stdout F holding 60 MiB") {
+		t.Fatalf("the module passed its new limit:\n%s", strings.Join(lines, "\n"))
+	}
+}
+
+func TestCPUQuotaThrottles(t *testing.T) {
+	r := newRuntime(t, t.TempDir())
+	if r.CPUCapsUnavailable != nil {
+		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
+	}
+	hello := testmodule.Hello(t)
+	capped, _ := run(t, r, hello, Spec{ID: "capped-" + t.Name(), Args: []string{"hello", "spin"}, Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}})
+	free, _ := run(t, r, hello, Spec{ID: "free-" + t.Name(), Args: []string{"hello", "spin"}})
+	c0, f0 := capped.Stats().CPU, free.Stats().CPU
+	time.Sleep(time.Second)
+	c, f := capped.Stats().CPU-c0, free.Stats().CPU-f0
+	t.Logf("in 1s: capped at 20%% used %v, uncapped %v", c, f)
+	if c > 350*time.Millisecond {
+		t.Errorf("capped instance used %v of CPU in 1s at a 20%% quota", c)
+	}
+	if f < 500*time.Millisecond {
+		t.Errorf("uncapped neighbour used only %v in 1s", f)
+	}
+	// Lifting the cap lets it run free.
+	if err := capped.SetLimits(Limits{}); err != nil {
+		t.Fatal(err)
+	}
+	c0 = capped.Stats().CPU
+	time.Sleep(500 * time.Millisecond)
+	if c := capped.Stats().CPU - c0; c < 200*time.Millisecond {
+		t.Errorf("after lifting the cap it used %v in 500ms", c)
+	}
+}
+
+// waitLog waits until the CRI log holds a stdout line with text.
+func waitLog(t *testing.T, path, text string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), " stdout F "+text+"\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			b, _ := os.ReadFile(path)
+			t.Fatalf("log never said %q:\n%s", text, b)
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }

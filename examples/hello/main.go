@@ -6,10 +6,15 @@
 //	hello spin              loop without ever calling the host
 //	hello exit N            exit with code N
 //	hello write FILE TEXT   write TEXT into FILE and print it back
+//	hello alloc MIB         hold MIB mebibytes of memory, then sleep
+//	hello alloc-slowly      take one more MiB every 10ms, forever
+//	hello cat FILE...       print files
+//	hello echo-stdin        copy standard input to standard output
 package main
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"sort"
 	"strconv"
@@ -56,6 +61,50 @@ func main() {
 			os.Exit(1)
 		}
 		fmt.Printf("%s holds %q\n", args[1], b)
+	case "alloc":
+		mib := 0
+		if len(args) > 1 {
+			mib, _ = strconv.Atoi(args[1])
+		}
+		var held [][]byte
+		for i := 0; i < mib; i++ {
+			b := make([]byte, 1<<20)
+			for j := range b {
+				b[j] = byte(j)
+			}
+			held = append(held, b)
+		}
+		fmt.Printf("holding %d MiB\n", len(held))
+		for {
+			time.Sleep(time.Hour)
+		}
+	case "alloc-slowly":
+		var held [][]byte
+		for i := 1; ; i++ {
+			b := make([]byte, 1<<20)
+			for j := range b {
+				b[j] = byte(j)
+			}
+			held = append(held, b)
+			if i%10 == 0 {
+				fmt.Printf("holding %d MiB\n", i)
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	case "cat":
+		for _, f := range args[1:] {
+			b, err := os.ReadFile(f)
+			if err != nil {
+				fmt.Fprintln(os.Stderr, "cat:", err)
+				os.Exit(1)
+			}
+			os.Stdout.Write(b)
+		}
+	case "echo-stdin":
+		if _, err := io.Copy(os.Stdout, os.Stdin); err != nil {
+			fmt.Fprintln(os.Stderr, "echo-stdin:", err)
+			os.Exit(1)
+		}
 	default:
 		fmt.Println("Hello from WebAssembly!")
 		fmt.Printf("args: %q\n", os.Args)

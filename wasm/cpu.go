@@ -1,0 +1,147 @@
+package wasm
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// threadCPU is the CPU time of thread tid of this process, read from its
+// per-thread CPU clock (Linux's MAKE_THREAD_CPUCLOCK(tid, CPUCLOCK_SCHED)).
+func threadCPU(tid int) time.Duration {
+	clock := int32(^tid<<3) | 6
+	var ts unix.Timespec
+	if err := unix.ClockGettime(clock, &ts); err != nil {
+		return 0
+	}
+	return time.Duration(ts.Nano())
+}
+
+// cpuController caps instance threads with the cgroup v1 cpu controller:
+// each capped instance's thread goes into <root>/<instance id> with CFS
+// quota and period set. The instance runs on one locked thread, so that
+// cgroup holds exactly it. A nil controller caps nothing and says why.
+type cpuController struct {
+	root string
+}
+
+// errNoCPUController explains why CPU quotas cannot be enforced here.
+var errNoCPUController = errors.New("no writable cgroup v1 cpu controller: CPU quotas are not enforced")
+
+// newCPUController finds the cgroup v1 cpu hierarchy and makes dir in it.
+func newCPUController(dir string) (*cpuController, error) {
+	mount, err := cpuMount()
+	if err != nil {
+		return nil, err
+	}
+	// Our own cgroup in that hierarchy: children must nest under it.
+	self, err := selfCgroup("cpu")
+	if err != nil {
+		return nil, err
+	}
+	root := filepath.Join(mount, self, dir)
+	if err := os.MkdirAll(root, 0o755); err != nil {
+		return nil, fmt.Errorf("%w (%v)", errNoCPUController, err)
+	}
+	return &cpuController{root: root}, nil
+}
+
+func cpuMount() (string, error) {
+	f, err := os.Open("/proc/self/mountinfo")
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		// ... mountpoint ... - cgroup cgroup rw,cpu
+		fields := strings.Fields(s.Text())
+		sep := -1
+		for i, f := range fields {
+			if f == "-" {
+				sep = i
+				break
+			}
+		}
+		if sep < 0 || sep+3 >= len(fields) || fields[sep+1] != "cgroup" {
+			continue
+		}
+		for _, opt := range strings.Split(fields[sep+3], ",") {
+			if opt == "cpu" {
+				return fields[4], nil
+			}
+		}
+	}
+	return "", errNoCPUController
+}
+
+func selfCgroup(controller string) (string, error) {
+	b, err := os.ReadFile("/proc/self/cgroup")
+	if err != nil {
+		return "", err
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		parts := strings.SplitN(line, ":", 3)
+		if len(parts) != 3 {
+			continue
+		}
+		for _, c := range strings.Split(parts[1], ",") {
+			if c == controller {
+				return parts[2], nil
+			}
+		}
+	}
+	return "/", nil
+}
+
+// apply puts thread tid under the limits' CPU cap, or lifts the cap.
+func (c *cpuController) apply(id string, tid int, l Limits) error {
+	if l.CPUQuota <= 0 {
+		if c != nil {
+			c.release(id, tid)
+		}
+		return nil
+	}
+	if c == nil {
+		return errNoCPUController
+	}
+	dir := filepath.Join(c.root, id)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return err
+	}
+	period := l.CPUPeriod
+	if period <= 0 {
+		period = 100000
+	}
+	// The period first: the kernel checks quota against it.
+	for _, w := range []struct {
+		file  string
+		value int64
+	}{{"cpu.cfs_period_us", period}, {"cpu.cfs_quota_us", l.CPUQuota}, {"tasks", int64(tid)}} {
+		if err := os.WriteFile(filepath.Join(dir, w.file), []byte(strconv.FormatInt(w.value, 10)), 0o644); err != nil {
+			return fmt.Errorf("cgroup %s: %w", w.file, err)
+		}
+	}
+	return nil
+}
+
+// release moves the thread back to the parent cgroup and removes the
+// instance's cgroup.
+func (c *cpuController) release(id string, tid int) {
+	if c == nil {
+		return
+	}
+	dir := filepath.Join(c.root, id)
+	if _, err := os.Stat(dir); err != nil {
+		return
+	}
+	os.WriteFile(filepath.Join(c.root, "tasks"), []byte(strconv.Itoa(tid)), 0o644)
+	os.Remove(dir)
+}
