@@ -29,7 +29,9 @@ func threadCPU(tid int) time.Duration {
 // quota and period set. The instance runs on one locked thread, so that
 // cgroup holds exactly it. A nil controller caps nothing and says why.
 type cpuController struct {
-	root string
+	// parent is the daemon's own cgroup, where released threads return;
+	// root holds one cgroup per capped instance.
+	parent, root string
 }
 
 // errNoCPUController explains why CPU quotas cannot be enforced here.
@@ -46,11 +48,12 @@ func newCPUController(dir string) (*cpuController, error) {
 	if err != nil {
 		return nil, err
 	}
-	root := filepath.Join(mount, self, dir)
+	parent := filepath.Join(mount, self)
+	root := filepath.Join(parent, dir)
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("%w (%v)", errNoCPUController, err)
 	}
-	return &cpuController{root: root}, nil
+	return &cpuController{parent: parent, root: root}, nil
 }
 
 func cpuMount() (string, error) {
@@ -132,7 +135,7 @@ func (c *cpuController) apply(id string, tid int, l Limits) error {
 	return nil
 }
 
-// release moves the thread back to the parent cgroup and removes the
+// release moves the thread back to the daemon's cgroup and removes the
 // instance's cgroup.
 func (c *cpuController) release(id string, tid int) {
 	if c == nil {
@@ -142,6 +145,6 @@ func (c *cpuController) release(id string, tid int) {
 	if _, err := os.Stat(dir); err != nil {
 		return
 	}
-	os.WriteFile(filepath.Join(c.root, "tasks"), []byte(strconv.Itoa(tid)), 0o644)
+	os.WriteFile(filepath.Join(c.parent, "tasks"), []byte(strconv.Itoa(tid)), 0o644)
 	os.Remove(dir)
 }
