@@ -8,6 +8,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -28,11 +29,23 @@ func threadCPU(tid int) time.Duration {
 // each capped instance's thread goes into <root>/<instance id> with CFS
 // quota and period set. The instance runs on one locked thread, so that
 // cgroup holds exactly it. A nil controller caps nothing and says why.
+//
+// A thread created by a capped thread starts in its cgroup: wasmtime's WASI
+// runs a tokio runtime whose worker and blocking-pool threads are spawned
+// on first use by whichever instance thread needs them, and serve every
+// instance after. Such strays are moved back to the daemon's cgroup when
+// the cap is set, every sweep interval while caps exist, and at release.
 type cpuController struct {
 	// parent is the daemon's own cgroup, where released threads return;
 	// root holds one cgroup per capped instance.
 	parent, root string
+
+	mu      sync.Mutex
+	capped  map[string]int // instance ID -> its thread
+	sweeper bool
 }
+
+const strayThreadSweep = 500 * time.Millisecond
 
 // errNoCPUController explains why CPU quotas cannot be enforced here.
 var errNoCPUController = errors.New("no writable cgroup v1 cpu controller: CPU quotas are not enforced")
@@ -53,7 +66,7 @@ func newCPUController(dir string) (*cpuController, error) {
 	if err := os.MkdirAll(root, 0o755); err != nil {
 		return nil, fmt.Errorf("%w (%v)", errNoCPUController, err)
 	}
-	return &cpuController{parent: parent, root: root}, nil
+	return &cpuController{parent: parent, root: root, capped: map[string]int{}}, nil
 }
 
 func cpuMount() (string, error) {
@@ -132,7 +145,48 @@ func (c *cpuController) apply(id string, tid int, l Limits) error {
 			return fmt.Errorf("cgroup %s: %w", w.file, err)
 		}
 	}
+	c.mu.Lock()
+	c.capped[id] = tid
+	if !c.sweeper {
+		c.sweeper = true
+		go c.sweepWhileCapped()
+	}
+	c.mu.Unlock()
+	c.evictStrays(id, tid)
 	return nil
+}
+
+// evictStrays moves every thread but owner out of the instance's cgroup.
+func (c *cpuController) evictStrays(id string, owner int) {
+	b, err := os.ReadFile(filepath.Join(c.root, id, "tasks"))
+	if err != nil {
+		return
+	}
+	for _, f := range strings.Fields(string(b)) {
+		if tid, err := strconv.Atoi(f); err == nil && tid != owner {
+			os.WriteFile(filepath.Join(c.parent, "tasks"), []byte(f), 0o644)
+		}
+	}
+}
+
+func (c *cpuController) sweepWhileCapped() {
+	for {
+		time.Sleep(strayThreadSweep)
+		c.mu.Lock()
+		if len(c.capped) == 0 {
+			c.sweeper = false
+			c.mu.Unlock()
+			return
+		}
+		capped := make(map[string]int, len(c.capped))
+		for id, tid := range c.capped {
+			capped[id] = tid
+		}
+		c.mu.Unlock()
+		for id, tid := range capped {
+			c.evictStrays(id, tid)
+		}
+	}
 }
 
 // release moves the thread back to the daemon's cgroup and removes the
@@ -141,10 +195,17 @@ func (c *cpuController) release(id string, tid int) {
 	if c == nil {
 		return
 	}
+	c.mu.Lock()
+	delete(c.capped, id)
+	c.mu.Unlock()
 	dir := filepath.Join(c.root, id)
 	if _, err := os.Stat(dir); err != nil {
 		return
 	}
-	os.WriteFile(filepath.Join(c.parent, "tasks"), []byte(strconv.Itoa(tid)), 0o644)
-	os.Remove(dir)
+	c.evictStrays(id, -1)
+	if err := os.Remove(dir); err != nil {
+		// A thread being created by the instance at this moment: it is
+		// evicted by the next release or left for the daemon's restart.
+		time.AfterFunc(time.Second, func() { c.evictStrays(id, -1); os.Remove(dir) })
+	}
 }

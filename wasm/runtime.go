@@ -75,6 +75,8 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
 	if r.CPUCapsUnavailable != nil {
 		opts.Logger.Warn("CPU quotas will not be enforced", "reason", r.CPUCapsUnavailable)
+	} else if err := r.warmUpWASI(); err != nil {
+		return nil, fmt.Errorf("warm up WASI: %w", err)
 	}
 	return r, nil
 }

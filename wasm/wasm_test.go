@@ -378,6 +378,12 @@ func TestCPUQuotaThrottles(t *testing.T) {
 	if f < 500*time.Millisecond {
 		t.Errorf("uncapped neighbour used only %v in 1s", f)
 	}
+	// The cap holds the instance's thread alone: no thread it spawned (as
+	// wasmtime's shared WASI threads) stays throttled with it.
+	cgroup := filepath.Join(r.cpu.root, "capped-"+t.Name())
+	if b, err := os.ReadFile(filepath.Join(cgroup, "tasks")); err != nil || len(strings.Fields(string(b))) != 1 {
+		t.Errorf("capped cgroup tasks: %q, %v", b, err)
+	}
 	// Lifting the cap lets it run free.
 	if err := capped.SetLimits(Limits{}); err != nil {
 		t.Fatal(err)
@@ -386,6 +392,9 @@ func TestCPUQuotaThrottles(t *testing.T) {
 	time.Sleep(500 * time.Millisecond)
 	if c := capped.Stats().CPU - c0; c < 200*time.Millisecond {
 		t.Errorf("after lifting the cap it used %v in 500ms", c)
+	}
+	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
+		t.Errorf("cgroup of a lifted cap still there: %v", err)
 	}
 }
 
