@@ -24,6 +24,13 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	if cfg.GetImage().GetImage() == "" {
 		return Container{}, fmt.Errorf("container config names no image: %w", errdefs.ErrInvalidArgument)
 	}
+	if err := checkMounts(cfg.GetMounts()); err != nil {
+		return Container{}, err
+	}
+	resources := resourcesFrom(cfg.GetLinux().GetResources())
+	if err := checkResources(resources); err != nil {
+		return Container{}, err
+	}
 	m.mu.Lock()
 	sb, err := m.sandboxLocked(sandboxID)
 	if err != nil {
@@ -62,6 +69,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 		WorkingDir:     cfg.GetWorkingDir(),
 		State:          ContainerCreated,
 		CreatedAt:      time.Now(),
+		Resources:      resources,
 	}
 	if len(img.RepoTags) > 0 {
 		c.ImageName = img.RepoTags[0]
@@ -97,8 +105,9 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	}
 	m.containers[c.ID] = c
 	m.names[c.Name()] = c.ID
+	m.emitLocked(ContainerCreatedEvent, c)
 	m.log.Info("container created", "container", c.ID, "sandbox", c.SandboxID, "image", c.ImageRef, "args", c.Args)
-	return *c, nil
+	return c.snapshot(), nil
 }
 
 // digestRef is the image's repo digest, else its ID.
@@ -138,17 +147,10 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	}
 	// Mark it running now so a concurrent start cannot run it twice.
 	c.State = ContainerRunning
-	spec := wasm.Spec{
-		Args:       c.Args,
-		Env:        c.Env,
-		WorkingDir: c.WorkingDir,
-		Dirs:       []wasm.Dir{{Host: m.rootfs(c.ID), Guest: "/"}},
-		PipeDir:    m.containerState(c.ID),
-	}
-	logPath, imageID, moduleDigest := c.LogPath, c.ImageID, c.ModuleDigest
+	cfg, snapshot := c.Config, c.snapshot()
 	m.mu.Unlock()
 
-	inst, err := m.startInstance(ctx, imageID, moduleDigest, logPath, spec)
+	r, err := m.startRun(ctx, &snapshot, cfg.GetStdin(), cfg.GetStdinOnce())
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
@@ -159,51 +161,87 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		if perr := m.store.putContainer(c); perr != nil {
 			m.log.Error("persist container", "container", c.ID, "error", perr)
 		}
+		m.emitLocked(ContainerStoppedEvent, c)
 		m.log.Warn("container failed to start", "container", c.ID, "error", err)
 		return fmt.Errorf("start container %s: %w: %w", c.ID, err, errdefs.ErrFailedPrecondition)
 	}
-	c.StartedAt, c.run = now, &run{instance: inst, recorded: make(chan struct{})}
+	c.StartedAt, c.run = now, r
 	if err := m.store.putContainer(c); err != nil {
 		m.log.Error("persist container", "container", c.ID, "error", err)
 	}
-	go m.watch(c, c.run)
+	m.emitLocked(ContainerStartedEvent, c)
+	go m.watch(c, r)
 	m.log.Info("container started", "container", c.ID)
 	return nil
 }
 
-func (m *Manager) startInstance(ctx context.Context, imageID, moduleDigest, logPath string, spec wasm.Spec) (*wasm.Instance, error) {
-	img, err := m.images.Get(imageID)
-	if err != nil {
-		return nil, fmt.Errorf("image %s is gone: %w", imageID, err)
-	}
-	if img.Module.Digest != digest.Digest(moduleDigest) {
-		return nil, fmt.Errorf("image %s now holds module %s, not %s", imageID, img.Module.Digest, moduleDigest)
-	}
-	compiled, err := m.prepare(ctx, img)
+// startRun places the container's mounts, opens its log and streams, and
+// starts its instance.
+func (m *Manager) startRun(ctx context.Context, c *Container, stdin, stdinOnce bool) (*run, error) {
+	compiled, err := m.compiledFor(ctx, c.ImageID, c.ModuleDigest)
 	if err != nil {
 		return nil, err
 	}
-	if err := os.MkdirAll(spec.PipeDir, 0o700); err != nil {
+	dirs, files, err := placeMounts(m.rootfs(c.ID), c.Config.GetMounts())
+	if err != nil {
 		return nil, err
 	}
-	if logPath != "" {
-		l, err := wasm.OpenCRILog(logPath)
-		if err != nil {
+	pipes := m.containerState(c.ID)
+	if err := os.MkdirAll(pipes, 0o700); err != nil {
+		return nil, err
+	}
+	r := &run{recorded: make(chan struct{}), dirs: dirs, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
+	stdout, stderr := tee{hub: r.stdout}, tee{hub: r.stderr}
+	if c.LogPath != "" {
+		if r.log, err = wasm.OpenCRILog(c.LogPath); err != nil {
 			return nil, fmt.Errorf("open log: %w", err)
 		}
-		spec.Stdout, spec.Stderr = l.Stream("stdout"), l.Stream("stderr")
+		stdout.log, stderr.log = r.log.Stream("stdout"), r.log.Stream("stderr")
 	}
-	inst, err := m.runtime.Start(compiled, spec)
-	if err != nil && spec.Stdout != nil {
-		spec.Stdout.Close()
-		spec.Stderr.Close()
+	spec := wasm.Spec{
+		ID:         c.ID,
+		Args:       c.Args,
+		Env:        c.Env,
+		WorkingDir: c.WorkingDir,
+		Dirs:       dirs,
+		Stdout:     stdout,
+		Stderr:     stderr,
+		PipeDir:    pipes,
+		Limits:     c.Resources.limits(),
 	}
-	return inst, err
+	if stdin {
+		r.stdin = newStdinHub(stdinOnce)
+		spec.Stdin = r.stdin.r
+	}
+	if r.instance, err = m.runtime.Start(compiled, spec); err != nil {
+		stdout.Close()
+		stderr.Close()
+		return nil, err
+	}
+	return r, nil
+}
+
+// compiledFor returns the compiled module of the image a container was
+// created from, refusing an image that now holds another module.
+func (m *Manager) compiledFor(ctx context.Context, imageID, moduleDigest string) (wasm.Compiled, error) {
+	img, err := m.images.Get(imageID)
+	if err != nil {
+		return wasm.Compiled{}, fmt.Errorf("image %s is gone: %w", imageID, err)
+	}
+	if img.Module.Digest != digest.Digest(moduleDigest) {
+		return wasm.Compiled{}, fmt.Errorf("image %s now holds module %s, not %s", imageID, img.Module.Digest, moduleDigest)
+	}
+	return m.prepare(ctx, img)
 }
 
 // watch records how the instance ended.
 func (m *Manager) watch(c *Container, r *run) {
 	res := r.instance.Result()
+	cpu := r.instance.Stats().CPU
+	if r.stdin != nil {
+		r.stdin.close()
+	}
+	copyErr := copyBack(r.files)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer close(r.recorded)
@@ -211,7 +249,10 @@ func (m *Manager) watch(c *Container, r *run) {
 	c.State = ContainerExited
 	c.FinishedAt = res.FinishedAt
 	c.ExitCode = res.ExitCode
+	c.CPU = cpu
 	switch {
+	case res.OOM:
+		c.Reason, c.Message = ReasonOOMKilled, fmt.Sprintf("memory limit of %d bytes reached: %s", c.Resources.MemoryLimitBytes, res.Trap)
 	case res.Stopped && m.shuttingDown:
 		c.Reason, c.Message = ReasonDaemonRestarted, "wasmcri was shut down while the container was running"
 	case res.Stopped:
@@ -223,10 +264,14 @@ func (m *Manager) watch(c *Container, r *run) {
 	default:
 		c.Reason, c.Message = ReasonError, ""
 	}
+	if copyErr != nil {
+		m.log.Warn("file mounts not copied back", "container", c.ID, "error", copyErr)
+	}
 	if _, live := m.containers[c.ID]; live {
 		if err := m.store.putContainer(c); err != nil {
 			m.log.Error("persist container", "container", c.ID, "error", err)
 		}
+		m.emitLocked(ContainerStoppedEvent, c)
 	}
 	m.log.Info("container exited", "container", c.ID, "exit_code", c.ExitCode, "reason", c.Reason, "message", c.Message)
 }
@@ -283,6 +328,7 @@ func (m *Manager) RemoveContainer(id string) error {
 	}
 	delete(m.containers, c.ID)
 	delete(m.names, c.Name())
+	m.emitLocked(ContainerDeletedEvent, c)
 	if err := removeAll(m.containerRoot(c.ID), m.containerState(c.ID)); err != nil {
 		m.log.Warn("container directories not removed", "container", c.ID, "error", err)
 	}

@@ -54,6 +54,8 @@ type Manager struct {
 	names map[string]string
 	// shuttingDown makes instances ended by Shutdown say so.
 	shuttingDown bool
+
+	events events
 }
 
 // NewManager loads persisted state. Containers that were running when the
@@ -201,9 +203,7 @@ func (m *Manager) Container(id string) (Container, error) {
 	if err != nil {
 		return Container{}, err
 	}
-	cp := *c
-	cp.run = nil
-	return cp, nil
+	return c.snapshot(), nil
 }
 
 // Containers returns copies of every container, oldest first.
@@ -211,9 +211,7 @@ func (m *Manager) Containers() []Container {
 	m.mu.Lock()
 	out := make([]Container, 0, len(m.containers))
 	for _, c := range m.containers {
-		cp := *c
-		cp.run = nil
-		out = append(out, cp)
+		out = append(out, c.snapshot())
 	}
 	m.mu.Unlock()
 	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })

@@ -32,6 +32,8 @@ const (
 const (
 	ReasonCompleted = "Completed"
 	ReasonError     = "Error"
+	// ReasonOOMKilled is an instance that failed at its memory limit.
+	ReasonOOMKilled = "OOMKilled"
 	// ReasonStartError is a module that could not be instantiated.
 	ReasonStartError = "StartError"
 	// ReasonDaemonRestarted is a container that was running when the daemon
@@ -85,15 +87,35 @@ type Container struct {
 	ExitCode   int32          `json:"exitCode"`
 	Reason     string         `json:"reason"`
 	Message    string         `json:"message"`
+	Resources  Resources      `json:"resources"`
+	// CPU is the CPU time the container's instance used, once it ended.
+	CPU time.Duration `json:"cpuNanos"`
 
 	run *run
 }
 
-// run is a started container's live instance.
+// run is a started container's live instance and its plumbing.
 type run struct {
 	instance *wasm.Instance
 	// recorded is closed once the exit is in the container's fields.
 	recorded chan struct{}
+	// dirs are the preopened directories (root and directory mounts),
+	// which exec instances share; files are the file mounts.
+	dirs  []wasm.Dir
+	files []fileMount
+	// log is the CRI log, for ReopenContainerLog; nil without a log path.
+	log *wasm.CRILog
+	// stdout and stderr fan output out to attached clients; stdin, when
+	// the config asks for stdin, takes their input.
+	stdout, stderr *outputHub
+	stdin          *stdinHub
+}
+
+// snapshot is a copy of the container safe to hand out.
+func (c *Container) snapshot() Container {
+	cp := *c
+	cp.run = nil
+	return cp
 }
 
 // Name is the container's reserved name within its sandbox.

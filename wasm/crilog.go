@@ -2,6 +2,7 @@ package wasm
 
 import (
 	"bytes"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -20,6 +21,7 @@ const MaxLogLine = 16 << 10
 // Both streams of a container share one file.
 type CRILog struct {
 	mu   sync.Mutex
+	path string
 	f    *os.File
 	refs int
 }
@@ -33,7 +35,26 @@ func OpenCRILog(path string) (*CRILog, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CRILog{f: f}, nil
+	return &CRILog{path: path, f: f}, nil
+}
+
+// Reopen starts a new file at the log's path, as kubelet asks after it has
+// renamed the current one to rotate it. No record is lost: each is written
+// whole to the old file or the new one.
+func (l *CRILog) Reopen() error {
+	f, err := os.OpenFile(l.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
+	if err != nil {
+		return err
+	}
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if l.f == nil {
+		f.Close()
+		return errors.New("log is closed")
+	}
+	old := l.f
+	l.f = f
+	return old.Close()
 }
 
 // Stream returns the writer for one stream ("stdout" or "stderr"). The

@@ -1,0 +1,395 @@
+package sandbox
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/internal/testmodule"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// start creates and starts a container from cfg in sb.
+func (e *env) start(sb Sandbox, cfg *runtimeapi.ContainerConfig) Container {
+	e.t.Helper()
+	c, err := e.m.CreateContainer(context.Background(), sb.ID, cfg)
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	if err := e.m.StartContainer(context.Background(), c.ID); err != nil {
+		e.t.Fatal(err)
+	}
+	return c
+}
+
+func ctrConfig(name, img string, args ...string) *runtimeapi.ContainerConfig {
+	return &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: name},
+		Image:    &runtimeapi.ImageSpec{Image: img},
+		Args:     args,
+		Envs:     []*runtimeapi.KeyValue{{Key: "SECRET", Value: []byte("s3")}},
+		LogPath:  name + ".log",
+	}
+}
+
+// waitLogSays waits for a stdout line in a container's log.
+func waitLogSays(t *testing.T, path, text string) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		b, _ := os.ReadFile(path)
+		if strings.Contains(string(b), " stdout F "+text+"\n") {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("log %s never said %q:\n%s", path, text, b)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+type bufCloser struct {
+	mu     sync.Mutex
+	buf    bytes.Buffer
+	closed bool
+}
+
+func (b *bufCloser) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+func (b *bufCloser) Close() error { b.mu.Lock(); b.closed = true; b.mu.Unlock(); return nil }
+func (b *bufCloser) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+func TestExecSharesTheContainersWorld(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	cfg := ctrConfig("main", img, "sleep-forever")
+	cfg.WorkingDir = "/work"
+	c := e.start(sb, cfg)
+	ctx := context.Background()
+
+	code, out, _, err := e.m.ExecSync(ctx, c.ID, []string{"probe", "write", "/work/note.txt", "written by exec"}, 10, 1<<20)
+	if err != nil || code != 0 {
+		t.Fatalf("exec write: %d %v", code, err)
+	}
+	if !strings.Contains(string(out), `/work/note.txt holds "written by exec"`) {
+		t.Errorf("exec write said %q", out)
+	}
+	// The file is in the container's root: the next exec sees it, with the
+	// container's env and working directory.
+	code, out, _, err = e.m.ExecSync(ctx, c.ID, []string{"probe", "cat", "note.txt"}, 10, 1<<20)
+	if err != nil || code != 0 || string(out) != "written by exec" {
+		t.Fatalf("exec cat: %d %q %v", code, out, err)
+	}
+	_, out, _, _ = e.m.ExecSync(ctx, c.ID, []string{"probe", "show"}, 10, 1<<20)
+	for _, want := range []string{`args: ["probe" "show"]`, "env: SECRET=s3", "cwd: /work"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("exec output lacks %q:\n%s", want, out)
+		}
+	}
+	code, _, errOut, err := e.m.ExecSync(ctx, c.ID, []string{"probe", "exit", "4"}, 10, 1<<20)
+	if err != nil || code != 4 || !strings.Contains(string(errOut), "exiting with 4") {
+		t.Fatalf("exec exit 4: %d %q %v", code, errOut, err)
+	}
+	// Output is bounded.
+	_, out, _, _ = e.m.ExecSync(ctx, c.ID, []string{"probe", "show"}, 10, 16)
+	if len(out) != 16 {
+		t.Errorf("bounded output is %d bytes", len(out))
+	}
+	// A timeout stops the command and says so.
+	start := time.Now()
+	_, _, _, err = e.m.ExecSync(ctx, c.ID, []string{"probe", "sleep-forever"}, 1, 1<<20)
+	if !errors.Is(err, context.DeadlineExceeded) || time.Since(start) > 3*time.Second {
+		t.Fatalf("exec past its timeout: %v after %v", err, time.Since(start))
+	}
+	// The container itself runs on.
+	if got, _ := e.m.Container(c.ID); got.State != ContainerRunning {
+		t.Fatalf("container is %s after execs", got.State)
+	}
+	if err := e.m.StopContainer(c.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, _, err := e.m.ExecSync(ctx, c.ID, []string{"probe"}, 1, 10); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("exec in an exited container: %v", err)
+	}
+}
+
+func TestExecWithStdinAndTTY(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	c := e.start(e.sandbox("pod"), ctrConfig("main", img, "sleep-forever"))
+	out := &bufCloser{}
+	code, err := e.m.Exec(context.Background(), c.ID, ExecOptions{Cmd: []string{"x", "echo-stdin"}, Stdin: strings.NewReader("piped in\n"), Stdout: out, Stderr: &bufCloser{}})
+	if err != nil || code != 0 || out.String() != "piped in\n" || !out.closed {
+		t.Fatalf("exec with stdin: %d %v %q closed=%v", code, err, out.String(), out.closed)
+	}
+	tty := &bufCloser{}
+	code, err = e.m.Exec(context.Background(), c.ID, ExecOptions{Cmd: []string{"x"}, Stdout: tty, TTY: true})
+	if err != nil || code != 0 || !strings.Contains(tty.String(), "Hello from WebAssembly!") || !strings.Contains(tty.String(), "this line went to stderr") {
+		t.Fatalf("exec with a TTY: %d %v %q", code, err, tty.String())
+	}
+}
+
+func TestAttach(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	cfg := ctrConfig("echo", img, "echo-stdin")
+	cfg.Stdin, cfg.StdinOnce = true, true
+	c := e.start(sb, cfg)
+
+	out, errs := &bufCloser{}, &bufCloser{}
+	done := make(chan error, 1)
+	go func() {
+		done <- e.m.Attach(context.Background(), c.ID, strings.NewReader("hello through attach\n"), out, errs, false)
+	}()
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("attach did not end when the container did")
+	}
+	if out.String() != "hello through attach\n" || !out.closed {
+		t.Fatalf("attached stdout = %q (closed %v)", out.String(), out.closed)
+	}
+	got := e.waitExited(c.ID, 5*time.Second)
+	if got.ExitCode != 0 {
+		t.Fatalf("stdin_once container exit: %+v", got)
+	}
+	if log := readFile(t, got.LogPath); !strings.Contains(log, "stdout F hello through attach") {
+		t.Errorf("attached output missing from the log:\n%s", log)
+	}
+
+	// A container without stdin refuses attached input; output still flows.
+	ticker := e.start(sb, ctrConfig("ticker", img, "sleep-forever"))
+	if err := e.m.Attach(context.Background(), ticker.ID, strings.NewReader("x"), &bufCloser{}, nil, false); !errdefs.IsFailedPrecondition(err) {
+		t.Fatalf("stdin to a container without stdin: %v", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 350*time.Millisecond)
+	defer cancel()
+	out = &bufCloser{}
+	if err := e.m.Attach(ctx, ticker.ID, nil, out, &bufCloser{}, false); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(out.String(), "tick ") {
+		t.Fatalf("attached output of a ticking container: %q", out.String())
+	}
+}
+
+func TestMounts(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	host := t.TempDir()
+	for _, d := range []string{"config", "data"} {
+		os.MkdirAll(filepath.Join(host, d), 0o755)
+	}
+	os.WriteFile(filepath.Join(host, "config", "app.conf"), []byte("from a configMap"), 0o644)
+	os.WriteFile(filepath.Join(host, "single.txt"), []byte("one file, read-only"), 0o644)
+	os.WriteFile(filepath.Join(host, "outside.txt"), []byte("must stay unseen"), 0o644)
+	termination := filepath.Join(host, "termination-log")
+	os.WriteFile(termination, nil, 0o644)
+
+	cfg := ctrConfig("mounts", img, "sleep-forever")
+	cfg.Mounts = []*runtimeapi.Mount{
+		{ContainerPath: "/etc/config", HostPath: filepath.Join(host, "config"), Readonly: true},
+		{ContainerPath: "/data", HostPath: filepath.Join(host, "data")},
+		{ContainerPath: "/etc/single.txt", HostPath: filepath.Join(host, "single.txt"), Readonly: true},
+		{ContainerPath: "/dev/termination-log", HostPath: termination},
+	}
+	c := e.start(sb, cfg)
+	ctx := context.Background()
+	exec := func(args ...string) (int32, string) {
+		t.Helper()
+		code, out, errOut, err := e.m.ExecSync(ctx, c.ID, append([]string{"x"}, args...), 10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(out) + string(errOut)
+	}
+	if code, out := exec("cat", "/etc/config/app.conf", "/etc/single.txt"); code != 0 || out != "from a configMapone file, read-only" {
+		t.Errorf("reading mounts: %d %q", code, out)
+	}
+	if code, out := exec("write", "/etc/config/new", "x"); code == 0 {
+		t.Errorf("wrote into a read-only mount: %q", out)
+	}
+	if code, _ := exec("write", "/data/out.txt", "to the host"); code != 0 {
+		t.Errorf("could not write a writable mount")
+	}
+	if b, _ := os.ReadFile(filepath.Join(host, "data", "out.txt")); string(b) != "to the host" {
+		t.Errorf("host side of the data mount holds %q", b)
+	}
+	exec("write", "/etc/single.txt", "changed")
+	if b, _ := os.ReadFile(filepath.Join(host, "single.txt")); string(b) != "one file, read-only" {
+		t.Errorf("a read-only file mount's host file changed to %q", b)
+	}
+	for _, escape := range []string{"/../outside.txt", "/data/../../outside.txt", filepath.Join(host, "outside.txt")} {
+		if code, out := exec("cat", escape); code == 0 || strings.Contains(out, "must stay unseen") {
+			t.Errorf("read %s from inside: %q", escape, out)
+		}
+	}
+	if code, _ := exec("write", "/dev/termination-log", "goodbye from wasm"); code != 0 {
+		t.Fatal("could not write the termination log")
+	}
+	e.m.StopContainer(c.ID, 0)
+	if b, _ := os.ReadFile(termination); string(b) != "goodbye from wasm" {
+		t.Errorf("termination message on the host: %q", b)
+	}
+
+	bad := ctrConfig("bad", img)
+	bad.Mounts = []*runtimeapi.Mount{{ContainerPath: "relative", HostPath: host}}
+	if _, err := e.m.CreateContainer(ctx, sb.ID, bad); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("relative container path: %v", err)
+	}
+	bad.Mounts = []*runtimeapi.Mount{{ContainerPath: "/x", HostPath: filepath.Join(host, "absent")}}
+	if _, err := e.m.CreateContainer(ctx, sb.ID, bad); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("absent host path: %v", err)
+	}
+}
+
+func TestStatsEventsResourcesAndLogs(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	events, cancel := e.m.Subscribe()
+	defer cancel()
+
+	cfg := ctrConfig("holder", img, "alloc", "24")
+	cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 256 << 20}}
+	holder := e.start(sb, cfg)
+	waitLogSays(t, holder.LogPath, "holding 24 MiB")
+	time.Sleep(200 * time.Millisecond)
+	st, err := e.m.ContainerStats(holder.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MemoryBytes < 24<<20 || st.CPU <= 0 || st.WritableInodes == 0 {
+		t.Errorf("stats = %+v", st)
+	}
+
+	// Lowering the memory limit below what it holds: the next allocation
+	// fails and the container is OOMKilled.
+	grower := e.start(sb, ctrConfig("grower", img, "alloc-slowly"))
+	waitLogSays(t, grower.LogPath, "holding 20 MiB")
+	if err := e.m.UpdateResources(grower.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 40 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitExited(grower.ID, 20*time.Second)
+	if got.Reason != ReasonOOMKilled || got.ExitCode != 137 || got.Resources.MemoryLimitBytes != 40<<20 {
+		t.Errorf("after the limit was lowered: reason %q exit %d resources %+v", got.Reason, got.ExitCode, got.Resources)
+	}
+	if err := e.m.UpdateResources(grower.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 1}); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("update of an exited container: %v", err)
+	}
+	if err := e.m.UpdateResources(holder.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: -5}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("negative limit: %v", err)
+	}
+
+	// Rotation: kubelet renames the file, then asks for a reopen.
+	ticker := e.start(sb, ctrConfig("ticker", img, "sleep-forever"))
+	waitLogSays(t, ticker.LogPath, "tick 2")
+	rotated := ticker.LogPath + ".1"
+	if err := os.Rename(ticker.LogPath, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.ReopenLog(ticker.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitLogSays(t, ticker.LogPath, "tick 6")
+	e.m.StopContainer(ticker.ID, 0)
+	old, cur := readFile(t, rotated), readFile(t, ticker.LogPath)
+	for i := 0; i <= 6; i++ {
+		line := " stdout F tick " + strconv.Itoa(i) + "\n"
+		if strings.Count(old+cur, line) != 1 {
+			t.Errorf("tick %d appears %d times across the rotation", i, strings.Count(old+cur, line))
+		}
+	}
+	if err := e.m.ReopenLog(ticker.ID); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("reopen of an exited container's log: %v", err)
+	}
+	e.m.RemoveContainer(ticker.ID)
+
+	want := map[string][]EventType{
+		holder.ID: {ContainerCreatedEvent, ContainerStartedEvent},
+		grower.ID: {ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent},
+		ticker.ID: {ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent},
+	}
+	got2 := map[string][]EventType{}
+	for len(events) > 0 {
+		ev := <-events
+		got2[ev.ContainerID] = append(got2[ev.ContainerID], ev.Type)
+	}
+	for id, w := range want {
+		if fmtTypes(got2[id]) != fmtTypes(w) {
+			t.Errorf("events of %s: %v, want %v", id[:12], got2[id], w)
+		}
+	}
+}
+
+func fmtTypes(ts []EventType) string {
+	var s []string
+	for _, t := range ts {
+		s = append(s, strconv.Itoa(int(t)))
+	}
+	return strings.Join(s, " ")
+}
+
+func TestPortForward(t *testing.T) {
+	e := newEnv(t)
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			conn, err := l.Accept()
+			if err != nil {
+				return
+			}
+			go func() { io.Copy(conn, conn); conn.Close() }()
+		}
+	}()
+	port := int32(l.Addr().(*net.TCPAddr).Port)
+	cfg := podConfig("web", e.dir)
+	cfg.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: port}}
+	sb, err := e.m.RunSandbox(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	client, server := net.Pipe()
+	done := make(chan error, 1)
+	go func() { done <- e.m.PortForward(context.Background(), sb.ID, port, server) }()
+	client.Write([]byte("ping"))
+	buf := make([]byte, 4)
+	if _, err := io.ReadFull(client, buf); err != nil || string(buf) != "ping" {
+		t.Fatalf("echo through port-forward: %q %v", buf, err)
+	}
+	client.Close()
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	_, server = net.Pipe()
+	if err := e.m.PortForward(context.Background(), sb.ID, port+1, server); !errdefs.IsInvalidArgument(err) {
+		t.Fatalf("undeclared port: %v", err)
+	}
+}

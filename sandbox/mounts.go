@@ -1,0 +1,131 @@
+package sandbox
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path"
+	"path/filepath"
+	"syscall"
+
+	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/wasm"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// WASI can only preopen directories, so the two kinds of CRI mount reach
+// the module differently:
+//
+//   - a directory is preopened at its container path (read-only when asked):
+//     the module sees that directory and nothing around it;
+//   - a file is placed into the container's writable root at its container
+//     path: hard-linked when writable (so writes, such as a termination
+//     message, land in the host file kubelet reads), copied when read-only
+//     (a link would let the module write through to the host file), and
+//     copied back at exit if the link was impossible or was replaced.
+
+// checkMounts refuses mounts that cannot be honoured, at creation.
+func checkMounts(mounts []*runtimeapi.Mount) error {
+	for _, mnt := range mounts {
+		cp, hp := mnt.GetContainerPath(), mnt.GetHostPath()
+		if !path.IsAbs(cp) || path.Clean(cp) == "/" {
+			return fmt.Errorf("mount container path %q must be absolute and not /: %w", cp, errdefs.ErrInvalidArgument)
+		}
+		if !filepath.IsAbs(hp) {
+			return fmt.Errorf("mount host path %q must be absolute: %w", hp, errdefs.ErrInvalidArgument)
+		}
+		fi, err := os.Stat(hp)
+		if err != nil {
+			return fmt.Errorf("mount of %s at %s: %v: %w", hp, cp, err, errdefs.ErrInvalidArgument)
+		}
+		if !fi.IsDir() && !fi.Mode().IsRegular() {
+			return fmt.Errorf("mount of %s at %s: only directories and regular files can be mounted into a Wasm container: %w", hp, cp, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// fileMount is a file placed into the container root.
+type fileMount struct {
+	host, inRoot string
+	writable     bool
+}
+
+// placeMounts returns the directories to preopen (the root first) and
+// places file mounts into rootfs.
+func placeMounts(rootfs string, mounts []*runtimeapi.Mount) ([]wasm.Dir, []fileMount, error) {
+	dirs := []wasm.Dir{{Host: rootfs, Guest: "/"}}
+	var files []fileMount
+	for _, mnt := range mounts {
+		guest := path.Clean(mnt.GetContainerPath())
+		fi, err := os.Stat(mnt.GetHostPath())
+		if err != nil {
+			return nil, nil, fmt.Errorf("mount %s: %w", mnt.GetHostPath(), err)
+		}
+		if fi.IsDir() {
+			// The mount point exists in the root too, so listing its parent
+			// shows it, as on Linux.
+			if err := os.MkdirAll(inRoot(rootfs, guest), 0o755); err != nil {
+				return nil, nil, err
+			}
+			dirs = append(dirs, wasm.Dir{Host: mnt.GetHostPath(), Guest: guest, ReadOnly: mnt.GetReadonly()})
+			continue
+		}
+		f := fileMount{host: mnt.GetHostPath(), inRoot: inRoot(rootfs, guest), writable: !mnt.GetReadonly()}
+		if err := os.MkdirAll(filepath.Dir(f.inRoot), 0o755); err != nil {
+			return nil, nil, err
+		}
+		os.Remove(f.inRoot)
+		if f.writable && os.Link(f.host, f.inRoot) == nil {
+			files = append(files, f)
+			continue
+		}
+		mode := fi.Mode().Perm()
+		if !f.writable {
+			mode &^= 0o222
+		}
+		if err := copyFile(f.host, f.inRoot, mode); err != nil {
+			return nil, nil, fmt.Errorf("mount %s at %s: %w", f.host, guest, err)
+		}
+		files = append(files, f)
+	}
+	return dirs, files, nil
+}
+
+// copyBack returns what the module wrote into writable file mounts that
+// are not (or no longer) the host file itself.
+func copyBack(files []fileMount) error {
+	var errs []error
+	for _, f := range files {
+		if !f.writable {
+			continue
+		}
+		in, err1 := os.Stat(f.inRoot)
+		host, err2 := os.Stat(f.host)
+		if err1 != nil || err2 != nil || os.SameFile(in, host) {
+			continue
+		}
+		if err := copyFile(f.inRoot, f.host, host.Mode().Perm()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func copyFile(src, dst string, mode os.FileMode) error {
+	in, err := os.Open(src)
+	if err != nil {
+		return err
+	}
+	defer in.Close()
+	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(out, in); err != nil {
+		out.Close()
+		return err
+	}
+	return out.Close()
+}

@@ -1,0 +1,87 @@
+package sandbox
+
+import (
+	"fmt"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/wasm"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Resources are the limits a container runs under, from its config and
+// later UpdateContainerResources calls.
+type Resources struct {
+	MemoryLimitBytes int64 `json:"memoryLimitBytes,omitempty"`
+	CPUQuota         int64 `json:"cpuQuota,omitempty"`
+	CPUPeriod        int64 `json:"cpuPeriod,omitempty"`
+	CPUShares        int64 `json:"cpuShares,omitempty"`
+}
+
+func resourcesFrom(r *runtimeapi.LinuxContainerResources) Resources {
+	return Resources{
+		MemoryLimitBytes: r.GetMemoryLimitInBytes(),
+		CPUQuota:         r.GetCpuQuota(),
+		CPUPeriod:        r.GetCpuPeriod(),
+		CPUShares:        r.GetCpuShares(),
+	}
+}
+
+func (r Resources) limits() wasm.Limits {
+	return wasm.Limits{MemoryBytes: r.MemoryLimitBytes, CPUQuota: r.CPUQuota, CPUPeriod: r.CPUPeriod}
+}
+
+// CRI is the resources as ContainerStatus reports them.
+func (r Resources) CRI() *runtimeapi.ContainerResources {
+	return &runtimeapi.ContainerResources{Linux: &runtimeapi.LinuxContainerResources{
+		MemoryLimitInBytes: r.MemoryLimitBytes,
+		CpuQuota:           r.CPUQuota,
+		CpuPeriod:          r.CPUPeriod,
+		CpuShares:          r.CPUShares,
+	}}
+}
+
+func checkResources(r Resources) error {
+	if r.MemoryLimitBytes < 0 || r.CPUQuota < -1 || r.CPUPeriod < 0 {
+		return fmt.Errorf("negative resource limit %+v: %w", r, errdefs.ErrInvalidArgument)
+	}
+	if r.CPUQuota > 0 && r.CPUPeriod > 0 && (r.CPUPeriod < 1000 || r.CPUPeriod > 1000000) {
+		return fmt.Errorf("cpu_period %d is outside 1000..1000000 microseconds: %w", r.CPUPeriod, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// UpdateResources changes a container's limits; a running instance gets
+// the CPU cap at once and the memory limit at its next host call.
+func (m *Manager) UpdateResources(id string, r *runtimeapi.LinuxContainerResources) error {
+	res := resourcesFrom(r)
+	if err := checkResources(res); err != nil {
+		return err
+	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	c, err := m.containerLocked(id)
+	if err != nil {
+		return err
+	}
+	if c.State == ContainerExited {
+		return fmt.Errorf("container %s has exited: %w", c.ID, errdefs.ErrFailedPrecondition)
+	}
+	c.Resources = res
+	if err := m.store.putContainer(c); err != nil {
+		return fmt.Errorf("persist container: %w", err)
+	}
+	if c.run != nil {
+		if err := c.run.instance.SetLimits(res.limits()); err != nil {
+			m.log.Warn("CPU limit not applied", "container", c.ID, "error", err)
+		}
+	}
+	m.log.Info("container resources updated", "container", c.ID, "resources", res)
+	return nil
+}
+
+// CPUCapsUnavailable says why CPU quotas are not enforced on this node, or
+// is nil when they are.
+func (m *Manager) CPUCapsUnavailable() error { return m.runtime.CPUCapsUnavailable }
+
+func secondsToDuration(s int64) time.Duration { return time.Duration(s) * time.Second }
