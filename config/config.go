@@ -13,6 +13,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"time"
 
@@ -40,6 +41,7 @@ type Config struct {
 	// per-container pipes.
 	State    string         `toml:"state"`
 	GRPC     GRPCConfig     `toml:"grpc"`
+	Stream   StreamConfig   `toml:"stream"`
 	Log      LogConfig      `toml:"log"`
 	Runtime  RuntimeConfig  `toml:"runtime"`
 	Image    ImageConfig    `toml:"image"`
@@ -52,6 +54,16 @@ type GRPCConfig struct {
 	Address            string `toml:"address"`
 	MaxRecvMessageSize int    `toml:"max_recv_message_size"`
 	MaxSendMessageSize int    `toml:"max_send_message_size"`
+}
+
+// StreamConfig configures the HTTP server that carries exec, attach and
+// port-forward streams (kubelet connects to it and proxies them).
+type StreamConfig struct {
+	// Address and Port to listen on; port "0" picks a free one.
+	Address string `toml:"address"`
+	Port    string `toml:"port"`
+	// IdleTimeout closes a stream with no traffic for this long.
+	IdleTimeout Duration `toml:"idle_timeout"`
 }
 
 // LogConfig configures the daemon's own log (not container logs).
@@ -67,6 +79,9 @@ type RuntimeConfig struct {
 	Handlers []string `toml:"handlers"`
 	// MaxWasmStack bounds each instance's wasm stack, in bytes.
 	MaxWasmStack int `toml:"max_wasm_stack"`
+	// CgroupDriver is what RuntimeConfig tells kubelet: "cgroupfs" or
+	// "systemd". wasmcri keeps its own cgroups under the daemon's.
+	CgroupDriver string `toml:"cgroup_driver"`
 }
 
 // ImageConfig configures pulling and storing images.
@@ -99,8 +114,9 @@ func Default() *Config {
 			MaxRecvMessageSize: 16 << 20,
 			MaxSendMessageSize: 16 << 20,
 		},
+		Stream:  StreamConfig{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration{4 * time.Hour}},
 		Log:     LogConfig{Level: "info", Format: "text"},
-		Runtime: RuntimeConfig{Handlers: []string{DefaultRuntimeHandler}, MaxWasmStack: 1 << 20},
+		Runtime: RuntimeConfig{Handlers: []string{DefaultRuntimeHandler}, MaxWasmStack: 1 << 20, CgroupDriver: "cgroupfs"},
 		Image: ImageConfig{
 			MaxLayerSize: 512 << 20,
 			PullTimeout:  Duration{10 * time.Minute},
@@ -167,6 +183,15 @@ func (c *Config) Validate() error {
 	if c.GRPC.MaxSendMessageSize <= 0 {
 		return bad("grpc.max_send_message_size", "%d must be positive", c.GRPC.MaxSendMessageSize)
 	}
+	if net.ParseIP(c.Stream.Address) == nil {
+		return bad("stream.address", "%q is not an IP address", c.Stream.Address)
+	}
+	if p, err := strconv.Atoi(c.Stream.Port); err != nil || p < 0 || p > 65535 {
+		return bad("stream.port", "%q is not a port number", c.Stream.Port)
+	}
+	if c.Stream.IdleTimeout.Duration <= 0 {
+		return bad("stream.idle_timeout", "%s must be positive", c.Stream.IdleTimeout)
+	}
 	if _, err := ParseLevel(c.Log.Level); err != nil {
 		return bad("log.level", "%v", err)
 	}
@@ -185,6 +210,9 @@ func (c *Config) Validate() error {
 			return bad("runtime.handlers", "%q is listed twice", h)
 		}
 		seen[h] = true
+	}
+	if c.Runtime.CgroupDriver != "cgroupfs" && c.Runtime.CgroupDriver != "systemd" {
+		return bad("runtime.cgroup_driver", "%q (want cgroupfs or systemd)", c.Runtime.CgroupDriver)
 	}
 	if c.Runtime.MaxWasmStack < 64<<10 {
 		return bad("runtime.max_wasm_stack", "%d is below 65536 bytes", c.Runtime.MaxWasmStack)

@@ -73,6 +73,9 @@ func TestParseRefusesNamingTheKey(t *testing.T) {
 		{"wrong type", "[grpc]\nmax_recv_message_size = \"big\"", "max_recv_message_size"},
 		{"bad plain_http host", "[registry]\nplain_http = [\"http://x\"]", "registry.plain_http"},
 		{"future version", "version = 9", "version"},
+		{"stream address", "[stream]\naddress = \"localhost\"", "stream.address"},
+		{"stream port", "[stream]\nport = \"http\"", "stream.port"},
+		{"cgroup driver", "[runtime]\ncgroup_driver = \"none\"", "runtime.cgroup_driver"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.toml))

@@ -81,7 +81,19 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerS
 	if err != nil {
 		return nil, err
 	}
-	resp := &runtimeapi.ContainerStatusResponse{Status: &runtimeapi.ContainerStatus{
+	resp := &runtimeapi.ContainerStatusResponse{Status: containerStatus(c)}
+	if req.GetVerbose() {
+		b, err := json.Marshal(c)
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"info": string(b)}
+	}
+	return resp, nil
+}
+
+func containerStatus(c sandbox.Container) *runtimeapi.ContainerStatus {
+	return &runtimeapi.ContainerStatus{
 		Id:          c.ID,
 		Metadata:    c.Config.GetMetadata(),
 		State:       containerState(c.State),
@@ -96,16 +108,26 @@ func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerS
 		Message:     c.Message,
 		Labels:      c.Config.GetLabels(),
 		Annotations: c.Config.GetAnnotations(),
+		Mounts:      c.Config.GetMounts(),
 		LogPath:     c.LogPath,
-	}}
-	if req.GetVerbose() {
-		b, err := json.Marshal(c)
-		if err != nil {
-			return nil, err
-		}
-		resp.Info = map[string]string{"info": string(b)}
+		Resources:   c.Resources.CRI(),
 	}
-	return resp, nil
+}
+
+// UpdateContainerResources changes a container's memory and CPU limits.
+func (s *Server) UpdateContainerResources(ctx context.Context, req *runtimeapi.UpdateContainerResourcesRequest) (*runtimeapi.UpdateContainerResourcesResponse, error) {
+	if err := s.sandboxes.UpdateResources(req.GetContainerId(), req.GetLinux()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.UpdateContainerResourcesResponse{}, nil
+}
+
+// ReopenContainerLog starts a new log file after kubelet rotated the old.
+func (s *Server) ReopenContainerLog(ctx context.Context, req *runtimeapi.ReopenContainerLogRequest) (*runtimeapi.ReopenContainerLogResponse, error) {
+	if err := s.sandboxes.ReopenLog(req.GetContainerId()); err != nil {
+		return nil, err
+	}
+	return &runtimeapi.ReopenContainerLogResponse{}, nil
 }
 
 func imageSpec(c sandbox.Container) *runtimeapi.ImageSpec {

@@ -296,8 +296,10 @@ func TestErrorsCarryGRPCCodes(t *testing.T) {
 	}
 	_, err = c.img.RemoveImage(ctx, &runtimeapi.RemoveImageRequest{Image: &runtimeapi.ImageSpec{Image: c.reg + "/cri/absent:1"}})
 	wantCode(t, "RemoveImage absent (idempotent)", err, codes.OK)
-	_, err = c.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "x"})
-	wantCode(t, "ExecSync (not yet)", err, codes.Unimplemented)
+	_, err = c.rt.ExecSync(ctx, &runtimeapi.ExecSyncRequest{ContainerId: "deadbeef", Cmd: []string{"x"}})
+	wantCode(t, "ExecSync unknown", err, codes.NotFound)
+	_, err = c.rt.CheckpointContainer(ctx, &runtimeapi.CheckpointContainerRequest{ContainerId: "x"})
+	wantCode(t, "CheckpointContainer (not for Wasm)", err, codes.Unimplemented)
 
 	// The daemon is unharmed by all of the above.
 	if _, err := c.rt.Version(ctx, &runtimeapi.VersionRequest{}); err != nil {

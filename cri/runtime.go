@@ -34,6 +34,11 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 			{Type: runtimeapi.NetworkReady, Status: true},
 		}},
 	}
+	caps := &runtimeapi.RuntimeCondition{Type: "CPUQuotaEnforced", Status: true}
+	if err := s.sandboxes.CPUCapsUnavailable(); err != nil {
+		caps.Status, caps.Reason, caps.Message = false, "NoCgroupCPUController", err.Error()
+	}
+	resp.Status.Conditions = append(resp.Status.Conditions, caps)
 	for _, h := range s.info.Handlers {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{
 			Name:     h,
@@ -48,4 +53,20 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 		resp.Info = map[string]string{"config": string(b)}
 	}
 	return resp, nil
+}
+
+// RuntimeConfig tells kubelet the cgroup driver to use.
+func (s *Server) RuntimeConfig(ctx context.Context, req *runtimeapi.RuntimeConfigRequest) (*runtimeapi.RuntimeConfigResponse, error) {
+	driver := runtimeapi.CgroupDriver_CGROUPFS
+	if s.info.CgroupDriver == "systemd" {
+		driver = runtimeapi.CgroupDriver_SYSTEMD
+	}
+	return &runtimeapi.RuntimeConfigResponse{Linux: &runtimeapi.LinuxRuntimeConfiguration{CgroupDriver: driver}}, nil
+}
+
+// UpdateRuntimeConfig accepts kubelet's pod CIDR; Wasm pods have no pod
+// network to configure with it.
+func (s *Server) UpdateRuntimeConfig(ctx context.Context, req *runtimeapi.UpdateRuntimeConfigRequest) (*runtimeapi.UpdateRuntimeConfigResponse, error) {
+	s.log.Info("runtime config updated", "pod_cidr", req.GetRuntimeConfig().GetNetworkConfig().GetPodCidr())
+	return &runtimeapi.UpdateRuntimeConfigResponse{}, nil
 }

@@ -44,7 +44,19 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandbo
 	if err != nil {
 		return nil, err
 	}
-	resp := &runtimeapi.PodSandboxStatusResponse{Status: &runtimeapi.PodSandboxStatus{
+	resp := &runtimeapi.PodSandboxStatusResponse{Status: sandboxStatus(sb)}
+	if req.GetVerbose() {
+		b, err := json.Marshal(sb)
+		if err != nil {
+			return nil, err
+		}
+		resp.Info = map[string]string{"info": string(b)}
+	}
+	return resp, nil
+}
+
+func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
+	return &runtimeapi.PodSandboxStatus{
 		Id:          sb.ID,
 		Metadata:    sb.Config.GetMetadata(),
 		State:       sandboxState(sb.State),
@@ -58,15 +70,7 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandbo
 			Options: sb.Config.GetLinux().GetSecurityContext().GetNamespaceOptions(),
 		}},
 		RuntimeHandler: sb.RuntimeHandler,
-	}}
-	if req.GetVerbose() {
-		b, err := json.Marshal(sb)
-		if err != nil {
-			return nil, err
-		}
-		resp.Info = map[string]string{"info": string(b)}
 	}
-	return resp, nil
 }
 
 // ListPodSandbox lists sandboxes matching the filter.

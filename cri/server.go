@@ -26,6 +26,8 @@ type Info struct {
 	Handlers []string
 	// Config is shown by verbose Status calls.
 	Config any
+	// CgroupDriver is what RuntimeConfig reports: "cgroupfs" or "systemd".
+	CgroupDriver string
 }
 
 // Server implements the CRI RuntimeService and ImageService.
@@ -35,17 +37,18 @@ type Server struct {
 
 	sandboxes *sandbox.Manager
 	images    *image.Service
+	streams   *StreamServer
 	info      Info
 	log       *slog.Logger
 }
 
-// NewServer translates CRI calls onto the given sandbox manager and
-// image service.
-func NewServer(sandboxes *sandbox.Manager, images *image.Service, info Info, log *slog.Logger) *Server {
+// NewServer translates CRI calls onto the given sandbox manager, image
+// service and stream server.
+func NewServer(sandboxes *sandbox.Manager, images *image.Service, streams *StreamServer, info Info, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{sandboxes: sandboxes, images: images, info: info, log: log}
+	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log}
 }
 
 // Register adds both CRI services to a gRPC server.

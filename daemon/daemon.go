@@ -30,6 +30,7 @@ type Daemon struct {
 	Images    *image.Service
 	Sandboxes *sandbox.Manager
 	grpc      *grpc.Server
+	streams   *cri.StreamServer
 	listener  net.Listener
 	served    chan error
 }
@@ -71,13 +72,22 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	if err != nil {
 		return nil, err
 	}
-	server := cri.NewServer(d.Sandboxes, d.Images, cri.Info{Version: version, Handlers: cfg.Runtime.Handlers, Config: cfg}, log)
+	d.streams, err = cri.NewStreamServer(net.JoinHostPort(cfg.Stream.Address, cfg.Stream.Port), cfg.Stream.IdleTimeout.Duration, d.Sandboxes)
+	if err != nil {
+		return nil, err
+	}
+	go func() {
+		if err := d.streams.Serve(); err != nil {
+			log.Error("stream server stopped", "error", err)
+		}
+	}()
+	server := cri.NewServer(d.Sandboxes, d.Images, d.streams, cri.Info{Version: version, Handlers: cfg.Runtime.Handlers, Config: cfg, CgroupDriver: cfg.Runtime.CgroupDriver}, log)
 	d.grpc = server.NewGRPCServer(cfg.GRPC.MaxRecvMessageSize, cfg.GRPC.MaxSendMessageSize)
 	if d.listener, err = listenUnix(cfg.GRPC.Address); err != nil {
 		return nil, err
 	}
 	go func() { d.served <- d.grpc.Serve(d.listener) }()
-	log.Info("wasmcri serving", "version", version, "socket", cfg.GRPC.Address, "root", cfg.Root, "state", cfg.State, "handlers", cfg.Runtime.Handlers)
+	log.Info("wasmcri serving", "version", version, "socket", cfg.GRPC.Address, "root", cfg.Root, "state", cfg.State, "handlers", cfg.Runtime.Handlers, "stream_server", d.streams.Addr())
 	return d, nil
 }
 
@@ -98,6 +108,9 @@ func (d *Daemon) Stop(grace time.Duration) {
 }
 
 func (d *Daemon) close() {
+	if d.streams != nil {
+		d.streams.Close()
+	}
 	if d.Sandboxes != nil {
 		d.Sandboxes.Shutdown()
 	}

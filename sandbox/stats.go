@@ -13,8 +13,10 @@ import (
 // Stats are a container's resource figures at one moment.
 type Stats struct {
 	Timestamp time.Time
-	// CPU is cumulative CPU time.
-	CPU time.Duration
+	// CPU is cumulative CPU time; NanoCores the rate since the previous
+	// Stats call on this container (0 on the first).
+	CPU       time.Duration
+	NanoCores uint64
 	// MemoryBytes is the linear memory of the running instance.
 	MemoryBytes int64
 	// WritableBytes and WritableInodes measure the container's writable
@@ -34,9 +36,13 @@ func (m *Manager) ContainerStats(id string) (Stats, error) {
 		return Stats{}, err
 	}
 	st := Stats{Timestamp: time.Now(), CPU: c.CPU, RootDir: m.rootfs(c.ID)}
-	if c.run != nil {
-		is := c.run.instance.Stats()
+	if r := c.run; r != nil {
+		is := r.instance.Stats()
 		st.CPU, st.MemoryBytes = is.CPU, is.MemoryBytes
+		if prev := r.lastSample; !prev.at.IsZero() && st.Timestamp.After(prev.at) && st.CPU >= prev.cpu {
+			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / st.Timestamp.Sub(prev.at).Seconds())
+		}
+		r.lastSample = cpuSample{at: st.Timestamp, cpu: st.CPU}
 	}
 	logPath := c.LogPath
 	m.mu.Unlock()
@@ -82,4 +88,10 @@ func (m *Manager) ReopenLog(id string) error {
 		return fmt.Errorf("container %s has no log path: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
 	return c.run.log.Reopen()
+}
+
+// cpuSample is a container's CPU time at one moment, for rates.
+type cpuSample struct {
+	at  time.Time
+	cpu time.Duration
 }

@@ -109,6 +109,8 @@ type run struct {
 	// the config asks for stdin, takes their input.
 	stdout, stderr *outputHub
 	stdin          *stdinHub
+	// lastSample is the previous Stats reading, for the CPU rate.
+	lastSample cpuSample
 }
 
 // snapshot is a copy of the container safe to hand out.

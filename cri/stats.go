@@ -1,0 +1,174 @@
+package cri
+
+import (
+	"context"
+
+	"github.com/wasmcri/wasmcri/sandbox"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// ContainerStats reports one container's CPU, memory and writable layer.
+func (s *Server) ContainerStats(ctx context.Context, req *runtimeapi.ContainerStatsRequest) (*runtimeapi.ContainerStatsResponse, error) {
+	c, err := s.sandboxes.Container(req.GetContainerId())
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.containerStats(c)
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.ContainerStatsResponse{Stats: st}, nil
+}
+
+// ListContainerStats reports the containers matching the filter.
+func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
+	f := req.GetFilter()
+	resp := &runtimeapi.ListContainerStatsResponse{}
+	for _, c := range s.sandboxes.Containers() {
+		if !matchID(f.GetId(), c.ID) || !matchID(f.GetPodSandboxId(), c.SandboxID) || !matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
+			continue
+		}
+		st, err := s.containerStats(c)
+		if err != nil {
+			continue // removed since listed
+		}
+		resp.Stats = append(resp.Stats, st)
+	}
+	return resp, nil
+}
+
+func (s *Server) containerStats(c sandbox.Container) (*runtimeapi.ContainerStats, error) {
+	st, err := s.sandboxes.ContainerStats(c.ID)
+	if err != nil {
+		return nil, err
+	}
+	ts := st.Timestamp.UnixNano()
+	mem := &runtimeapi.MemoryUsage{
+		Timestamp:       ts,
+		WorkingSetBytes: &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)},
+		UsageBytes:      &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)},
+		RssBytes:        &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)},
+	}
+	if limit := c.Resources.MemoryLimitBytes; limit > 0 {
+		mem.AvailableBytes = &runtimeapi.UInt64Value{Value: uint64(max(limit-st.MemoryBytes, 0))}
+	}
+	return &runtimeapi.ContainerStats{
+		Attributes: &runtimeapi.ContainerAttributes{
+			Id:          c.ID,
+			Metadata:    c.Config.GetMetadata(),
+			Labels:      c.Config.GetLabels(),
+			Annotations: c.Config.GetAnnotations(),
+		},
+		Cpu: &runtimeapi.CpuUsage{
+			Timestamp:            ts,
+			UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: uint64(st.CPU)},
+			UsageNanoCores:       &runtimeapi.UInt64Value{Value: st.NanoCores},
+		},
+		Memory: mem,
+		WritableLayer: &runtimeapi.FilesystemUsage{
+			Timestamp:  ts,
+			FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: st.RootDir},
+			UsedBytes:  &runtimeapi.UInt64Value{Value: st.WritableBytes + st.LogBytes},
+			InodesUsed: &runtimeapi.UInt64Value{Value: st.WritableInodes},
+		},
+	}, nil
+}
+
+// PodSandboxStats reports a sandbox: the sum of its containers, and each.
+func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandboxStatsRequest) (*runtimeapi.PodSandboxStatsResponse, error) {
+	sb, err := s.sandboxes.Sandbox(req.GetPodSandboxId())
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeapi.PodSandboxStatsResponse{Stats: s.sandboxStats(sb)}, nil
+}
+
+// ListPodSandboxStats reports the sandboxes matching the filter.
+func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
+	f := req.GetFilter()
+	resp := &runtimeapi.ListPodSandboxStatsResponse{}
+	for _, sb := range s.sandboxes.Sandboxes() {
+		if !matchID(f.GetId(), sb.ID) || !matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
+			continue
+		}
+		resp.Stats = append(resp.Stats, s.sandboxStats(sb))
+	}
+	return resp, nil
+}
+
+func (s *Server) sandboxStats(sb sandbox.Sandbox) *runtimeapi.PodSandboxStats {
+	linux := &runtimeapi.LinuxPodSandboxStats{}
+	var cpu, nanoCores, mem uint64
+	var running uint64
+	var ts int64
+	for _, c := range s.sandboxes.Containers() {
+		if c.SandboxID != sb.ID {
+			continue
+		}
+		st, err := s.containerStats(c)
+		if err != nil {
+			continue
+		}
+		linux.Containers = append(linux.Containers, st)
+		cpu += st.Cpu.UsageCoreNanoSeconds.Value
+		nanoCores += st.Cpu.UsageNanoCores.Value
+		mem += st.Memory.WorkingSetBytes.Value
+		ts = max(ts, st.Cpu.Timestamp)
+		if c.State == sandbox.ContainerRunning {
+			running++
+		}
+	}
+	linux.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: cpu}, UsageNanoCores: &runtimeapi.UInt64Value{Value: nanoCores}}
+	linux.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: mem}, UsageBytes: &runtimeapi.UInt64Value{Value: mem}}
+	linux.Process = &runtimeapi.ProcessUsage{Timestamp: ts, ProcessCount: &runtimeapi.UInt64Value{Value: running}}
+	return &runtimeapi.PodSandboxStats{
+		Attributes: &runtimeapi.PodSandboxAttributes{
+			Id:          sb.ID,
+			Metadata:    sb.Config.GetMetadata(),
+			Labels:      sb.Config.GetLabels(),
+			Annotations: sb.Config.GetAnnotations(),
+		},
+		Linux: linux,
+	}
+}
+
+// The metrics ListPodSandboxMetrics reports, described by
+// ListMetricDescriptors: one sample per container and metric.
+var metricDescriptors = []*runtimeapi.MetricDescriptor{
+	{Name: "container_cpu_usage_seconds_total", Help: "Cumulative CPU time the container's instance used, in seconds."},
+	{Name: "container_memory_working_set_bytes", Help: "Linear memory of the container's running instance, in bytes."},
+	{Name: "container_fs_usage_bytes", Help: "Bytes of the container's writable root and log."},
+}
+
+// ListMetricDescriptors describes the metrics of ListPodSandboxMetrics.
+func (s *Server) ListMetricDescriptors(ctx context.Context, req *runtimeapi.ListMetricDescriptorsRequest) (*runtimeapi.ListMetricDescriptorsResponse, error) {
+	return &runtimeapi.ListMetricDescriptorsResponse{Descriptors: metricDescriptors}, nil
+}
+
+// ListPodSandboxMetrics reports the described metrics of every container.
+func (s *Server) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
+	resp := &runtimeapi.ListPodSandboxMetricsResponse{}
+	for _, sb := range s.sandboxes.Sandboxes() {
+		pm := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
+		for _, c := range s.sandboxes.Containers() {
+			if c.SandboxID != sb.ID {
+				continue
+			}
+			st, err := s.sandboxes.ContainerStats(c.ID)
+			if err != nil {
+				continue
+			}
+			ts := st.Timestamp.UnixNano()
+			pm.ContainerMetrics = append(pm.ContainerMetrics, &runtimeapi.ContainerMetrics{
+				ContainerId: c.ID,
+				Metrics: []*runtimeapi.Metric{
+					{Name: metricDescriptors[0].Name, Timestamp: ts, MetricType: runtimeapi.MetricType_COUNTER, Value: &runtimeapi.UInt64Value{Value: uint64(st.CPU.Seconds())}},
+					{Name: metricDescriptors[1].Name, Timestamp: ts, MetricType: runtimeapi.MetricType_GAUGE, Value: &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)}},
+					{Name: metricDescriptors[2].Name, Timestamp: ts, MetricType: runtimeapi.MetricType_GAUGE, Value: &runtimeapi.UInt64Value{Value: st.WritableBytes + st.LogBytes}},
+				},
+			})
+		}
+		resp.PodMetrics = append(resp.PodMetrics, pm)
+	}
+	return resp, nil
+}
