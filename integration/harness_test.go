@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -213,10 +214,21 @@ func (d *daemon) stop(sig syscall.Signal) error {
 
 // run calls crictl and returns stdout; a failure is returned, not fatal.
 func (d *daemon) run(args ...string) (string, error) {
+	return d.runWithInput(nil, args...)
+}
+
+// crictlCmd is a crictl command line against this daemon.
+func (d *daemon) crictlCmd(ctx context.Context, args ...string) *exec.Cmd {
+	full := append([]string{"--config", d.crictlConfig, "--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket, "--timeout", "30s"}, args...)
+	return exec.CommandContext(ctx, d.crictl, full...)
+}
+
+// runWithInput calls crictl with stdin and returns stdout.
+func (d *daemon) runWithInput(stdin io.Reader, args ...string) (string, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	full := append([]string{"--config", d.crictlConfig, "--runtime-endpoint", "unix://" + d.socket, "--image-endpoint", "unix://" + d.socket, "--timeout", "30s"}, args...)
-	cmd := exec.CommandContext(ctx, d.crictl, full...)
+	cmd := d.crictlCmd(ctx, args...)
+	cmd.Stdin = stdin
 	var stdout, stderr bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	err := cmd.Run()

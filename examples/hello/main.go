@@ -10,9 +10,12 @@
 //	hello alloc-slowly      take one more MiB every 10ms, forever
 //	hello cat FILE...       print files
 //	hello echo-stdin        copy standard input to standard output
+//	hello long-line N       print one line of N characters
+//	hello lines N           print N numbered lines as fast as it can
 package main
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"os"
@@ -100,6 +103,23 @@ func main() {
 			}
 			os.Stdout.Write(b)
 		}
+	case "long-line", "lines":
+		n := 0
+		if len(args) > 1 {
+			n, _ = strconv.Atoi(args[1])
+		}
+		w := bufio.NewWriterSize(os.Stdout, 64<<10)
+		if mode == "long-line" {
+			for i := 0; i < n; i++ {
+				w.WriteByte('a' + byte(i%26))
+			}
+			w.WriteByte('\n')
+		} else {
+			for i := 0; i < n; i++ {
+				fmt.Fprintf(w, "line %d\n", i)
+			}
+		}
+		w.Flush()
 	case "echo-stdin":
 		if _, err := io.Copy(os.Stdout, os.Stdin); err != nil {
 			fmt.Fprintln(os.Stderr, "echo-stdin:", err)
