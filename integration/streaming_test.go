@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/wasmcri/wasmcri/internal/testmodule"
+	"github.com/wasmcri/wasmcri/internal/testnet"
 )
 
 // Every crictl command kubelet's users reach through a Wasm pod: exec
@@ -25,21 +26,7 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 
 	// A loopback echo server stands in for a server on the pod's port:
 	// a Wasm pod's ports are the node's loopback ports.
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(conn, conn); conn.Close() }()
-		}
-	}()
-	podPort := l.Addr().(*net.TCPAddr).Port
+	podPort := testnet.EchoServer(t)
 	podCfg := writeJSON(t, "pod.json", map[string]any{
 		"metadata":      map[string]any{"name": "streams", "namespace": "default", "uid": "streams-uid"},
 		"log_directory": t.TempDir(),

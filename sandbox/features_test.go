@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
+	"github.com/wasmcri/wasmcri/internal/testnet"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -355,21 +356,7 @@ func fmtTypes(ts []EventType) string {
 
 func TestPortForward(t *testing.T) {
 	e := newEnv(t)
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	go func() {
-		for {
-			conn, err := l.Accept()
-			if err != nil {
-				return
-			}
-			go func() { io.Copy(conn, conn); conn.Close() }()
-		}
-	}()
-	port := int32(l.Addr().(*net.TCPAddr).Port)
+	port := int32(testnet.EchoServer(t))
 	cfg := podConfig("web", e.dir)
 	cfg.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: port}}
 	sb, err := e.m.RunSandbox(cfg, "")

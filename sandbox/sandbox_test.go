@@ -18,9 +18,20 @@ import (
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
+// moduleCache is shared by every test's runtime: each module compiles once
+// per test run, as on a node.
+var moduleCache string
+
 func TestMain(m *testing.M) {
 	_ = clog.SetLevel("error")
-	os.Exit(m.Run())
+	dir, err := os.MkdirTemp("", "wasmcri-modules-")
+	if err != nil {
+		panic(err)
+	}
+	moduleCache = dir
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
 }
 
 // env is a manager over real image and wasm layers, with images pulled
@@ -46,7 +57,7 @@ func newEnv(t *testing.T) *env {
 	if e.images, err = image.NewService(e.db, filepath.Join(e.dir, "content"), image.Options{}); err != nil {
 		t.Fatal(err)
 	}
-	if e.rt, err = wasm.NewRuntime(filepath.Join(e.dir, "modules"), wasm.Options{}); err != nil {
+	if e.rt, err = wasm.NewRuntime(moduleCache, wasm.Options{}); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(e.rt.Close)
