@@ -128,6 +128,9 @@ func (c *cpuController) apply(id string, tid int, l Limits) error {
 	if c == nil {
 		return errNoCPUController
 	}
+	if id == "" || strings.ContainsAny(id, "/.") {
+		return fmt.Errorf("instance ID %q cannot name a cgroup", id)
+	}
 	dir := filepath.Join(c.root, id)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
