@@ -8,8 +8,16 @@ BIN           := bin/wasmcri
 # Pinned test tools, built from the Go module proxy into a cache keyed by
 # version. The cache only saves time: a missing tool is built again.
 CRICTL_VERSION ?= v1.37.0
+KUBE_VERSION   ?= v1.37.2
+ETCD_VERSION   ?= v3.6.16
 TOOLS_DIR      ?= $(HOME)/.cache/wasmcri/tools
 CRICTL         := $(TOOLS_DIR)/crictl-$(CRICTL_VERSION)/crictl
+KUBELET        := $(TOOLS_DIR)/kubelet-$(KUBE_VERSION)/kubelet
+KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)/kube-apiserver
+KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)/kubectl
+ETCD           := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
+TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(ETCD)
+TOOL_ENV       := CRICTL=$(CRICTL) KUBELET=$(KUBELET) KUBE_APISERVER=$(KUBE_APISERVER) KUBECTL=$(KUBECTL) ETCD=$(ETCD)
 
 # Where `make run` keeps its state: inside the checkout, no root needed.
 RUN_DIR ?= $(CURDIR)/_output
@@ -32,11 +40,17 @@ run: build
 demo: build $(CRICTL)
 	CRICTL=$(CRICTL) WASMCRI=$(CURDIR)/$(BIN) hack/demo.sh
 
-tools: $(CRICTL)
+tools: $(TOOLS)
 
 $(CRICTL):
 	mkdir -p $(dir $@)
 	GOBIN=$(dir $@) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
+
+$(KUBELET) $(KUBE_APISERVER) $(KUBECTL):
+	hack/build-k8s-tool.sh $(notdir $@) $(KUBE_VERSION) $@
+
+$(ETCD):
+	hack/build-k8s-tool.sh etcd $(ETCD_VERSION) $@
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -46,12 +60,12 @@ lint:
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
 
-integration: $(CRICTL)
-	CRICTL=$(CRICTL) $(GO) test -count=1 -timeout 20m ./integration/...
+integration: $(TOOLS)
+	$(TOOL_ENV) $(GO) test -count=1 -timeout 20m ./integration/...
 
 ## test: everything CI runs
-test: lint $(CRICTL)
-	CRICTL=$(CRICTL) $(GO) test -race -count=1 -timeout 30m ./...
+test: lint $(TOOLS)
+	$(TOOL_ENV) $(GO) test -race -count=1 -timeout 30m ./...
 
 clean:
 	rm -rf bin $(RUN_DIR)

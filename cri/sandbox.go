@@ -57,11 +57,13 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandbo
 
 func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 	return &runtimeapi.PodSandboxStatus{
-		Id:          sb.ID,
-		Metadata:    sb.Config.GetMetadata(),
-		State:       sandboxState(sb.State),
-		CreatedAt:   nanos(sb.CreatedAt),
-		Network:     &runtimeapi.PodSandboxNetworkStatus{},
+		Id:        sb.ID,
+		Metadata:  sb.Config.GetMetadata(),
+		State:     sandboxState(sb.State),
+		CreatedAt: nanos(sb.CreatedAt),
+		// No network status at all: a Wasm pod has no network of its own.
+		// (An empty IP would make kubelet recreate the sandbox forever.)
+		Network:     nil,
 		Labels:      sb.Config.GetLabels(),
 		Annotations: sb.Config.GetAnnotations(),
 		// kubelet compares the namespace options with the pod's to decide
