@@ -1,6 +1,7 @@
 package config
 
 import (
+	"os"
 	"strings"
 	"testing"
 	"time"
@@ -98,5 +99,21 @@ func TestSocketPath(t *testing.T) {
 	}
 	if _, err := SocketPath("unix://relative.sock"); err == nil {
 		t.Error("relative socket path accepted")
+	}
+}
+
+// deploy/config.toml is what operators install: it must load, and stay the
+// defaults this build has.
+func TestShippedConfigIsTheDefault(t *testing.T) {
+	b, err := os.ReadFile("../deploy/config.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Parse(b); err != nil {
+		t.Fatalf("deploy/config.toml: %v", err)
+	}
+	want, _ := Default().Encode()
+	if string(b) != string(want) {
+		t.Fatalf("deploy/config.toml differs from the defaults; regenerate it with `wasmcri config default`")
 	}
 }

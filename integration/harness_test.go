@@ -12,6 +12,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -79,9 +80,9 @@ func startProcess(t *testing.T, cmd *exec.Cmd, logPath string) *exec.Cmd {
 		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
 		cmd.Wait()
 		logFile.Close()
-		if t.Failed() {
+		if t.Failed() || os.Getenv("WASMCRI_TEST_LOGS") != "" {
 			b, _ := os.ReadFile(logPath)
-			t.Logf("--- %s log ---\n%s", filepath.Base(cmd.Path), tail(string(b), 60))
+			t.Logf("--- %s log ---\n%s", filepath.Base(cmd.Path), tail(string(b), logTail()))
 		}
 	})
 	return cmd
@@ -302,4 +303,13 @@ func pushWasm(t *testing.T, module []byte, ref, format string, extra ...string) 
 		t.Fatalf("wasmcri image push printed no digest: %s", out)
 	}
 	return dgst
+}
+
+// logTail is how many lines of each process's log a failing test shows;
+// WASMCRI_TEST_LOGS=N shows N lines of every test's logs.
+func logTail() int {
+	if n, err := strconv.Atoi(os.Getenv("WASMCRI_TEST_LOGS")); err == nil && n > 0 {
+		return n
+	}
+	return 60
 }

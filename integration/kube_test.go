@@ -76,7 +76,10 @@ type kubelet struct {
 func startKubelet(t *testing.T, d *daemon, kubeconfig string) *kubelet {
 	t.Helper()
 	bin := tool(t, "KUBELET", "kubelet")
-	k := &kubelet{dir: t.TempDir(), node: "wasm-node"}
+	// kubelet refuses a loopback --node-ip, but takes an IP given as the
+	// hostname for the node's InternalIP: the API server then reaches the
+	// kubelet (for logs and exec) on 127.0.0.1, where it listens.
+	k := &kubelet{dir: t.TempDir(), node: "127.0.0.1"}
 	k.manifests, k.podLogs, k.log = filepath.Join(k.dir, "manifests"), filepath.Join(k.dir, "pod-logs"), filepath.Join(k.dir, "kubelet.log")
 	for _, p := range []string{k.manifests, k.podLogs} {
 		os.MkdirAll(p, 0o755)
@@ -86,7 +89,6 @@ func startKubelet(t *testing.T, d *daemon, kubeconfig string) *kubelet {
 		"--root-dir", filepath.Join(k.dir, "root"),
 		"--cert-dir", filepath.Join(k.dir, "pki"),
 		"--hostname-override", k.node,
-		"--node-ip", "127.0.0.1",
 		"--v", "4",
 	}
 	if kubeconfig != "" {
@@ -207,6 +209,8 @@ func startControlPlane(t *testing.T) *controlPlane {
 		"--etcd-servers", client,
 		"--bind-address", "127.0.0.1", "--secure-port", fmt.Sprint(port),
 		"--advertise-address", "127.0.0.1",
+		// The kubernetes service endpoint may not be a loopback address.
+		"--endpoint-reconciler-type", "none",
 		"--cert-dir", filepath.Join(cp.dir, "apiserver-pki"),
 		"--service-cluster-ip-range", "10.96.0.0/16",
 		"--service-account-issuer", "https://kubernetes.default.svc",

@@ -200,12 +200,13 @@ func TestKubeletWithAPIServer(t *testing.T) {
 		t.Errorf("node.status.runtimeHandlers = %q", handlers)
 	}
 
+	// The RuntimeClass operators are told to apply, as shipped.
+	runtimeClass, err := os.ReadFile(filepath.Join(repoRoot(), "deploy", "kubernetes", "runtimeclass.yaml"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	cp.apply(t, string(runtimeClass))
 	cp.apply(t, fmt.Sprintf(`apiVersion: node.k8s.io/v1
-kind: RuntimeClass
-metadata: {name: wasmtime}
-handler: wasmtime
----
-apiVersion: node.k8s.io/v1
 kind: RuntimeClass
 metadata: {name: bogus}
 handler: no-such-handler
