@@ -23,9 +23,13 @@ import (
 
 // Daemon is a wired wasmcri, listening once Start returns.
 type Daemon struct {
-	cfg       *config.Config
-	log       *slog.Logger
+	cfg *config.Config
+	log *slog.Logger
+	// db holds image metadata, written durably. stateDB holds sandboxes and
+	// containers; see openStateDB.
 	db        *bolt.DB
+	stateDB   *bolt.DB
+	stopSync  chan struct{}
 	runtime   *wasm.Runtime
 	Images    *image.Service
 	Sandboxes *sandbox.Manager
@@ -38,7 +42,7 @@ type Daemon struct {
 // Start opens the state under cfg.Root and cfg.State and serves CRI on
 // cfg.GRPC.Address.
 func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err error) {
-	d := &Daemon{cfg: cfg, log: log, served: make(chan error, 1)}
+	d := &Daemon{cfg: cfg, log: log, served: make(chan error, 1), stopSync: make(chan struct{})}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -53,6 +57,10 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	if d.db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: 2 * time.Second}); err != nil {
 		return nil, fmt.Errorf("open metadata database %s (is another wasmcri running on this root?): %w", dbPath, err)
 	}
+	if d.stateDB, err = openStateDB(filepath.Join(cfg.Root, "state.db"), log); err != nil {
+		return nil, err
+	}
+	go d.syncState()
 	if d.runtime, err = wasm.NewRuntime(filepath.Join(cfg.Root, "modules"), wasm.Options{MaxWasmStack: cfg.Runtime.MaxWasmStack, Logger: log}); err != nil {
 		return nil, err
 	}
@@ -66,7 +74,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	if err != nil {
 		return nil, err
 	}
-	d.Sandboxes, err = sandbox.NewManager(d.db, d.Images, d.runtime, sandbox.Options{
+	d.Sandboxes, err = sandbox.NewManager(d.stateDB, d.Images, d.runtime, sandbox.Options{
 		RootDir: cfg.Root, StateDir: cfg.State, Handlers: cfg.Runtime.Handlers, Logger: log,
 	})
 	if err != nil {
@@ -117,6 +125,11 @@ func (d *Daemon) close() {
 	if d.runtime != nil {
 		d.runtime.Close()
 	}
+	close(d.stopSync)
+	if d.stateDB != nil {
+		d.stateDB.Sync()
+		d.stateDB.Close()
+	}
 	if d.db != nil {
 		d.db.Close()
 	}
@@ -146,4 +159,58 @@ func listenUnix(path string) (net.Listener, error) {
 		return nil, err
 	}
 	return l, nil
+}
+
+// stateSyncInterval is how often sandbox and container state is flushed
+// to disk.
+const stateSyncInterval = 2 * time.Second
+
+// openStateDB opens the database of sandboxes and containers without an
+// fsync per commit. Every pod start writes it three times, and fsyncs cost
+// more than everything else a start does (see docs/performance.md). What
+// a commit writes is in the page cache at once, so a crash or restart of
+// the daemon loses nothing; only a crash of the machine can, and then every
+// instance has died too and kubelet recreates its pods. The database is
+// flushed every stateSyncInterval and at shutdown; one left unreadable by a
+// machine crash is set aside and started afresh, never blocking the
+// daemon.
+func openStateDB(path string, log *slog.Logger) (*bolt.DB, error) {
+	opts := &bolt.Options{Timeout: 2 * time.Second, NoSync: true, NoFreelistSync: true}
+	db, err := bolt.Open(path, 0o600, opts)
+	if err == nil {
+		if err = db.View(func(tx *bolt.Tx) error {
+			for cerr := range tx.Check() {
+				return cerr
+			}
+			return nil
+		}); err == nil {
+			return db, nil
+		}
+		db.Close()
+	}
+	if errors.Is(err, bolt.ErrTimeout) {
+		return nil, fmt.Errorf("open state database %s (is another wasmcri running on this root?): %w", path, err)
+	}
+	aside := fmt.Sprintf("%s.corrupt-%d", path, time.Now().Unix())
+	log.Error("state database unreadable: setting it aside and starting with no sandboxes", "path", path, "moved_to", aside, "error", err)
+	if rerr := os.Rename(path, aside); rerr != nil {
+		return nil, fmt.Errorf("state database %s is unreadable (%v) and cannot be moved aside: %w", path, err, rerr)
+	}
+	return bolt.Open(path, 0o600, opts)
+}
+
+// syncState flushes the state database periodically.
+func (d *Daemon) syncState() {
+	t := time.NewTicker(stateSyncInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-d.stopSync:
+			return
+		case <-t.C:
+			if err := d.stateDB.Sync(); err != nil {
+				d.log.Warn("flush state database", "error", err)
+			}
+		}
+	}
 }

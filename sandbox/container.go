@@ -92,15 +92,15 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if sb, ok := m.sandboxes[sandbox.ID]; !ok || sb.State != SandboxReady {
-		removeAll(m.containerRoot(c.ID))
+		os.RemoveAll(m.rootfs(c.ID))
 		return Container{}, fmt.Errorf("sandbox %s was stopped while the container was created: %w", sandbox.ID, errdefs.ErrFailedPrecondition)
 	}
 	if other, taken := m.names[c.Name()]; taken {
-		removeAll(m.containerRoot(c.ID))
+		os.RemoveAll(m.rootfs(c.ID))
 		return Container{}, fmt.Errorf("container name %q is taken by container %s: %w", cfg.GetMetadata().GetName(), other, errdefs.ErrAlreadyExists)
 	}
 	if err := m.store.putContainer(c); err != nil {
-		removeAll(m.containerRoot(c.ID))
+		os.RemoveAll(m.rootfs(c.ID))
 		return Container{}, fmt.Errorf("persist container: %w", err)
 	}
 	m.containers[c.ID] = c
@@ -186,10 +186,6 @@ func (m *Manager) startRun(ctx context.Context, c *Container, stdin, stdinOnce b
 	if err != nil {
 		return nil, err
 	}
-	pipes := m.containerState(c.ID)
-	if err := os.MkdirAll(pipes, 0o700); err != nil {
-		return nil, err
-	}
 	r := &run{recorded: make(chan struct{}), dirs: dirs, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
 	stdout, stderr := tee{hub: r.stdout}, tee{hub: r.stderr}
 	if c.LogPath != "" {
@@ -206,7 +202,6 @@ func (m *Manager) startRun(ctx context.Context, c *Container, stdin, stdinOnce b
 		Dirs:       dirs,
 		Stdout:     stdout,
 		Stderr:     stderr,
-		PipeDir:    pipes,
 		Limits:     c.Resources.limits(),
 	}
 	if stdin {
@@ -329,7 +324,7 @@ func (m *Manager) RemoveContainer(id string) error {
 	delete(m.containers, c.ID)
 	delete(m.names, c.Name())
 	m.emitLocked(ContainerDeletedEvent, c)
-	if err := removeAll(m.containerRoot(c.ID), m.containerState(c.ID)); err != nil {
+	if err := os.RemoveAll(m.rootfs(c.ID)); err != nil {
 		m.log.Warn("container directories not removed", "container", c.ID, "error", err)
 	}
 	m.log.Info("container removed", "container", c.ID)

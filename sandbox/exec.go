@@ -6,8 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
-	"path/filepath"
 	"slices"
 	"strconv"
 	"sync"
@@ -58,7 +56,6 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		Stdin:      opts.Stdin,
 		Stdout:     opts.Stdout,
 		Stderr:     opts.Stderr,
-		PipeDir:    filepath.Join(m.containerState(c.ID), "exec-"+strconv.FormatUint(n, 10)),
 		Limits:     c.Resources.limits(),
 	}
 	imageID, moduleDigest := c.ImageID, c.ModuleDigest
@@ -68,10 +65,6 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		w := &syncWriter{w: opts.Stdout}
 		spec.Stdout, spec.Stderr = w, nopCloser{w}
 	}
-	if err := os.MkdirAll(spec.PipeDir, 0o700); err != nil {
-		return 0, err
-	}
-	defer os.RemoveAll(spec.PipeDir)
 	compiled, err := m.compiledFor(ctx, imageID, moduleDigest)
 	if err != nil {
 		return 0, err

@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -218,28 +217,11 @@ func (m *Manager) Containers() []Container {
 	return out
 }
 
-// Directories of one sandbox or container.
-func (m *Manager) sandboxRoot(id string) string {
-	return filepath.Join(m.opts.RootDir, "sandboxes", id)
-}
-func (m *Manager) sandboxState(id string) string {
-	return filepath.Join(m.opts.StateDir, "sandboxes", id)
-}
-func (m *Manager) containerRoot(id string) string {
-	return filepath.Join(m.opts.RootDir, "containers", id)
-}
-func (m *Manager) containerState(id string) string {
-	return filepath.Join(m.opts.StateDir, "containers", id)
+// defaultLogDir is where a sandbox created without a log directory keeps
+// its containers' logs.
+func (m *Manager) defaultLogDir(id string) string {
+	return filepath.Join(m.opts.RootDir, "sandboxes", id, "logs")
 }
 
 // rootfs is the container's writable root: what the module sees at "/".
-func (m *Manager) rootfs(id string) string { return filepath.Join(m.containerRoot(id), "rootfs") }
-
-func removeAll(paths ...string) error {
-	for _, p := range paths {
-		if err := os.RemoveAll(p); err != nil {
-			return err
-		}
-	}
-	return nil
-}
+func (m *Manager) rootfs(id string) string { return filepath.Join(m.opts.RootDir, "containers", id) }

@@ -32,8 +32,9 @@ func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (
 		CreatedAt:      time.Now(),
 		LogDirectory:   cfg.GetLogDirectory(),
 	}
-	if sb.LogDirectory == "" {
-		sb.LogDirectory = filepath.Join(m.sandboxRoot(sb.ID), "logs")
+	ownLogDir := sb.LogDirectory == ""
+	if ownLogDir {
+		sb.LogDirectory = m.defaultLogDir(sb.ID)
 	}
 
 	m.mu.Lock()
@@ -41,14 +42,14 @@ func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (
 	if other, taken := m.names[sb.Name()]; taken {
 		return Sandbox{}, fmt.Errorf("sandbox name %q is taken by sandbox %s: %w", sb.Name(), other, errdefs.ErrAlreadyExists)
 	}
-	for _, dir := range []string{m.sandboxRoot(sb.ID), m.sandboxState(sb.ID), sb.LogDirectory} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
-			removeAll(m.sandboxRoot(sb.ID), m.sandboxState(sb.ID))
-			return Sandbox{}, fmt.Errorf("create sandbox directory: %w", err)
+	// A sandbox is only a record: kubelet owns its log directory, and
+	// containers make their own roots.
+	if ownLogDir {
+		if err := os.MkdirAll(sb.LogDirectory, 0o755); err != nil {
+			return Sandbox{}, fmt.Errorf("create sandbox log directory: %w", err)
 		}
 	}
 	if err := m.store.putSandbox(sb); err != nil {
-		removeAll(m.sandboxRoot(sb.ID), m.sandboxState(sb.ID))
 		return Sandbox{}, fmt.Errorf("persist sandbox: %w", err)
 	}
 	m.sandboxes[sb.ID] = sb
@@ -120,8 +121,10 @@ func (m *Manager) RemoveSandbox(id string) error {
 	}
 	delete(m.sandboxes, sb.ID)
 	delete(m.names, sb.Name())
-	if err := removeAll(m.sandboxRoot(sb.ID), m.sandboxState(sb.ID)); err != nil {
-		m.log.Warn("sandbox directories not removed", "sandbox", sb.ID, "error", err)
+	if sb.LogDirectory == m.defaultLogDir(sb.ID) {
+		if err := os.RemoveAll(filepath.Dir(sb.LogDirectory)); err != nil {
+			m.log.Warn("sandbox log directory not removed", "sandbox", sb.ID, "error", err)
+		}
 	}
 	m.log.Info("sandbox removed", "sandbox", sb.ID)
 	return nil

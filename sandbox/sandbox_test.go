@@ -270,7 +270,7 @@ func TestStopIsPromptAndIsolated(t *testing.T) {
 	if _, err := e.m.Container(ca.ID); !errdefs.IsNotFound(err) {
 		t.Fatalf("container outlived its removed sandbox: %v", err)
 	}
-	if _, err := os.Stat(e.m.containerRoot(ca.ID)); !os.IsNotExist(err) {
+	if _, err := os.Stat(e.m.rootfs(ca.ID)); !os.IsNotExist(err) {
 		t.Fatalf("container root left behind: %v", err)
 	}
 	if err := e.m.RemoveSandbox(a.ID); err != nil {

@@ -43,10 +43,7 @@ type Spec struct {
 	// Stdout and Stderr receive the streams and are closed at their end;
 	// nil discards.
 	Stdout, Stderr io.WriteCloser
-	// PipeDir holds the named pipes wasmtime reads and writes standard I/O
-	// through (WASI standard I/O goes to file paths only).
-	PipeDir string
-	Limits  Limits
+	Limits         Limits
 }
 
 // Result is how an instance ended.

@@ -4,10 +4,9 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"path/filepath"
+	"strconv"
 	"strings"
 	"sync"
-	"syscall"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
 )
@@ -66,34 +65,24 @@ type stdio struct {
 	writers []io.WriteCloser
 }
 
-// openStdio makes a named pipe per stream and points WASI at them. For
-// output, our read end is opened first so that wasmtime's open for writing
-// does not block; for input, our end is opened read-write for the same
-// reason on wasmtime's open for reading.
+// openStdio connects the module's standard I/O to anonymous pipes. WASI
+// takes only file paths, so wasmtime opens our end's /proc/self/fd path,
+// which reaches the same pipe; we then close our copy of that end, so the
+// stream ends when wasmtime's does. No file is made for it.
 func openStdio(wasi *wasmtime.WasiConfig, spec Spec) (*stdio, error) {
 	s := &stdio{}
-	mkfifo := func(name string) (string, error) {
-		p := filepath.Join(spec.PipeDir, name)
-		os.Remove(p)
-		if err := syscall.Mkfifo(p, 0o600); err != nil {
-			return "", fmt.Errorf("create %s pipe: %w", name, err)
-		}
-		return p, nil
-	}
 	if spec.Stdin != nil {
-		p, err := mkfifo("stdin")
+		r, w, err := os.Pipe()
 		if err != nil {
-			return nil, err
+			return nil, fmt.Errorf("stdin pipe: %w", err)
 		}
-		w, err := os.OpenFile(p, os.O_RDWR, 0)
+		err = wasi.SetStdinFile(procPath(r))
+		r.Close()
 		if err != nil {
-			return nil, fmt.Errorf("open stdin pipe: %w", err)
-		}
-		s.stdin = &stdinPipe{w: w, src: spec.Stdin}
-		if err := wasi.SetStdinFile(p); err != nil {
-			s.abandon()
+			w.Close()
 			return nil, fmt.Errorf("attach stdin: %w", err)
 		}
+		s.stdin = &stdinPipe{w: w, src: spec.Stdin}
 	}
 	for _, o := range []struct {
 		name string
@@ -103,25 +92,24 @@ func openStdio(wasi *wasmtime.WasiConfig, spec Spec) (*stdio, error) {
 		if o.w == nil {
 			continue
 		}
-		p, err := mkfifo(o.name)
+		r, w, err := os.Pipe()
 		if err != nil {
 			s.abandon()
-			return nil, err
+			return nil, fmt.Errorf("%s pipe: %w", o.name, err)
 		}
-		r, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NONBLOCK, 0)
-		if err != nil {
-			s.abandon()
-			return nil, fmt.Errorf("open %s pipe: %w", o.name, err)
-		}
+		err = o.set(procPath(w))
+		w.Close()
 		s.readers = append(s.readers, r)
 		s.writers = append(s.writers, o.w)
-		if err := o.set(p); err != nil {
+		if err != nil {
 			s.abandon()
 			return nil, fmt.Errorf("attach %s: %w", o.name, err)
 		}
 	}
 	return s, nil
 }
+
+func procPath(f *os.File) string { return "/proc/self/fd/" + strconv.Itoa(int(f.Fd())) }
 
 // start copies stdin in and each output stream out until EOF; the
 // returned group ends when the outputs are fully written.

@@ -44,7 +44,7 @@ func run(t *testing.T, r *Runtime, module []byte, spec Spec) (*Instance, string)
 	if err != nil {
 		t.Fatal(err)
 	}
-	spec.Stdout, spec.Stderr, spec.PipeDir = l.Stream("stdout"), l.Stream("stderr"), dir
+	spec.Stdout, spec.Stderr = l.Stream("stdout"), l.Stream("stderr")
 	inst, err := r.Start(prepare(t, r, module), spec)
 	if err != nil {
 		t.Fatal(err)
@@ -232,7 +232,7 @@ func TestCompileCache(t *testing.T) {
 	if err := os.WriteFile(c.Path, []byte("garbage"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := r2.Start(c, Spec{PipeDir: t.TempDir()}); err == nil {
+	if _, err := r2.Start(c, Spec{}); err == nil {
 		t.Fatal("started from a corrupt cache file")
 	}
 	if c := prepare(t, r2, module); !c.Fresh {
@@ -257,7 +257,7 @@ func TestStartRefusesWhatCannotRun(t *testing.T) {
 		"unknown import": {testmodule.UnknownImport, "launch_missiles"},
 	} {
 		module := testmodule.Wat(t, tc.wat)
-		_, err := r.Start(prepare(t, r, module), Spec{PipeDir: t.TempDir()})
+		_, err := r.Start(prepare(t, r, module), Spec{})
 		if err == nil || !strings.Contains(err.Error(), tc.says) {
 			t.Errorf("%s: err = %v", name, err)
 		}
