@@ -70,6 +70,10 @@ type Stats struct {
 // Instance is one running module.
 type Instance struct {
 	engine *wasmtime.Engine
+	store  *wasmtime.Store
+	// origin is when its WASI context was made: wasmtime counts the
+	// monotonic clock from there.
+	origin time.Time
 	stop   chan struct{}
 	done   chan struct{}
 	result Result
@@ -97,13 +101,14 @@ type Instance struct {
 // in the background. Link errors (unknown imports, no _start) are returned
 // here, before anything runs.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
-	engine, mod, err := r.load(c)
+	ld, err := r.acquire(c)
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{engine: engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits}
+	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits}
 	inst.pendingMemoryLimit.Store(-1)
-	store := wasmtime.NewStore(engine)
+	store := wasmtime.NewStoreWithData(ld.engine, inst)
+	inst.store = store
 	var sio *stdio
 	defer func() {
 		if err != nil {
@@ -111,8 +116,7 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 				sio.abandon()
 			}
 			store.Close()
-			mod.Close()
-			engine.Close()
+			r.release(ld)
 		}
 	}()
 	// Any epoch increment (only Stop makes one) interrupts running code.
@@ -121,7 +125,7 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		store.Limiter(spec.Limits.MemoryBytes, -1, -1, -1, -1)
 	}
 
-	origin := time.Now()
+	inst.origin = time.Now()
 	var wasi *wasmtime.WasiConfig
 	if wasi, sio, err = newWasiConfig(spec); err != nil {
 		return nil, err
@@ -129,23 +133,7 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	store.SetWasi(wasi)
 	inst.stdin = sio.stdin
 
-	linker := wasmtime.NewLinker(engine)
-	defer linker.Close()
-	if err := linker.DefineWasi(); err != nil {
-		return nil, err
-	}
-	onHostCall := func(caller *wasmtime.Caller) {
-		if limit := inst.pendingMemoryLimit.Swap(-1); limit >= 0 {
-			store.Limiter(limitOrNone(limit), -1, -1, -1, -1)
-		}
-		if m := caller.GetExport("memory"); m != nil && m.Memory() != nil {
-			inst.memory.Store(int64(m.Memory().DataSize(caller)))
-		}
-	}
-	if err := definePollOneoff(linker, inst.stop, origin, onHostCall); err != nil {
-		return nil, err
-	}
-	instance, err := linker.Instantiate(store, mod)
+	instance, err := ld.linker.Instantiate(store, ld.module)
 	if err != nil {
 		return nil, fmt.Errorf("instantiate: %s", firstLine(err.Error()))
 	}
@@ -188,12 +176,12 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		sio.stdin.close()
 		copied.Wait()
 		res.FinishedAt = time.Now()
-		mod.Close()
 		inst.mu.Lock()
 		inst.result = res
 		inst.finished = true
-		engine.Close()
 		inst.mu.Unlock()
+		// Stop can no longer reach the engine: another instance may have it.
+		r.release(ld)
 		close(inst.done)
 	}()
 	if err := <-started; err != nil {
@@ -201,6 +189,18 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		r.opts.Logger.Warn("CPU limit not applied", "instance", spec.ID, "error", err)
 	}
 	return inst, nil
+}
+
+// onHostCall runs at each of the instance's poll_oneoff calls, on the
+// thread that owns its store: the safe moment to read its memory size and
+// to change its memory limit.
+func (i *Instance) onHostCall(caller *wasmtime.Caller) {
+	if limit := i.pendingMemoryLimit.Swap(-1); limit >= 0 {
+		i.store.Limiter(limitOrNone(limit), -1, -1, -1, -1)
+	}
+	if m := caller.GetExport("memory"); m != nil && m.Memory() != nil {
+		i.memory.Store(int64(m.Memory().DataSize(caller)))
+	}
 }
 
 // limitOrNone turns 0 into wasmtime's "no limit" (-1).

@@ -32,14 +32,15 @@ const (
 // reported ready at once: WASI files and our output pipes never block a
 // reader or writer for long, as on POSIX for regular files.
 //
-// origin is when the instance's WASI context was made: wasmtime counts the
-// monotonic clock from there. onCall runs first on every call, on the
-// thread that owns the store.
-func definePollOneoff(linker *wasmtime.Linker, stop <-chan struct{}, origin time.Time, onCall func(*wasmtime.Caller)) error {
+// The linker is shared by the instances an engine runs one after another:
+// the calling instance is the store's data.
+func definePollOneoff(linker *wasmtime.Linker) error {
 	linker.AllowShadowing(true)
 	return linker.FuncWrap("wasi_snapshot_preview1", "poll_oneoff",
 		func(caller *wasmtime.Caller, in, out, nsubs, neventsPtr int32) (int32, *wasmtime.Trap) {
-			onCall(caller)
+			inst := caller.Data().(*Instance)
+			stop, origin := inst.stop, inst.origin
+			inst.onHostCall(caller)
 			mem := caller.GetExport("memory")
 			if mem == nil || mem.Memory() == nil {
 				return errnoFault, nil

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
@@ -51,6 +52,9 @@ type Runtime struct {
 	compiles singleflight.Group
 	// cpu caps instance threads; nil where no cgroup controller is usable.
 	cpu *cpuController
+	// idle keeps loaded engines between instances, by compiled file.
+	idleMu sync.Mutex
+	idle   map[string][]*loaded
 	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
 	CPUCapsUnavailable error
 }
@@ -70,7 +74,7 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create module cache: %w", err)
 	}
-	r := &Runtime{cacheDir: dir, opts: opts}
+	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
 	if r.CPUCapsUnavailable != nil {
@@ -90,8 +94,18 @@ func (r *Runtime) engineConfig() *wasmtime.Config {
 	return cfg
 }
 
-// Close releases the compiler engine.
-func (r *Runtime) Close() { r.compiler.Close() }
+// Close releases the compiler engine and the idle loaded engines.
+func (r *Runtime) Close() {
+	r.idleMu.Lock()
+	for _, list := range r.idle {
+		for _, ld := range list {
+			ld.close()
+		}
+	}
+	r.idle = map[string][]*loaded{}
+	r.idleMu.Unlock()
+	r.compiler.Close()
+}
 
 // Validate checks that b is a valid core module for this wasmtime.
 func (r *Runtime) Validate(b []byte) error {
@@ -170,18 +184,76 @@ func (r *Runtime) compile(d digest.Digest, path string, load func() ([]byte, err
 	return nil
 }
 
-// load deserializes a compiled module into a fresh engine. A cache file
-// wasmtime will not load (another build, corruption) is dropped so the
-// next Prepare compiles it again.
-func (r *Runtime) load(c Compiled) (*wasmtime.Engine, *wasmtime.Module, error) {
+// loaded is an engine with a compiled module deserialized into it and WASI
+// linked: all an instance needs but its store. An instance has one to
+// itself, since stopping it increments the engine's epoch; when it ends,
+// the next instance of the module takes the engine over instead of loading
+// the module again.
+type loaded struct {
+	key    string
+	engine *wasmtime.Engine
+	module *wasmtime.Module
+	linker *wasmtime.Linker
+}
+
+// maxIdlePerModule bounds the engines kept for later instances of one
+// module; a burst of starts beyond it loads engines afresh.
+const maxIdlePerModule = 8
+
+func (l *loaded) close() {
+	l.linker.Close()
+	l.module.Close()
+	l.engine.Close()
+}
+
+// acquire takes an idle loaded engine for c, or loads one.
+func (r *Runtime) acquire(c Compiled) (*loaded, error) {
+	r.idleMu.Lock()
+	if list := r.idle[c.Path]; len(list) > 0 {
+		ld := list[len(list)-1]
+		r.idle[c.Path] = list[:len(list)-1]
+		r.idleMu.Unlock()
+		return ld, nil
+	}
+	r.idleMu.Unlock()
+	return r.load(c)
+}
+
+// release keeps ld for the module's next instance, or closes it.
+func (r *Runtime) release(ld *loaded) {
+	r.idleMu.Lock()
+	if len(r.idle[ld.key]) < maxIdlePerModule {
+		r.idle[ld.key] = append(r.idle[ld.key], ld)
+		ld = nil
+	}
+	r.idleMu.Unlock()
+	if ld != nil {
+		ld.close()
+	}
+}
+
+// load deserializes a compiled module into a fresh engine and links WASI.
+// A cache file wasmtime will not load (another build, corruption) is
+// dropped so the next Prepare compiles it again.
+func (r *Runtime) load(c Compiled) (*loaded, error) {
 	engine := wasmtime.NewEngineWithConfig(r.engineConfig())
 	mod, err := wasmtime.NewModuleDeserializeFile(engine, c.Path)
 	if err != nil {
 		engine.Close()
 		os.Remove(c.Path)
-		return nil, nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %s", c.Digest, firstLine(err.Error()))
+		return nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %s", c.Digest, firstLine(err.Error()))
 	}
-	return engine, mod, nil
+	linker := wasmtime.NewLinker(engine)
+	ld := &loaded{key: c.Path, engine: engine, module: mod, linker: linker}
+	if err := linker.DefineWasi(); err != nil {
+		ld.close()
+		return nil, err
+	}
+	if err := definePollOneoff(linker); err != nil {
+		ld.close()
+		return nil, err
+	}
+	return ld, nil
 }
 
 func firstLine(s string) string {
