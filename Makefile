@@ -24,7 +24,7 @@ RUN_DIR ?= $(CURDIR)/_output
 
 export RUST_LIB_BACKTRACE = 0
 
-.PHONY: all build run demo test unit integration lint tools clean
+.PHONY: all build run demo test unit integration lint tools clean bench bench-deps
 
 all: build
 
@@ -66,6 +66,18 @@ integration: $(TOOLS)
 ## test: everything CI runs
 test: lint $(TOOLS)
 	$(TOOL_ENV) $(GO) test -race -count=1 -timeout 30m ./...
+
+## bench: Go benchmarks, then the driver that rewrites docs/performance.md
+bench: build bench-deps
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./wasm ./bench
+	$(GO) run ./bench/driver -wasmcri $(BIN) -out docs/performance.md
+
+# containerd and runc for the comparison; the driver skips it, saying why,
+# where they cannot be installed or run.
+bench-deps:
+	@command -v containerd >/dev/null && command -v runc >/dev/null || \
+	  (apt-get install -y -qq containerd runc >/dev/null 2>&1 || \
+	   echo "bench: containerd/runc not installed; the comparison will be skipped")
 
 clean:
 	rm -rf bin $(RUN_DIR)

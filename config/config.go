@@ -46,6 +46,14 @@ type Config struct {
 	Runtime  RuntimeConfig  `toml:"runtime"`
 	Image    ImageConfig    `toml:"image"`
 	Registry RegistryConfig `toml:"registry"`
+	Debug    DebugConfig    `toml:"debug"`
+}
+
+// DebugConfig configures diagnostics.
+type DebugConfig struct {
+	// PprofAddress, when set, serves Go's net/http/pprof there (a
+	// loopback host:port; port 0 picks one).
+	PprofAddress string `toml:"pprof_address"`
 }
 
 // GRPCConfig configures the CRI socket.
@@ -229,6 +237,12 @@ func (c *Config) Validate() error {
 		}
 		if _, _, err := net.SplitHostPort(h); err != nil && strings.Count(h, ":") == 1 {
 			return bad("registry.plain_http", "%q: %v", h, err)
+		}
+	}
+	if a := c.Debug.PprofAddress; a != "" {
+		host, _, err := net.SplitHostPort(a)
+		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
+			return bad("debug.pprof_address", "%q is not a loopback host:port", a)
 		}
 	}
 	if c.Registry.ConfigPath != "" && !filepath.IsAbs(c.Registry.ConfigPath) {

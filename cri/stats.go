@@ -13,35 +13,27 @@ func (s *Server) ContainerStats(ctx context.Context, req *runtimeapi.ContainerSt
 	if err != nil {
 		return nil, err
 	}
-	st, err := s.containerStats(c)
+	st, err := s.sandboxes.ContainerStats(c.ID)
 	if err != nil {
 		return nil, err
 	}
-	return &runtimeapi.ContainerStatsResponse{Stats: st}, nil
+	return &runtimeapi.ContainerStatsResponse{Stats: criContainerStats(c, st)}, nil
 }
 
 // ListContainerStats reports the containers matching the filter.
 func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
 	f := req.GetFilter()
-	resp := &runtimeapi.ListContainerStatsResponse{}
-	for _, c := range s.sandboxes.Containers() {
-		if !matchID(f.GetId(), c.ID) || !matchID(f.GetPodSandboxId(), c.SandboxID) || !matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
-			continue
-		}
-		st, err := s.containerStats(c)
-		if err != nil {
-			continue // removed since listed
-		}
-		resp.Stats = append(resp.Stats, st)
+	all := s.sandboxes.AllContainerStats(func(c *sandbox.Container) bool {
+		return matchID(f.GetId(), c.ID) && matchID(f.GetPodSandboxId(), c.SandboxID) && matchLabels(f.GetLabelSelector(), c.Config.GetLabels())
+	})
+	resp := &runtimeapi.ListContainerStatsResponse{Stats: make([]*runtimeapi.ContainerStats, 0, len(all))}
+	for _, cs := range all {
+		resp.Stats = append(resp.Stats, criContainerStats(cs.Container, cs.Stats))
 	}
 	return resp, nil
 }
 
-func (s *Server) containerStats(c sandbox.Container) (*runtimeapi.ContainerStats, error) {
-	st, err := s.sandboxes.ContainerStats(c.ID)
-	if err != nil {
-		return nil, err
-	}
+func criContainerStats(c sandbox.Container, st sandbox.Stats) *runtimeapi.ContainerStats {
 	ts := st.Timestamp.UnixNano()
 	mem := &runtimeapi.MemoryUsage{
 		Timestamp:       ts,
@@ -71,7 +63,7 @@ func (s *Server) containerStats(c sandbox.Container) (*runtimeapi.ContainerStats
 			UsedBytes:  &runtimeapi.UInt64Value{Value: st.WritableBytes + st.LogBytes},
 			InodesUsed: &runtimeapi.UInt64Value{Value: st.WritableInodes},
 		},
-	}, nil
+	}
 }
 
 // PodSandboxStats reports a sandbox: the sum of its containers, and each.
@@ -80,35 +72,40 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbox
 	if err != nil {
 		return nil, err
 	}
-	return &runtimeapi.PodSandboxStatsResponse{Stats: s.sandboxStats(sb)}, nil
+	containers := s.sandboxes.AllContainerStats(func(c *sandbox.Container) bool { return c.SandboxID == sb.ID })
+	return &runtimeapi.PodSandboxStatsResponse{Stats: sandboxStats(sb, containers)}, nil
 }
 
 // ListPodSandboxStats reports the sandboxes matching the filter.
 func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxStatsResponse{}
+	bySandbox := s.statsBySandbox()
 	for _, sb := range s.sandboxes.Sandboxes() {
 		if !matchID(f.GetId(), sb.ID) || !matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
 			continue
 		}
-		resp.Stats = append(resp.Stats, s.sandboxStats(sb))
+		resp.Stats = append(resp.Stats, sandboxStats(sb, bySandbox[sb.ID]))
 	}
 	return resp, nil
 }
 
-func (s *Server) sandboxStats(sb sandbox.Sandbox) *runtimeapi.PodSandboxStats {
+// statsBySandbox measures every container once, grouped by sandbox.
+func (s *Server) statsBySandbox() map[string][]sandbox.ContainerWithStats {
+	by := map[string][]sandbox.ContainerWithStats{}
+	for _, cs := range s.sandboxes.AllContainerStats(func(*sandbox.Container) bool { return true }) {
+		by[cs.SandboxID] = append(by[cs.SandboxID], cs)
+	}
+	return by
+}
+
+func sandboxStats(sb sandbox.Sandbox, containers []sandbox.ContainerWithStats) *runtimeapi.PodSandboxStats {
 	linux := &runtimeapi.LinuxPodSandboxStats{}
 	var cpu, nanoCores, mem uint64
 	var running uint64
 	var ts int64
-	for _, c := range s.sandboxes.Containers() {
-		if c.SandboxID != sb.ID {
-			continue
-		}
-		st, err := s.containerStats(c)
-		if err != nil {
-			continue
-		}
+	for _, cs := range containers {
+		c, st := cs.Container, criContainerStats(cs.Container, cs.Stats)
 		linux.Containers = append(linux.Containers, st)
 		cpu += st.Cpu.UsageCoreNanoSeconds.Value
 		nanoCores += st.Cpu.UsageNanoCores.Value
@@ -148,16 +145,11 @@ func (s *Server) ListMetricDescriptors(ctx context.Context, req *runtimeapi.List
 // ListPodSandboxMetrics reports the described metrics of every container.
 func (s *Server) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
 	resp := &runtimeapi.ListPodSandboxMetricsResponse{}
+	bySandbox := s.statsBySandbox()
 	for _, sb := range s.sandboxes.Sandboxes() {
 		pm := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
-		for _, c := range s.sandboxes.Containers() {
-			if c.SandboxID != sb.ID {
-				continue
-			}
-			st, err := s.sandboxes.ContainerStats(c.ID)
-			if err != nil {
-				continue
-			}
+		for _, cs := range bySandbox[sb.ID] {
+			c, st := cs.Container, cs.Stats
 			ts := st.Timestamp.UnixNano()
 			pm.ContainerMetrics = append(pm.ContainerMetrics, &runtimeapi.ContainerMetrics{
 				ContainerId: c.ID,

@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/http"
+	_ "net/http/pprof" // served on debug.pprof_address only
 	"os"
 	"path/filepath"
 	"time"
@@ -36,6 +38,7 @@ type Daemon struct {
 	grpc      *grpc.Server
 	streams   *cri.StreamServer
 	listener  net.Listener
+	pprof     net.Listener
 	served    chan error
 }
 
@@ -95,6 +98,13 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		return nil, err
 	}
 	go func() { d.served <- d.grpc.Serve(d.listener) }()
+	if cfg.Debug.PprofAddress != "" {
+		if d.pprof, err = net.Listen("tcp", cfg.Debug.PprofAddress); err != nil {
+			return nil, fmt.Errorf("debug.pprof_address: %w", err)
+		}
+		go http.Serve(d.pprof, http.DefaultServeMux) // net/http/pprof's handlers
+		log.Info("pprof serving", "address", d.pprof.Addr().String())
+	}
 	log.Info("wasmcri serving", "version", version, "socket", cfg.GRPC.Address, "root", cfg.Root, "state", cfg.State, "handlers", cfg.Runtime.Handlers, "stream_server", d.streams.Addr())
 	return d, nil
 }
@@ -116,6 +126,9 @@ func (d *Daemon) Stop(grace time.Duration) {
 }
 
 func (d *Daemon) close() {
+	if d.pprof != nil {
+		d.pprof.Close()
+	}
 	if d.streams != nil {
 		d.streams.Close()
 	}

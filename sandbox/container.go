@@ -323,6 +323,7 @@ func (m *Manager) RemoveContainer(id string) error {
 	}
 	delete(m.containers, c.ID)
 	delete(m.names, c.Name())
+	m.usage.forget(c.ID)
 	m.emitLocked(ContainerDeletedEvent, c)
 	if err := os.RemoveAll(m.rootfs(c.ID)); err != nil {
 		m.log.Warn("container directories not removed", "container", c.ID, "error", err)

@@ -55,6 +55,7 @@ type Manager struct {
 	shuttingDown bool
 
 	events events
+	usage  *usageCache
 }
 
 // NewManager loads persisted state. Containers that were running when the
@@ -96,6 +97,7 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 		m.containers[c.ID] = c
 		m.names[c.Name()] = c.ID
 	}
+	m.usage = newUsageCache()
 	m.log.Info("loaded state", "sandboxes", len(sandboxes), "containers", len(containers))
 	return m, nil
 }
@@ -104,7 +106,12 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 // after a restart those containers show as exited.
 func (m *Manager) Shutdown() {
 	m.mu.Lock()
+	if m.shuttingDown {
+		m.mu.Unlock()
+		return
+	}
 	m.shuttingDown = true
+	m.usage.close()
 	var running []*run
 	for _, c := range m.containers {
 		if c.run != nil {

@@ -5,6 +5,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -35,23 +36,138 @@ func (m *Manager) ContainerStats(id string) (Stats, error) {
 		m.mu.Unlock()
 		return Stats{}, err
 	}
-	st := Stats{Timestamp: time.Now(), CPU: c.CPU, RootDir: m.rootfs(c.ID)}
+	st := m.statsLocked(c, time.Now())
+	m.mu.Unlock()
+	m.addUsage(c.ID, c.LogPath, &st)
+	return st, nil
+}
+
+// ContainerWithStats is a container and its figures.
+type ContainerWithStats struct {
+	Container
+	Stats Stats
+}
+
+// AllContainerStats measures every container the filter keeps, in one
+// pass: kubelet asks for all of them every few seconds.
+func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithStats {
+	now := time.Now()
+	m.mu.Lock()
+	out := make([]ContainerWithStats, 0, len(m.containers))
+	for _, c := range m.containers {
+		if keep(c) {
+			out = append(out, ContainerWithStats{Container: c.snapshot(), Stats: m.statsLocked(c, now)})
+		}
+	}
+	m.mu.Unlock()
+	for i := range out {
+		m.addUsage(out[i].ID, out[i].LogPath, &out[i].Stats)
+	}
+	return out
+}
+
+func (m *Manager) statsLocked(c *Container, now time.Time) Stats {
+	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID)}
 	if r := c.run; r != nil {
 		is := r.instance.Stats()
 		st.CPU, st.MemoryBytes = is.CPU, is.MemoryBytes
-		if prev := r.lastSample; !prev.at.IsZero() && st.Timestamp.After(prev.at) && st.CPU >= prev.cpu {
-			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / st.Timestamp.Sub(prev.at).Seconds())
+		if prev := r.lastSample; !prev.at.IsZero() && now.After(prev.at) && st.CPU >= prev.cpu {
+			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / now.Sub(prev.at).Seconds())
 		}
-		r.lastSample = cpuSample{at: st.Timestamp, cpu: st.CPU}
+		r.lastSample = cpuSample{at: now, cpu: st.CPU}
 	}
-	logPath := c.LogPath
-	m.mu.Unlock()
+	return st
+}
 
-	st.WritableBytes, st.WritableInodes = diskUsage(st.RootDir)
-	if fi, err := os.Stat(logPath); err == nil && logPath != "" {
-		st.LogBytes = uint64(fi.Size())
+// addUsage fills in disk usage, from the cache when it has it.
+func (m *Manager) addUsage(id, logPath string, st *Stats) {
+	u := m.usage.get(id, st.RootDir, logPath)
+	st.WritableBytes, st.WritableInodes, st.LogBytes = u.bytes, u.inodes, u.logBytes
+}
+
+// usageRefresh is how old disk usage figures may get. Walking every
+// container's root on each stats call would cost kubelet's every-second
+// polls milliseconds per hundred containers; kubelet's own filesystem
+// stats are refreshed on a similar period.
+const usageRefresh = 10 * time.Second
+
+// diskUse is a container's disk usage at one time.
+type diskUse struct {
+	bytes, inodes, logBytes uint64
+	root, logPath           string
+}
+
+// usageCache keeps each container's disk usage, measured when first asked
+// for and then refreshed in the background.
+type usageCache struct {
+	mu   sync.Mutex
+	uses map[string]diskUse
+	stop chan struct{}
+}
+
+func newUsageCache() *usageCache {
+	c := &usageCache{uses: map[string]diskUse{}, stop: make(chan struct{})}
+	go c.refreshEvery(usageRefresh)
+	return c
+}
+
+func (c *usageCache) get(id, root, logPath string) diskUse {
+	c.mu.Lock()
+	u, ok := c.uses[id]
+	c.mu.Unlock()
+	if ok {
+		return u
 	}
-	return st, nil
+	u = measure(root, logPath)
+	c.mu.Lock()
+	c.uses[id] = u
+	c.mu.Unlock()
+	return u
+}
+
+func (c *usageCache) forget(id string) {
+	c.mu.Lock()
+	delete(c.uses, id)
+	c.mu.Unlock()
+}
+
+func (c *usageCache) close() { close(c.stop) }
+
+func (c *usageCache) refreshEvery(period time.Duration) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		select {
+		case <-c.stop:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		todo := make(map[string]diskUse, len(c.uses))
+		for id, u := range c.uses {
+			todo[id] = u
+		}
+		c.mu.Unlock()
+		for id, u := range todo {
+			fresh := measure(u.root, u.logPath)
+			c.mu.Lock()
+			if _, still := c.uses[id]; still {
+				c.uses[id] = fresh
+			}
+			c.mu.Unlock()
+		}
+	}
+}
+
+func measure(root, logPath string) diskUse {
+	u := diskUse{root: root, logPath: logPath}
+	u.bytes, u.inodes = diskUsage(root)
+	if logPath != "" {
+		if fi, err := os.Stat(logPath); err == nil {
+			u.logBytes = uint64(fi.Size())
+		}
+	}
+	return u
 }
 
 // diskUsage counts the bytes and inodes under dir; hard-linked file mounts

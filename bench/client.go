@@ -1,0 +1,206 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// Client drives a CRI runtime over its socket, as kubelet does, and learns
+// of container exits from the runtime's event stream.
+type Client struct {
+	RT   runtimeapi.RuntimeServiceClient
+	Img  runtimeapi.ImageServiceClient
+	conn *grpc.ClientConn
+
+	cancel  context.CancelFunc
+	mu      sync.Mutex
+	exited  map[string]bool
+	waiters map[string]chan struct{}
+	seq     atomic.Int64
+}
+
+// Dial connects to the runtime at socket. With events, the client follows
+// GetContainerEvents to see exits at once; without, it polls status.
+func Dial(socket string, events bool) (*Client, error) {
+	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{RT: runtimeapi.NewRuntimeServiceClient(conn), Img: runtimeapi.NewImageServiceClient(conn), conn: conn,
+		exited: map[string]bool{}, waiters: map[string]chan struct{}{}}
+	if events {
+		ctx, cancel := context.WithCancel(context.Background())
+		c.cancel = cancel
+		stream, err := c.RT.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
+		if err != nil {
+			cancel()
+			conn.Close()
+			return nil, err
+		}
+		go c.follow(stream)
+	}
+	return c, nil
+}
+
+func (c *Client) follow(stream grpc.ServerStreamingClient[runtimeapi.ContainerEventResponse]) {
+	for {
+		ev, err := stream.Recv()
+		if err != nil {
+			return
+		}
+		if ev.ContainerEventType != runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT {
+			continue
+		}
+		c.mu.Lock()
+		c.exited[ev.ContainerId] = true
+		if w := c.waiters[ev.ContainerId]; w != nil {
+			close(w)
+			delete(c.waiters, ev.ContainerId)
+		}
+		c.mu.Unlock()
+	}
+}
+
+// Close disconnects.
+func (c *Client) Close() {
+	if c.cancel != nil {
+		c.cancel()
+	}
+	c.conn.Close()
+}
+
+// waitExit waits for the container's exit.
+func (c *Client) waitExit(ctx context.Context, id string) error {
+	if c.cancel == nil {
+		for {
+			st, err := c.RT.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
+			if err != nil {
+				return err
+			}
+			if st.Status.State == runtimeapi.ContainerState_CONTAINER_EXITED {
+				return nil
+			}
+			time.Sleep(200 * time.Microsecond)
+		}
+	}
+	c.mu.Lock()
+	if c.exited[id] {
+		delete(c.exited, id)
+		c.mu.Unlock()
+		return nil
+	}
+	w := make(chan struct{})
+	c.waiters[id] = w
+	c.mu.Unlock()
+	select {
+	case <-w:
+		c.mu.Lock()
+		delete(c.exited, id)
+		c.mu.Unlock()
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// PodTiming is how long each step of starting a pod took.
+type PodTiming struct {
+	RunPodSandbox, CreateContainer, StartContainer, ToExit, Total time.Duration
+	SandboxID, ContainerID                                        string
+}
+
+// PodOptions shape a benchmark pod.
+type PodOptions struct {
+	Image   string
+	Args    []string
+	Handler string
+	// HostNetwork puts the pod in the node's network (containerd then
+	// needs no CNI).
+	HostNetwork bool
+	// Wait for the container to exit; otherwise return once started.
+	Wait bool
+	// LogDirectory, made by the caller as kubelet does, gets each
+	// container's log; empty keeps no log.
+	LogDirectory string
+}
+
+// RunPod starts one pod with one container and times each call.
+func (c *Client) RunPod(ctx context.Context, o PodOptions) (PodTiming, error) {
+	n := c.seq.Add(1)
+	name := fmt.Sprintf("bench-%d-%d", time.Now().UnixNano(), n)
+	sbCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name},
+		LogDirectory: o.LogDirectory,
+	}
+	logPath := ""
+	if o.LogDirectory != "" {
+		logPath = name + ".log"
+	}
+	if o.HostNetwork {
+		sbCfg.Linux = &runtimeapi.LinuxPodSandboxConfig{SecurityContext: &runtimeapi.LinuxSandboxSecurityContext{
+			NamespaceOptions: &runtimeapi.NamespaceOption{Network: runtimeapi.NamespaceMode_NODE},
+		}}
+	}
+	var t PodTiming
+	start := time.Now()
+	sb, err := c.RT.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sbCfg, RuntimeHandler: o.Handler})
+	if err != nil {
+		return t, fmt.Errorf("RunPodSandbox: %w", err)
+	}
+	t.SandboxID = sb.PodSandboxId
+	t.RunPodSandbox = time.Since(start)
+
+	step := time.Now()
+	ctr, err := c.RT.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+		PodSandboxId: sb.PodSandboxId,
+		Config: &runtimeapi.ContainerConfig{
+			Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
+			Image:    &runtimeapi.ImageSpec{Image: o.Image},
+			Args:     o.Args,
+			LogPath:  logPath,
+		},
+		SandboxConfig: sbCfg,
+	})
+	if err != nil {
+		return t, fmt.Errorf("CreateContainer: %w", err)
+	}
+	t.ContainerID = ctr.ContainerId
+	t.CreateContainer = time.Since(step)
+
+	step = time.Now()
+	if _, err := c.RT.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+		return t, fmt.Errorf("StartContainer: %w", err)
+	}
+	t.StartContainer = time.Since(step)
+	if o.Wait {
+		step = time.Now()
+		if err := c.waitExit(ctx, ctr.ContainerId); err != nil {
+			return t, err
+		}
+		t.ToExit = time.Since(step)
+	}
+	t.Total = time.Since(start)
+	return t, nil
+}
+
+// RemovePod stops and removes a pod.
+func (c *Client) RemovePod(ctx context.Context, sandboxID string) error {
+	if _, err := c.RT.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: sandboxID}); err != nil {
+		return err
+	}
+	_, err := c.RT.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: sandboxID})
+	return err
+}
+
+// Pull pulls ref.
+func (c *Client) Pull(ctx context.Context, ref string) error {
+	_, err := c.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
+	return err
+}

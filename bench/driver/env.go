@@ -1,0 +1,195 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// proc is a background process of the benchmark, stopped at the end.
+type proc struct {
+	cmd *exec.Cmd
+	log string
+}
+
+func startProc(logPath, bin string, args ...string) (*proc, error) {
+	f, err := os.Create(logPath)
+	if err != nil {
+		return nil, err
+	}
+	cmd := exec.Command(bin, args...)
+	cmd.Stdout, cmd.Stderr = f, f
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return nil, err
+	}
+	return &proc{cmd: cmd, log: logPath}, nil
+}
+
+func (p *proc) stop() {
+	syscall.Kill(-p.cmd.Process.Pid, syscall.SIGTERM)
+	done := make(chan struct{})
+	go func() { p.cmd.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		syscall.Kill(-p.cmd.Process.Pid, syscall.SIGKILL)
+		<-done
+	}
+}
+
+// status reads VmRSS (KiB) and Threads of a process.
+func (p *proc) status() (rssKiB, threads int) {
+	f, err := os.Open(fmt.Sprintf("/proc/%d/status", p.cmd.Process.Pid))
+	if err != nil {
+		return 0, 0
+	}
+	defer f.Close()
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		switch fields[0] {
+		case "VmRSS:":
+			rssKiB, _ = strconv.Atoi(fields[1])
+		case "Threads:":
+			threads, _ = strconv.Atoi(fields[1])
+		}
+	}
+	return rssKiB, threads
+}
+
+func waitFor(what string, within time.Duration, ok func() bool) error {
+	deadline := time.Now().Add(within)
+	for !ok() {
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s: not within %v", what, within)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	return nil
+}
+
+func freePort() int {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		panic(err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// startRegistry runs Debian's docker-registry on loopback.
+func startRegistry(dir string) (string, *proc, error) {
+	bin, err := exec.LookPath("docker-registry")
+	if err != nil {
+		return "", nil, fmt.Errorf("docker-registry is not installed (apt-get install docker-registry)")
+	}
+	addr := fmt.Sprintf("127.0.0.1:%d", freePort())
+	cfg := fmt.Sprintf("version: 0.1\nlog:\n  level: error\n  accesslog:\n    disabled: true\nstorage:\n  filesystem:\n    rootdirectory: %s\n  delete:\n    enabled: true\nhttp:\n  addr: %s\n", filepath.Join(dir, "registry"), addr)
+	cfgPath := filepath.Join(dir, "registry.yml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return "", nil, err
+	}
+	p, err := startProc(filepath.Join(dir, "registry.log"), bin, "serve", cfgPath)
+	if err != nil {
+		return "", nil, err
+	}
+	err = waitFor("registry", 20*time.Second, func() bool {
+		resp, err := http.Get("http://" + addr + "/v2/")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil
+	})
+	return addr, p, err
+}
+
+// daemonProc is a wasmcri process with its socket and pprof address.
+type daemonProc struct {
+	*proc
+	socket, pprof string
+}
+
+func startWasmcri(bin, dir string) (*daemonProc, error) {
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return nil, err
+	}
+	pprof := fmt.Sprintf("127.0.0.1:%d", freePort())
+	cfg := fmt.Sprintf("root = %q\nstate = %q\n[grpc]\naddress = %q\n[log]\nlevel = \"info\"\n[debug]\npprof_address = %q\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "wasmcri.sock"), pprof)
+	cfgPath := filepath.Join(dir, "wasmcri.toml")
+	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
+		return nil, err
+	}
+	p, err := startProc(filepath.Join(dir, "wasmcri.log"), bin, "serve", "--config", cfgPath)
+	if err != nil {
+		return nil, err
+	}
+	d := &daemonProc{proc: p, socket: filepath.Join(dir, "wasmcri.sock"), pprof: pprof}
+	return d, waitFor("wasmcri socket", 30*time.Second, func() bool {
+		c, err := net.Dial("unix", d.socket)
+		if err == nil {
+			c.Close()
+		}
+		return err == nil
+	})
+}
+
+// machine describes where the figures were taken.
+func machine() string {
+	model := "unknown CPU"
+	if b, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for _, l := range strings.Split(string(b), "\n") {
+			if strings.HasPrefix(l, "model name") {
+				model = strings.TrimSpace(strings.SplitN(l, ":", 2)[1])
+				break
+			}
+		}
+	}
+	mem := ""
+	if b, err := os.ReadFile("/proc/meminfo"); err == nil {
+		f := strings.Fields(strings.SplitN(string(b), "\n", 2)[0])
+		if len(f) > 1 {
+			kib, _ := strconv.Atoi(f[1])
+			mem = fmt.Sprintf("%.0f GiB", float64(kib)/(1<<20))
+		}
+	}
+	kernel := ""
+	if b, err := os.ReadFile("/proc/sys/kernel/osrelease"); err == nil {
+		kernel = strings.TrimSpace(string(b))
+	}
+	return fmt.Sprintf("%d × %s, %s RAM, Linux %s, %s", runtime.NumCPU(), model, mem, kernel, runtime.Version())
+}
+
+// buildStatic builds a Go program as a static linux binary.
+func buildStatic(ctx context.Context, dir, name, src string) (string, error) {
+	srcDir := filepath.Join(dir, name+"-src")
+	os.MkdirAll(srcDir, 0o755)
+	if err := os.WriteFile(filepath.Join(srcDir, "main.go"), []byte(src), 0o644); err != nil {
+		return "", err
+	}
+	if err := os.WriteFile(filepath.Join(srcDir, "go.mod"), []byte("module "+name+"\ngo 1.22\n"), 0o644); err != nil {
+		return "", err
+	}
+	out := filepath.Join(dir, name)
+	cmd := exec.CommandContext(ctx, "go", "build", "-trimpath", "-ldflags", "-s -w", "-o", out, ".")
+	cmd.Dir = srcDir
+	cmd.Env = append(os.Environ(), "CGO_ENABLED=0", "GOOS=linux", "GOFLAGS=")
+	if b, err := cmd.CombinedOutput(); err != nil {
+		return "", fmt.Errorf("build %s: %v: %s", name, err, b)
+	}
+	return out, nil
+}

@@ -1,0 +1,64 @@
+// Package bench measures wasmcri against its floor (wasmtime alone) and
+// against containers, for `make bench` and docs/performance.md.
+package bench
+
+import (
+	"fmt"
+
+	"github.com/bytecodealliance/wasmtime-go/v39"
+)
+
+// TinyExitWAT is the smallest WASI command: _start returns at once.
+const TinyExitWAT = `(module
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")))`
+
+// TinySleepWAT sleeps for an hour at a time, for ever: an idle pod.
+const TinySleepWAT = `(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (loop $again
+      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+      (br $again))))`
+
+// Wat compiles WebAssembly text.
+func Wat(text string) []byte {
+	b, err := wasmtime.Wat2Wasm(text)
+	if err != nil {
+		panic(err)
+	}
+	return b
+}
+
+// Unique returns module with a custom section holding tag, so that each
+// tag is a different module (a different digest, compiled anew).
+func Unique(module []byte, tag string) []byte {
+	name := "wasmcri-bench"
+	payload := append([]byte{byte(len(name))}, name...)
+	payload = append(payload, tag...)
+	section := append([]byte{0}, uleb(len(payload))...)
+	return append(append(append([]byte{}, module...), section...), payload...)
+}
+
+// Padded appends a custom section of n bytes, to make a module of a size.
+func Padded(module []byte, n int) []byte {
+	return Unique(module, fmt.Sprintf("%0*d", n, 0))
+}
+
+func uleb(n int) []byte {
+	var out []byte
+	for {
+		b := byte(n & 0x7f)
+		n >>= 7
+		if n != 0 {
+			out = append(out, b|0x80)
+			continue
+		}
+		return append(out, b)
+	}
+}
