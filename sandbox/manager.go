@@ -192,12 +192,17 @@ func (m *Manager) Sandbox(id string) (Sandbox, error) {
 // Sandboxes returns copies of every sandbox, oldest first.
 func (m *Manager) Sandboxes() []Sandbox {
 	m.mu.Lock()
-	out := make([]Sandbox, 0, len(m.sandboxes))
+	all := make([]*Sandbox, 0, len(m.sandboxes))
 	for _, sb := range m.sandboxes {
-		out = append(out, *sb)
+		all = append(all, sb)
+	}
+	// Sort the pointers, not the copies: kubelet lists every second.
+	sort.Slice(all, func(i, j int) bool { return all[i].CreatedAt.Before(all[j].CreatedAt) })
+	out := make([]Sandbox, len(all))
+	for i, sb := range all {
+		out[i] = *sb
 	}
 	m.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out
 }
 
@@ -215,12 +220,16 @@ func (m *Manager) Container(id string) (Container, error) {
 // Containers returns copies of every container, oldest first.
 func (m *Manager) Containers() []Container {
 	m.mu.Lock()
-	out := make([]Container, 0, len(m.containers))
+	all := make([]*Container, 0, len(m.containers))
 	for _, c := range m.containers {
-		out = append(out, c.snapshot())
+		all = append(all, c)
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].CreatedAt.Before(all[j].CreatedAt) })
+	out := make([]Container, len(all))
+	for i, c := range all {
+		out[i] = c.snapshot()
 	}
 	m.mu.Unlock()
-	sort.Slice(out, func(i, j int) bool { return out[i].CreatedAt.Before(out[j].CreatedAt) })
 	return out
 }
 

@@ -53,6 +53,10 @@ type suite struct {
 	out      strings.Builder
 	targets  table
 	seq      int
+	// ran is every module reference run in the main daemon; podCount
+	// counts its pods.
+	ran      map[string]bool
+	podCount int
 }
 
 func (s *suite) section(title, text string) {
@@ -67,7 +71,7 @@ func run() error {
 		return err
 	}
 	defer os.RemoveAll(dir)
-	s := &suite{ctx: ctx, dir: dir, logs: filepath.Join(dir, "pod-logs"), targets: table{head: []string{"target", "measured", "met"}}}
+	s := &suite{ctx: ctx, dir: dir, logs: filepath.Join(dir, "pod-logs"), targets: table{head: []string{"target", "measured", "met"}}, ran: map[string]bool{}}
 	os.MkdirAll(s.logs, 0o755)
 
 	reg, regProc, err := startRegistry(dir)
@@ -177,7 +181,7 @@ func run() error {
 		return err
 	}
 	compiles := strings.Count(readFile(s.daemon.log), `msg="compiled module"`)
-	s.target("a second pod of the same image never recompiles", fmt.Sprintf("%d compilations for %d distinct modules", compiles, s.seq+2), compiles <= s.seq+2)
+	s.target("a second pod of the same image never recompiles", fmt.Sprintf("%d compilations for the %d distinct modules that ran, in %d pods", compiles, len(s.ran), s.podCount), compiles == len(s.ran))
 	s.section("CPU profile of the daemon during warm tiny pod starts (top entries)", "```\n"+profile+"```\n")
 	s.section("Targets", s.targets.String())
 
@@ -273,6 +277,8 @@ func (r *podResult) add(t bench.PodTiming) {
 // pods starts pods of ref one after another, removing each after.
 func (s *suite) pods(ref string, args []string, iterations int, warmUp bool) (podResult, error) {
 	var r podResult
+	s.ran[ref] = true
+	s.podCount += iterations
 	if warmUp {
 		t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Args: args, Wait: true, LogDirectory: s.logs})
 		if err != nil {

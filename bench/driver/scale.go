@@ -71,7 +71,9 @@ func (s *suite) concurrency(sleepModule []byte) error {
 	if err != nil {
 		return err
 	}
+	s.ran[ref] = true
 	const pods = 100
+	s.podCount += pods
 	ids, took, err := s.startIdle(ref, nil, pods, pods)
 	if err != nil {
 		return err
