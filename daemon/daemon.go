@@ -12,6 +12,7 @@ import (
 	_ "net/http/pprof" // served on debug.pprof_address only
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 
 	"github.com/wasmcri/wasmcri/config"
@@ -32,6 +33,7 @@ type Daemon struct {
 	db        *bolt.DB
 	stateDB   *bolt.DB
 	stopSync  chan struct{}
+	synced    sync.WaitGroup
 	runtime   *wasm.Runtime
 	Images    *image.Service
 	Sandboxes *sandbox.Manager
@@ -63,6 +65,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	if d.stateDB, err = openStateDB(filepath.Join(cfg.Root, "state.db"), log); err != nil {
 		return nil, err
 	}
+	d.synced.Add(1)
 	go d.syncState()
 	if d.runtime, err = wasm.NewRuntime(filepath.Join(cfg.Root, "modules"), wasm.Options{MaxWasmStack: cfg.Runtime.MaxWasmStack, Logger: log}); err != nil {
 		return nil, err
@@ -139,6 +142,7 @@ func (d *Daemon) close() {
 		d.runtime.Close()
 	}
 	close(d.stopSync)
+	d.synced.Wait()
 	if d.stateDB != nil {
 		d.stateDB.Sync()
 		d.stateDB.Close()
@@ -214,6 +218,7 @@ func openStateDB(path string, log *slog.Logger) (*bolt.DB, error) {
 
 // syncState flushes the state database periodically.
 func (d *Daemon) syncState() {
+	defer d.synced.Done()
 	t := time.NewTicker(stateSyncInterval)
 	defer t.Stop()
 	for {
