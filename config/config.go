@@ -46,7 +46,15 @@ type Config struct {
 	Runtime  RuntimeConfig  `toml:"runtime"`
 	Image    ImageConfig    `toml:"image"`
 	Registry RegistryConfig `toml:"registry"`
+	Admin    AdminConfig    `toml:"admin"`
 	Debug    DebugConfig    `toml:"debug"`
+}
+
+// AdminConfig configures the node-local socket `wasmcri image import` and
+// other administration commands use (root only; not part of CRI).
+type AdminConfig struct {
+	// Address is a unix socket path; "" puts it beside the CRI socket.
+	Address string `toml:"address"`
 }
 
 // DebugConfig configures diagnostics.
@@ -109,6 +117,9 @@ type RegistryConfig struct {
 	// ConfigPath is a directory of per-host hosts.toml files, laid out as
 	// containerd's config_path (<dir>/<host>/hosts.toml).
 	ConfigPath string `toml:"config_path"`
+	// DockerConfig is a docker config.json whose credentials serve pulls
+	// that bring none (kubelet passes pull secrets itself).
+	DockerConfig string `toml:"docker_config"`
 }
 
 // Default returns the configuration used when no file is given.
@@ -185,6 +196,16 @@ func (c *Config) Validate() error {
 		return bad("grpc.address", "%v", err)
 	}
 	c.GRPC.Address = addr
+	if c.Admin.Address != "" {
+		admin, err := SocketPath(c.Admin.Address)
+		if err != nil {
+			return bad("admin.address", "%v", err)
+		}
+		if admin == c.GRPC.Address {
+			return bad("admin.address", "%q is the CRI socket too", admin)
+		}
+		c.Admin.Address = admin
+	}
 	if c.GRPC.MaxRecvMessageSize <= 0 {
 		return bad("grpc.max_recv_message_size", "%d must be positive", c.GRPC.MaxRecvMessageSize)
 	}
@@ -248,6 +269,9 @@ func (c *Config) Validate() error {
 	if c.Registry.ConfigPath != "" && !filepath.IsAbs(c.Registry.ConfigPath) {
 		return bad("registry.config_path", "%q is not an absolute path", c.Registry.ConfigPath)
 	}
+	if c.Registry.DockerConfig != "" && !filepath.IsAbs(c.Registry.DockerConfig) {
+		return bad("registry.docker_config", "%q is not an absolute path", c.Registry.DockerConfig)
+	}
 	return nil
 }
 
@@ -281,4 +305,13 @@ func (c *Config) Encode() ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
+}
+
+// AdminSocket is the admin socket path: admin.address, or wasmcri-admin.sock
+// beside the CRI socket.
+func (c *Config) AdminSocket() string {
+	if c.Admin.Address != "" {
+		return c.Admin.Address
+	}
+	return filepath.Join(filepath.Dir(c.GRPC.Address), "wasmcri-admin.sock")
 }

@@ -41,7 +41,10 @@ type Daemon struct {
 	streams   *cri.StreamServer
 	listener  net.Listener
 	pprof     net.Listener
-	served    chan error
+	// admin serves `wasmcri image import` on adminListener.
+	admin         *http.Server
+	adminListener net.Listener
+	served        chan error
 }
 
 // Start opens the state under cfg.Root and cfg.State and serves CRI on
@@ -71,7 +74,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		return nil, err
 	}
 	d.Images, err = image.NewService(d.db, filepath.Join(cfg.Root, "content"), image.Options{
-		Registry:     image.RegistryOptions{PlainHTTP: cfg.Registry.PlainHTTP, ConfigPath: cfg.Registry.ConfigPath},
+		Registry:     image.RegistryOptions{PlainHTTP: cfg.Registry.PlainHTTP, ConfigPath: cfg.Registry.ConfigPath, DockerConfig: cfg.Registry.DockerConfig},
 		MaxLayerSize: cfg.Image.MaxLayerSize,
 		PullTimeout:  cfg.Image.PullTimeout.Duration,
 		Validate:     d.runtime.Validate,
@@ -101,6 +104,9 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		return nil, err
 	}
 	go func() { d.served <- d.grpc.Serve(d.listener) }()
+	if err := d.serveAdmin(cfg.AdminSocket()); err != nil {
+		return nil, err
+	}
 	if cfg.Debug.PprofAddress != "" {
 		if d.pprof, err = net.Listen("tcp", cfg.Debug.PprofAddress); err != nil {
 			return nil, fmt.Errorf("debug.pprof_address: %w", err)
@@ -129,6 +135,10 @@ func (d *Daemon) Stop(grace time.Duration) {
 }
 
 func (d *Daemon) close() {
+	if d.admin != nil {
+		d.admin.Close()
+		os.Remove(d.cfg.AdminSocket())
+	}
 	if d.pprof != nil {
 		d.pprof.Close()
 	}

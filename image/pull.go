@@ -151,7 +151,11 @@ func (p *pull) fetch(ctx context.Context, desc ocispec.Descriptor, limit int64, 
 	}
 	p.keep(desc.Digest, desc.Size)
 	if err := remotes.Fetch(ctx, p.cs, p.fetcher, desc); err != nil && !errdefs.IsAlreadyExists(err) {
-		return nil, registryError(p.ref, fmt.Errorf("fetch %s: %w", desc.Digest, err))
+		err = fmt.Errorf("fetch %s: %w", desc.Digest, err)
+		if _, local := p.fetcher.(*Layout); local {
+			return nil, fmt.Errorf("%s: %w", p.ref, err)
+		}
+		return nil, registryError(p.ref, err)
 	}
 	if !read {
 		return nil, nil

@@ -168,11 +168,19 @@ type daemon struct {
 	cmd    *exec.Cmd
 	// cmdLog is the current process's log file.
 	cmdLog       string
+	config       string
 	crictl       string
 	crictlConfig string
 }
 
 func newDaemon(t *testing.T) *daemon {
+	t.Helper()
+	return newDaemonWithConfig(t, "")
+}
+
+// newDaemonWithConfig starts wasmcri with a config file holding toml (its
+// root, state and socket still come from flags).
+func newDaemonWithConfig(t *testing.T, toml string) *daemon {
 	t.Helper()
 	dir := t.TempDir()
 	sockDir, err := os.MkdirTemp("", "wcri")
@@ -188,13 +196,22 @@ func newDaemon(t *testing.T) *daemon {
 	if err := os.WriteFile(d.crictlConfig, nil, 0o600); err != nil {
 		t.Fatal(err)
 	}
+	d.config = filepath.Join(dir, "wasmcri.toml")
+	if err := os.WriteFile(d.config, []byte(toml), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	d.start()
 	return d
 }
 
+// adminSocket is where `wasmcri image import` reaches this daemon.
+func (d *daemon) adminSocket() string {
+	return filepath.Join(filepath.Dir(d.socket), "wasmcri-admin.sock")
+}
+
 func (d *daemon) start() {
 	d.t.Helper()
-	cmd := exec.Command(wasmcriBin, "serve", "--root", d.root, "--state", d.state, "--listen", "unix://"+d.socket, "--log-level", "debug")
+	cmd := exec.Command(wasmcriBin, "serve", "--config", d.config, "--root", d.root, "--state", d.state, "--listen", "unix://"+d.socket, "--log-level", "debug")
 	d.cmdLog = d.log + fmt.Sprintf(".%d", time.Now().UnixNano())
 	d.cmd = startProcess(d.t, cmd, d.cmdLog)
 	waitFor(d.t, "wasmcri socket", 20*time.Second, func() bool {
@@ -293,7 +310,8 @@ func pushWasm(t *testing.T, module []byte, ref, format string, extra ...string) 
 	if err := os.WriteFile(file, module, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	args := append([]string{"image", "push", "--format", format, "--insecure"}, extra...)
+	// No --insecure: a loopback registry is tried over HTTPS, then HTTP.
+	args := append([]string{"image", "push", "--format", format}, extra...)
 	out, err := exec.Command(wasmcriBin, append(args, file, ref)...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("wasmcri image push %s: %v\n%s", ref, err, out)
