@@ -8,9 +8,11 @@ import (
 	"encoding/json"
 	"fmt"
 	"path"
+	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
+	"github.com/containerd/containerd/v2/core/images"
 	"github.com/containerd/containerd/v2/core/remotes/docker"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
@@ -52,19 +54,24 @@ func (b *Built) AddJSON(mediaType string, v any) ocispec.Descriptor {
 
 // SetManifest adds a manifest of config and layers and makes it the root.
 func (b *Built) SetManifest(mediaType string, config ocispec.Descriptor, layers []ocispec.Descriptor, annotations map[string]string) ocispec.Descriptor {
-	b.Root = b.AddJSON(mediaType, ocispec.Manifest{
-		Versioned:   specs.Versioned{SchemaVersion: 2},
-		MediaType:   mediaType,
-		Config:      config,
-		Layers:      layers,
-		Annotations: annotations,
-	})
+	return b.setManifest(ocispec.Manifest{MediaType: mediaType, Config: config, Layers: layers, Annotations: annotations})
+}
+
+func (b *Built) setManifest(m ocispec.Manifest) ocispec.Descriptor {
+	m.Versioned = specs.Versioned{SchemaVersion: 2}
+	b.Root = b.AddJSON(m.MediaType, m)
 	return b.Root
 }
 
 // BuildArtifact makes a Wasm OCI artifact: one module layer of layerType
 // (MediaTypeWasmLayer or MediaTypeWasmLayerV1) and a wasm config.
 func BuildArtifact(module []byte, configType, layerType string) *Built {
+	return BuildArtifactOf(module, configType, layerType, "")
+}
+
+// BuildArtifactOf is BuildArtifact with the manifest's artifactType set
+// (OCI 1.1), when not empty.
+func BuildArtifactOf(module []byte, configType, layerType, artifactType string) *Built {
 	b := &Built{}
 	layer := b.Add(layerType, module)
 	cfg := b.AddJSON(configType, map[string]any{
@@ -73,7 +80,7 @@ func BuildArtifact(module []byte, configType, layerType string) *Built {
 		"os":           "wasip1",
 		"layerDigests": []string{layer.Digest.String()},
 	})
-	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
+	b.setManifest(ocispec.Manifest{MediaType: ocispec.MediaTypeImageManifest, ArtifactType: artifactType, Config: cfg, Layers: []ocispec.Descriptor{layer}})
 	return b
 }
 
@@ -88,6 +95,10 @@ type CompatOptions struct {
 	WorkingDir string
 	// Annotations go on the manifest (e.g. module.wasm.image/variant).
 	Annotations map[string]string
+	// Docker uses Docker schema 2 media types instead of OCI ones.
+	Docker bool
+	// Uncompressed writes the layer as a plain tar.
+	Uncompressed bool
 }
 
 // BuildCompat makes a compat image: a gzip tar layer holding the module at
@@ -101,20 +112,31 @@ func BuildCompat(module []byte, opts CompatOptions) (*Built, error) {
 		opts.OS = "wasip1"
 	}
 	if opts.Entrypoint == nil {
+		// A non-nil empty entrypoint means none: the module is then found
+		// as the only .wasm file of the layer.
 		opts.Entrypoint = []string{opts.ModulePath}
 	}
 	layerTar, err := TarGz(map[string][]byte{opts.ModulePath: module})
 	if err != nil {
 		return nil, err
 	}
+	plain := mustGunzip(layerTar)
+	manifestType, configType, layerType := ocispec.MediaTypeImageManifest, ocispec.MediaTypeImageConfig, ocispec.MediaTypeImageLayerGzip
+	if opts.Docker {
+		manifestType, configType, layerType = images.MediaTypeDockerSchema2Manifest, images.MediaTypeDockerSchema2Config, images.MediaTypeDockerSchema2LayerGzip
+	}
+	if opts.Uncompressed {
+		layerTar, layerType = plain, strings.TrimSuffix(layerType, ".gzip")
+		layerType = strings.TrimSuffix(layerType, "+gzip")
+	}
 	b := &Built{}
-	layer := b.Add(ocispec.MediaTypeImageLayerGzip, layerTar)
-	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
+	layer := b.Add(layerType, layerTar)
+	cfg := b.AddJSON(configType, ocispec.Image{
 		Platform: ocispec.Platform{OS: opts.OS, Architecture: "wasm"},
 		Config:   ocispec.ImageConfig{Entrypoint: opts.Entrypoint, Cmd: opts.Cmd, Env: opts.Env, WorkingDir: opts.WorkingDir},
-		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(mustGunzip(layerTar))}},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(plain)}},
 	})
-	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, opts.Annotations)
+	b.SetManifest(manifestType, cfg, []ocispec.Descriptor{layer}, opts.Annotations)
 	return b, nil
 }
 
@@ -147,15 +169,34 @@ func BuildIndex(entries ...IndexEntry) *Built {
 
 // TarGz writes files (path -> bytes) as a gzip tar, in path order.
 func TarGz(files map[string][]byte) ([]byte, error) {
+	entries := make([]TarEntry, 0, len(files))
+	for _, name := range sortedKeys(files) {
+		entries = append(entries, TarEntry{Name: name, Data: files[name]})
+	}
+	return TarGzEntries(entries)
+}
+
+// TarEntry is a file, or with Link a symlink, of a layer.
+type TarEntry struct {
+	Name string
+	Data []byte
+	Link string
+}
+
+// TarGzEntries writes entries as a gzip tar, in order.
+func TarGzEntries(entries []TarEntry) ([]byte, error) {
 	var buf bytes.Buffer
 	gz := gzip.NewWriter(&buf)
 	tw := tar.NewWriter(gz)
-	for _, name := range sortedKeys(files) {
-		data := files[name]
-		if err := tw.WriteHeader(&tar.Header{Name: path.Clean(name), Mode: 0o755, Size: int64(len(data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}); err != nil {
+	for _, e := range entries {
+		hdr := &tar.Header{Name: path.Clean(e.Name), Mode: 0o755, Size: int64(len(e.Data)), Typeflag: tar.TypeReg, ModTime: time.Unix(0, 0)}
+		if e.Link != "" {
+			hdr.Typeflag, hdr.Linkname, hdr.Size = tar.TypeSymlink, e.Link, 0
+		}
+		if err := tw.WriteHeader(hdr); err != nil {
 			return nil, err
 		}
-		if _, err := tw.Write(data); err != nil {
+		if _, err := tw.Write(e.Data); err != nil {
 			return nil, err
 		}
 	}

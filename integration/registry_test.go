@@ -56,7 +56,7 @@ func TestRegistryHostsConfig(t *testing.T) {
 	hostsDir := t.TempDir()
 	hosts := map[string]string{
 		// registry.k8s.io served by the first mirror that answers.
-		"registry.k8s.io": fmt.Sprintf("server = \"https://registry.k8s.io\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", dead, plain),
+		"registry.k8s.io":   fmt.Sprintf("server = \"https://registry.k8s.io\"\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n\n[host.\"http://%s\"]\n  capabilities = [\"pull\", \"resolve\"]\n", dead, plain),
 		"trusted.example":   fmt.Sprintf("server = \"https://%s\"\nca = %q\n", secure, ca),
 		"insecure.example":  fmt.Sprintf("server = \"https://%s\"\nskip_verify = true\n", secure),
 		"untrusted.example": fmt.Sprintf("server = \"https://%s\"\n", secure),
