@@ -6,10 +6,12 @@ import (
 	"compress/gzip"
 	"context"
 	"errors"
+	"net/http"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -313,5 +315,106 @@ func TestParseReference(t *testing.T) {
 		if _, err := ParseReference(bad); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("ParseReference(%q) = %v, want invalid argument", bad, err)
 		}
+	}
+}
+
+// Concurrent pulls of one image download each blob once.
+func TestConcurrentPullsDownloadOnce(t *testing.T) {
+	var mu sync.Mutex
+	gets := map[string]int{}
+	reg := testregistry.StartWithHook(t, func(r *http.Request) {
+		if r.Method == http.MethodGet && strings.Contains(r.URL.Path, "/blobs/") {
+			mu.Lock()
+			gets[r.URL.Path]++
+			mu.Unlock()
+		}
+	})
+	ref := reg + "/x/a:1"
+	push(t, ref, BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 1<<20)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	s := newService(t, t.TempDir(), Options{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 8)
+	for i := 0; i < 8; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, err := s.Pull(context.Background(), ref, nil)
+			errs <- err
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+	for path, n := range gets {
+		if n != 1 {
+			t.Errorf("%s fetched %d times by 8 concurrent pulls", path, n)
+		}
+	}
+	if len(gets) == 0 {
+		t.Fatal("no blob fetched at all")
+	}
+}
+
+// An import checks what it is given as a pull does.
+func TestImport(t *testing.T) {
+	s := newService(t, t.TempDir(), Options{})
+	ctx := context.Background()
+	var buf bytes.Buffer
+	if err := LayoutOf(BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "local/app:1").WriteTar(&buf); err != nil {
+		t.Fatal(err)
+	}
+	layout, err := ReadLayoutTar(&buf, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := s.Import(ctx, "local/app:1", layout)
+	if err != nil || len(img.RepoTags) != 1 || img.RepoTags[0] != "docker.io/local/app:1" {
+		t.Fatalf("import: %+v, %v", img, err)
+	}
+
+	// Tampered blobs, escaping paths and non-Wasm content are refused.
+	tamper := func(edit func(*Layout)) error {
+		l := LayoutOf(BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x")
+		edit(l)
+		var b bytes.Buffer
+		l.WriteTar(&b)
+		l2, err := ReadLayoutTar(&b, 1<<20)
+		if err != nil {
+			return err
+		}
+		_, err = s.Import(ctx, "local/bad:1", l2)
+		return err
+	}
+	if err := tamper(func(l *Layout) {
+		for d := range l.Blobs {
+			l.Blobs[d] = []byte("changed")
+			break
+		}
+	}); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "does not match") {
+		t.Errorf("tampered blob: %v", err)
+	}
+	var evil bytes.Buffer
+	tw := tar.NewWriter(&evil)
+	tw.WriteHeader(&tar.Header{Name: "../../etc/cron.d/x", Size: 1, Mode: 0o644, Typeflag: tar.TypeReg})
+	tw.Write([]byte("x"))
+	tw.Close()
+	if _, err := ReadLayoutTar(&evil, 1<<20); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("layout entry outside the layout: %v", err)
+	}
+	if _, err := ReadLayoutTar(strings.NewReader("not a tar"), 1<<20); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("garbage: %v", err)
+	}
+	var notWasm bytes.Buffer
+	LayoutOf(BuildArtifact([]byte("#!/bin/sh\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x").WriteTar(&notWasm)
+	l, _ := ReadLayoutTar(&notWasm, 1<<20)
+	if _, err := s.Import(ctx, "local/sh:1", l); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("import of a shell script: %v", err)
+	}
+	if imgs, _ := s.List(); len(imgs) != 1 {
+		t.Errorf("refused imports left images: %d", len(imgs))
 	}
 }

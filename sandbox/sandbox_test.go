@@ -380,7 +380,7 @@ func TestRefusals(t *testing.T) {
 }
 
 func TestCommandLine(t *testing.T) {
-	artifact := &image.Image{Module: image.Module{Name: "app"}}
+	artifact := &image.Image{Format: image.FormatArtifact, Module: image.Module{Name: "app"}}
 	compat := &image.Image{Entrypoint: []string{"/app.wasm"}, Cmd: []string{"serve"}, Module: image.Module{Name: "/app.wasm"}}
 	cmdOnly := &image.Image{Cmd: []string{"/app.wasm", "x"}, Module: image.Module{Name: "/app.wasm"}}
 	for _, tc := range []struct {
@@ -396,9 +396,23 @@ func TestCommandLine(t *testing.T) {
 		{compat, []string{"/app.wasm"}, nil, "/app.wasm"},
 		{cmdOnly, nil, nil, "/app.wasm x"},
 	} {
-		got := strings.Join(commandLine(tc.img, &runtimeapi.ContainerConfig{Command: tc.cmd, Args: tc.args}), " ")
+		got := strings.Join(commandLine(tc.img, &runtimeapi.ContainerConfig{Command: tc.cmd, Args: tc.args, Image: &runtimeapi.ImageSpec{Image: "sha256:0123"}}), " ")
 		if got != tc.wantCmdArg {
 			t.Errorf("image %v/%v command %v args %v: argv %q, want %q", tc.img.Entrypoint, tc.img.Cmd, tc.cmd, tc.args, got, tc.wantCmdArg)
+		}
+	}
+	// An artifact's argv[0] is the name the container knows its image by.
+	for _, tc := range []struct {
+		image, user string
+		want        string
+	}{
+		{"registry.example/team/server:v1", "", "server"},
+		{"sha256:0123", "registry.example/team/web:v2", "web"},
+		{"sha256:0123", "", "app"},
+	} {
+		got := commandLine(artifact, &runtimeapi.ContainerConfig{Image: &runtimeapi.ImageSpec{Image: tc.image, UserSpecifiedImage: tc.user}})
+		if got[0] != tc.want {
+			t.Errorf("image %q user %q: argv[0] %q, want %q", tc.image, tc.user, got[0], tc.want)
 		}
 	}
 }

@@ -19,6 +19,18 @@ func Start(t testing.TB) string {
 	return StartWithBasicAuth(t, "", "")
 }
 
+// StartWithHook runs a registry that calls hook with every request first.
+func StartWithHook(t testing.TB, hook func(*http.Request)) string {
+	t.Helper()
+	inner := registry.New(registry.Logger(log.New(io.Discard, "", 0)))
+	srv := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		hook(r)
+		inner.ServeHTTP(w, r)
+	}))
+	t.Cleanup(srv.Close)
+	return strings.TrimPrefix(srv.URL, "http://")
+}
+
 // StartWithBasicAuth runs a registry that, when user is set, answers 401
 // with a Basic challenge unless the request carries user:pass, as a
 // registry behind htpasswd does.
