@@ -251,7 +251,7 @@ func TestErrorsCarryGRPCCodes(t *testing.T) {
 	_, err := c.rt.PodSandboxStatus(ctx, &runtimeapi.PodSandboxStatusRequest{PodSandboxId: "deadbeef"})
 	wantCode(t, "PodSandboxStatus unknown", err, codes.NotFound)
 	_, err = c.rt.StopPodSandbox(ctx, &runtimeapi.StopPodSandboxRequest{PodSandboxId: "deadbeef"})
-	wantCode(t, "StopPodSandbox unknown", err, codes.NotFound)
+	wantCode(t, "StopPodSandbox unknown (idempotent)", err, codes.OK)
 	_, err = c.rt.RemovePodSandbox(ctx, &runtimeapi.RemovePodSandboxRequest{PodSandboxId: "deadbeef"})
 	wantCode(t, "RemovePodSandbox unknown (idempotent)", err, codes.OK)
 	_, err = c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: "deadbeef"})
@@ -259,7 +259,7 @@ func TestErrorsCarryGRPCCodes(t *testing.T) {
 	_, err = c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: "deadbeef"})
 	wantCode(t, "StartContainer unknown", err, codes.NotFound)
 	_, err = c.rt.StopContainer(ctx, &runtimeapi.StopContainerRequest{ContainerId: "deadbeef"})
-	wantCode(t, "StopContainer unknown", err, codes.NotFound)
+	wantCode(t, "StopContainer unknown (idempotent)", err, codes.OK)
 	_, err = c.rt.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: "deadbeef"})
 	wantCode(t, "RemoveContainer unknown (idempotent)", err, codes.OK)
 	_, err = c.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: "deadbeef", Config: &runtimeapi.ContainerConfig{

@@ -80,6 +80,10 @@ func (o RegistryOptions) registryHosts(ctx context.Context, auth *Auth) docker.R
 func registryError(ref string, err error) error {
 	var status remoteerrors.ErrUnexpectedStatus
 	switch {
+	case errors.Is(err, context.DeadlineExceeded):
+		return fmt.Errorf("%s: pull timed out: %w", ref, err)
+	case errors.Is(err, context.Canceled):
+		return fmt.Errorf("%s: pull canceled: %w", ref, err)
 	case errdefs.IsNotFound(err):
 		return fmt.Errorf("%s: not found in the registry: %w", ref, errdefs.ErrNotFound)
 	case errors.As(err, &status) && (status.StatusCode == http.StatusUnauthorized):
@@ -88,10 +92,6 @@ func registryError(ref string, err error) error {
 		return fmt.Errorf("%s: %s: %w", ref, status.Status, errdefs.ErrPermissionDenied)
 	case errdefs.IsUnauthorized(err) || errors.Is(err, docker.ErrInvalidAuthorization):
 		return fmt.Errorf("%s: %v: %w", ref, err, errdefs.ErrUnauthenticated)
-	case errors.Is(err, context.DeadlineExceeded):
-		return fmt.Errorf("%s: pull timed out: %w", ref, err)
-	case errors.Is(err, context.Canceled):
-		return fmt.Errorf("%s: pull canceled: %w", ref, err)
 	case isNetError(err):
 		return fmt.Errorf("%s: registry unreachable: %v: %w", ref, err, errdefs.ErrUnavailable)
 	}

@@ -150,11 +150,13 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	cfg, snapshot := c.Config, c.snapshot()
 	m.mu.Unlock()
 
+	// The start time is taken before the instance runs: a short module can
+	// have finished by the time Start returns.
+	now := time.Now()
 	r, err := m.startRun(ctx, &snapshot, cfg.GetStdin(), cfg.GetStdinOnce())
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	now := time.Now()
 	if err != nil {
 		c.State, c.StartedAt, c.FinishedAt = ContainerExited, now, now
 		c.ExitCode, c.Reason, c.Message = 128, ReasonStartError, err.Error()
@@ -274,10 +276,15 @@ func (m *Manager) watch(c *Container, r *run) {
 // StopContainer ends a running container. A Wasm module has no signal to
 // catch, so there is no graceful phase: the instance is interrupted at
 // once and timeout only bounds how long this call waits for it to end.
-// Stopping a container that is not running is not an error.
+// Stopping a container that is not running, or is gone, is not an error.
 func (m *Manager) StopContainer(id string, timeout time.Duration) error {
 	m.mu.Lock()
 	c, err := m.containerLocked(id)
+	if errdefs.IsNotFound(err) {
+		// CRI: idempotent; a container already removed is stopped.
+		m.mu.Unlock()
+		return nil
+	}
 	if err != nil {
 		m.mu.Unlock()
 		return err

@@ -59,10 +59,16 @@ func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (
 }
 
 // StopSandbox ends every container of the sandbox at once (CRI: forcibly)
-// and marks it not ready. Stopping a stopped sandbox is not an error.
+// and marks it not ready. Stopping a stopped or absent sandbox is not an
+// error.
 func (m *Manager) StopSandbox(id string) error {
 	m.mu.Lock()
 	sb, err := m.sandboxLocked(id)
+	if errdefs.IsNotFound(err) {
+		// CRI: idempotent; a sandbox already removed is stopped.
+		m.mu.Unlock()
+		return nil
+	}
 	if err != nil {
 		m.mu.Unlock()
 		return err
