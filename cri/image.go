@@ -5,6 +5,7 @@ import (
 	"encoding/base64"
 	"encoding/json"
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 
@@ -114,11 +115,21 @@ func (s *Server) ImageFsInfo(ctx context.Context, req *runtimeapi.ImageFsInfoReq
 }
 
 func criImage(img *image.Image) *runtimeapi.Image {
-	return &runtimeapi.Image{
+	out := &runtimeapi.Image{
 		Id:          img.ID,
 		RepoTags:    img.RepoTags,
 		RepoDigests: img.RepoDigests,
 		Size:        uint64(img.Size),
 		Spec:        &runtimeapi.ImageSpec{Image: img.ID, Annotations: img.Annotations},
 	}
+	// The image config's user, "uid[:gid]" or "name[:group]", as kubelet's
+	// runAsNonRoot check reads it. Wasm modules run as nobody in particular.
+	if user, _, _ := strings.Cut(img.User, ":"); user != "" {
+		if uid, err := strconv.ParseInt(user, 10, 64); err == nil {
+			out.Uid = &runtimeapi.Int64Value{Value: uid}
+		} else {
+			out.Username = user
+		}
+	}
+	return out
 }

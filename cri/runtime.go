@@ -41,8 +41,9 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 	resp.Status.Conditions = append(resp.Status.Conditions, caps)
 	for _, h := range s.info.Handlers {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{
-			Name:     h,
-			Features: &runtimeapi.RuntimeHandlerFeatures{},
+			Name: h,
+			// A read-only preopen is read-only all the way down.
+			Features: &runtimeapi.RuntimeHandlerFeatures{RecursiveReadOnlyMounts: true},
 		})
 	}
 	if req.GetVerbose() {

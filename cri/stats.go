@@ -128,39 +128,3 @@ func sandboxStats(sb sandbox.Sandbox, containers []sandbox.ContainerWithStats) *
 		Linux: linux,
 	}
 }
-
-// The metrics ListPodSandboxMetrics reports, described by
-// ListMetricDescriptors: one sample per container and metric.
-var metricDescriptors = []*runtimeapi.MetricDescriptor{
-	{Name: "container_cpu_usage_seconds_total", Help: "Cumulative CPU time the container's instance used, in seconds."},
-	{Name: "container_memory_working_set_bytes", Help: "Linear memory of the container's running instance, in bytes."},
-	{Name: "container_fs_usage_bytes", Help: "Bytes of the container's writable root and log."},
-}
-
-// ListMetricDescriptors describes the metrics of ListPodSandboxMetrics.
-func (s *Server) ListMetricDescriptors(ctx context.Context, req *runtimeapi.ListMetricDescriptorsRequest) (*runtimeapi.ListMetricDescriptorsResponse, error) {
-	return &runtimeapi.ListMetricDescriptorsResponse{Descriptors: metricDescriptors}, nil
-}
-
-// ListPodSandboxMetrics reports the described metrics of every container.
-func (s *Server) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
-	resp := &runtimeapi.ListPodSandboxMetricsResponse{}
-	bySandbox := s.statsBySandbox()
-	for _, sb := range s.sandboxes.Sandboxes() {
-		pm := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
-		for _, cs := range bySandbox[sb.ID] {
-			c, st := cs.Container, cs.Stats
-			ts := st.Timestamp.UnixNano()
-			pm.ContainerMetrics = append(pm.ContainerMetrics, &runtimeapi.ContainerMetrics{
-				ContainerId: c.ID,
-				Metrics: []*runtimeapi.Metric{
-					{Name: metricDescriptors[0].Name, Timestamp: ts, MetricType: runtimeapi.MetricType_COUNTER, Value: &runtimeapi.UInt64Value{Value: uint64(st.CPU.Seconds())}},
-					{Name: metricDescriptors[1].Name, Timestamp: ts, MetricType: runtimeapi.MetricType_GAUGE, Value: &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)}},
-					{Name: metricDescriptors[2].Name, Timestamp: ts, MetricType: runtimeapi.MetricType_GAUGE, Value: &runtimeapi.UInt64Value{Value: st.WritableBytes + st.LogBytes}},
-				},
-			})
-		}
-		resp.PodMetrics = append(resp.PodMetrics, pm)
-	}
-	return resp, nil
-}

@@ -83,3 +83,12 @@ func splitKV(kv string) (string, string) {
 	}
 	return kv, ""
 }
+
+func hasEnv(env []string, name string) bool {
+	for _, kv := range env {
+		if k, _ := splitKV(kv); k == name {
+			return true
+		}
+	}
+	return false
+}

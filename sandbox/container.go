@@ -83,10 +83,12 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	if lp := cfg.GetLogPath(); lp != "" {
 		c.LogPath = filepath.Join(sandbox.LogDirectory, lp)
 	}
-	// The writable root holds the working directory, as a container runtime
-	// creates a missing working directory in the rootfs.
-	if err := os.MkdirAll(inRoot(m.rootfs(c.ID), c.WorkingDir), 0o755); err != nil {
-		return Container{}, fmt.Errorf("create container root: %w", err)
+	if !hasEnv(c.Env, "HOSTNAME") {
+		c.Env = append(c.Env, "HOSTNAME="+hostname(sandbox.Config))
+	}
+	if err := prepareRoot(m.rootfs(c.ID), c.WorkingDir, sandbox.Config); err != nil {
+		os.RemoveAll(m.rootfs(c.ID))
+		return Container{}, err
 	}
 
 	m.mu.Lock()
@@ -184,7 +186,7 @@ func (m *Manager) startRun(ctx context.Context, c *Container, stdin, stdinOnce b
 	if err != nil {
 		return nil, err
 	}
-	dirs, files, err := placeMounts(m.rootfs(c.ID), c.Config.GetMounts())
+	dirs, files, err := placeMounts(m.rootfs(c.ID), c.Config.GetLinux().GetSecurityContext().GetReadonlyRootfs(), c.Config.GetMounts())
 	if err != nil {
 		return nil, err
 	}

@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -378,5 +379,96 @@ func TestPortForward(t *testing.T) {
 	_, server = net.Pipe()
 	if err := e.m.PortForward(context.Background(), sb.ID, port+1, server); !errdefs.IsInvalidArgument(err) {
 		t.Fatalf("undeclared port: %v", err)
+	}
+}
+
+// The container root holds what containerd's would: hostname, DNS config,
+// device nodes; a read-only root stays read-only but for writable file
+// mounts; recursive read-only mounts are checked; a non-recursive one leaves
+// writable mounts below it writable.
+func TestContainerRootAndReadOnlyMounts(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	cfg := podConfig("rooted", e.dir)
+	cfg.Hostname = "wasm-host"
+	cfg.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"10.0.0.10"}, Searches: []string{"svc.local"}, Options: []string{"ndots:5"}}
+	sb, err := e.m.RunSandbox(cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	host := t.TempDir()
+	ro := filepath.Join(host, "ro")
+	sub := filepath.Join(ro, "tmpfs")
+	os.MkdirAll(sub, 0o755)
+	if err := syscall.Mount("none", sub, "tmpfs", 0, ""); err != nil {
+		t.Fatalf("mount a tmpfs for the test: %v", err)
+	}
+	t.Cleanup(func() { syscall.Unmount(sub, syscall.MNT_DETACH) })
+	termination := filepath.Join(host, "termination-log")
+	os.WriteFile(termination, nil, 0o644)
+
+	ctr := ctrConfig("root", img, "sleep-forever")
+	ctr.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{ReadonlyRootfs: true}}
+	ctr.Mounts = []*runtimeapi.Mount{
+		{ContainerPath: "/mnt", HostPath: ro, Readonly: true},
+		{ContainerPath: "/dev/termination-log", HostPath: termination},
+	}
+	c := e.start(sb, ctr)
+	exec := func(args ...string) (int32, string) {
+		t.Helper()
+		code, out, errOut, err := e.m.ExecSync(context.Background(), c.ID, append([]string{"x"}, args...), 10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(out) + string(errOut)
+	}
+	for file, want := range map[string]string{
+		"/etc/hostname":    "wasm-host\n",
+		"/etc/resolv.conf": "nameserver 10.0.0.10\nsearch svc.local\noptions ndots:5\n",
+	} {
+		if code, out := exec("cat", file); code != 0 || out != want {
+			t.Errorf("%s: %d %q", file, code, out)
+		}
+	}
+	if _, out := exec("show"); !strings.Contains(out, "env: HOSTNAME=wasm-host") {
+		t.Errorf("HOSTNAME not in the environment:\n%s", out)
+	}
+	if code, out := exec("write", "/dev/null", "discarded"); code != 0 {
+		t.Errorf("writing /dev/null: %s", out)
+	}
+	if code, out := exec("write", "/new-file", "x"); code == 0 {
+		t.Errorf("wrote into a read-only root: %s", out)
+	}
+	if code, out := exec("write", "/dev/termination-log", "bye"); code != 0 {
+		t.Errorf("a writable file mount under a read-only root: %s", out)
+	}
+	if code, out := exec("write", "/mnt/tmpfs/file", "x"); code != 0 {
+		t.Errorf("a writable mount below a non-recursive read-only mount: %s", out)
+	}
+	if code, out := exec("write", "/mnt/file", "x"); code == 0 {
+		t.Errorf("wrote into the read-only mount itself: %s", out)
+	}
+
+	// Recursive read-only: the mount below is read-only too.
+	rro := ctrConfig("rro", img, "sleep-forever")
+	rro.Mounts = []*runtimeapi.Mount{{ContainerPath: "/mnt", HostPath: ro, Readonly: true, RecursiveReadOnly: true}}
+	c2 := e.start(sb, rro)
+	if code, _, _, _ := e.m.ExecSync(context.Background(), c2.ID, []string{"x", "write", "/mnt/tmpfs/file2", "x"}, 10, 1<<20); code == 0 {
+		t.Error("wrote below a recursive read-only mount")
+	}
+	for _, bad := range []*runtimeapi.Mount{
+		{ContainerPath: "/mnt", HostPath: ro, RecursiveReadOnly: true},
+		{ContainerPath: "/mnt", HostPath: ro, Readonly: true, RecursiveReadOnly: true, Propagation: runtimeapi.MountPropagation_PROPAGATION_HOST_TO_CONTAINER},
+	} {
+		cfg := ctrConfig("bad-rro", img)
+		cfg.Mounts = []*runtimeapi.Mount{bad}
+		if _, err := e.m.CreateContainer(context.Background(), sb.ID, cfg); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("recursive read-only mount %+v: %v", bad, err)
+		}
+	}
+	img2 := ctrConfig("image-volume", img)
+	img2.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", Image: &runtimeapi.ImageSpec{Image: img}}}
+	if _, err := e.m.CreateContainer(context.Background(), sb.ID, img2); !errdefs.IsNotImplemented(err) {
+		t.Errorf("image volume: %v", err)
 	}
 }

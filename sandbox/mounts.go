@@ -7,6 +7,8 @@ import (
 	"os"
 	"path"
 	"path/filepath"
+	"slices"
+	"strings"
 	"syscall"
 
 	"github.com/containerd/errdefs"
@@ -29,6 +31,17 @@ import (
 func checkMounts(mounts []*runtimeapi.Mount) error {
 	for _, mnt := range mounts {
 		cp, hp := mnt.GetContainerPath(), mnt.GetHostPath()
+		if mnt.GetImage() != nil {
+			return fmt.Errorf("mount at %s: image volumes are not supported: %w", cp, errdefs.ErrNotImplemented)
+		}
+		if mnt.GetRecursiveReadOnly() {
+			if !mnt.GetReadonly() {
+				return fmt.Errorf("mount at %s: recursive read-only needs readonly: %w", cp, errdefs.ErrInvalidArgument)
+			}
+			if p := mnt.GetPropagation(); p != runtimeapi.MountPropagation_PROPAGATION_PRIVATE {
+				return fmt.Errorf("mount at %s: recursive read-only needs private propagation, not %s: %w", cp, p, errdefs.ErrInvalidArgument)
+			}
+		}
 		if !path.IsAbs(cp) || path.Clean(cp) == "/" {
 			return fmt.Errorf("mount container path %q must be absolute and not /: %w", cp, errdefs.ErrInvalidArgument)
 		}
@@ -54,8 +67,12 @@ type fileMount struct {
 
 // placeMounts returns the directories to preopen (the root first) and
 // places file mounts into rootfs.
-func placeMounts(rootfs string, mounts []*runtimeapi.Mount) ([]wasm.Dir, []fileMount, error) {
-	dirs := []wasm.Dir{{Host: rootfs, Guest: "/"}}
+//
+// A read-only directory mount is read-only all the way down when it is
+// recursive; when it is not, as on Linux, the mounts below its host path
+// keep their own mode: each writable one is preopened writable.
+func placeMounts(rootfs string, readonlyRoot bool, mounts []*runtimeapi.Mount) ([]wasm.Dir, []fileMount, error) {
+	dirs := []wasm.Dir{{Host: rootfs, Guest: "/", ReadOnly: readonlyRoot}}
 	var files []fileMount
 	for _, mnt := range mounts {
 		guest := path.Clean(mnt.GetContainerPath())
@@ -70,6 +87,12 @@ func placeMounts(rootfs string, mounts []*runtimeapi.Mount) ([]wasm.Dir, []fileM
 				return nil, nil, err
 			}
 			dirs = append(dirs, wasm.Dir{Host: mnt.GetHostPath(), Guest: guest, ReadOnly: mnt.GetReadonly()})
+			if mnt.GetReadonly() && !mnt.GetRecursiveReadOnly() {
+				for _, sub := range writableMountsUnder(mnt.GetHostPath()) {
+					rel, _ := filepath.Rel(mnt.GetHostPath(), sub)
+					dirs = append(dirs, wasm.Dir{Host: sub, Guest: path.Join(guest, filepath.ToSlash(rel))})
+				}
+			}
 			continue
 		}
 		f := fileMount{host: mnt.GetHostPath(), inRoot: inRoot(rootfs, guest), writable: !mnt.GetReadonly()}
@@ -90,7 +113,43 @@ func placeMounts(rootfs string, mounts []*runtimeapi.Mount) ([]wasm.Dir, []fileM
 		}
 		files = append(files, f)
 	}
+	// A read-only root still lets the module write its writable file
+	// mounts (such as the termination message): their directories in the
+	// container's own root are preopened writable.
+	if readonlyRoot {
+		seen := map[string]bool{}
+		for _, f := range files {
+			if dir := filepath.Dir(f.inRoot); f.writable && !seen[dir] {
+				seen[dir] = true
+				rel, _ := filepath.Rel(rootfs, dir)
+				dirs = append(dirs, wasm.Dir{Host: dir, Guest: path.Join("/", filepath.ToSlash(rel))})
+			}
+		}
+	}
 	return dirs, files, nil
+}
+
+// writableMountsUnder lists the read-write mount points strictly below dir.
+func writableMountsUnder(dir string) []string {
+	b, err := os.ReadFile("/proc/self/mountinfo")
+	if err != nil {
+		return nil
+	}
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil
+	}
+	var out []string
+	for _, line := range strings.Split(string(b), "\n") {
+		f := strings.Fields(line)
+		if len(f) < 6 || !strings.HasPrefix(f[4], real+"/") {
+			continue
+		}
+		if slices.Contains(strings.Split(f[5], ","), "rw") {
+			out = append(out, filepath.Join(dir, strings.TrimPrefix(f[4], real)))
+		}
+	}
+	return out
 }
 
 // copyBack returns what the module wrote into writable file mounts that

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/wasm"
 )
 
 // Stats are a container's resource figures at one moment.
@@ -20,6 +21,9 @@ type Stats struct {
 	NanoCores uint64
 	// MemoryBytes is the linear memory of the running instance.
 	MemoryBytes int64
+	// Instance has the instance's finer figures (user/system CPU, peak
+	// memory, CPU cap accounting).
+	Instance wasm.Stats
 	// WritableBytes and WritableInodes measure the container's writable
 	// root; LogBytes its log file.
 	WritableBytes, WritableInodes uint64
@@ -67,10 +71,10 @@ func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithS
 }
 
 func (m *Manager) statsLocked(c *Container, now time.Time) Stats {
-	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID)}
+	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID), Instance: wasm.Stats{CPU: c.CPU}}
 	if r := c.run; r != nil {
 		is := r.instance.Stats()
-		st.CPU, st.MemoryBytes = is.CPU, is.MemoryBytes
+		st.CPU, st.MemoryBytes, st.Instance = is.CPU, is.MemoryBytes, is
 		if prev := r.lastSample; !prev.at.IsZero() && now.After(prev.at) && st.CPU >= prev.cpu {
 			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / now.Sub(prev.at).Seconds())
 		}

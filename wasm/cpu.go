@@ -25,6 +25,59 @@ func threadCPU(tid int) time.Duration {
 	return time.Duration(ts.Nano())
 }
 
+// threadTimes is the user and system CPU time of thread tid, from
+// /proc (in USER_HZ ticks, 100 per second on Linux).
+func threadTimes(tid int) (user, system time.Duration) {
+	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(tid) + "/stat")
+	if err != nil {
+		return 0, 0
+	}
+	// The command name (field 2) may hold spaces: fields count from its ")".
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0, 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	const tick = 10 * time.Millisecond
+	return time.Duration(utime) * tick, time.Duration(stime) * tick
+}
+
+// CFSStats is a CPU cap's accounting, from cpu.stat.
+type CFSStats struct {
+	Periods, ThrottledPeriods uint64
+	ThrottledTime             time.Duration
+}
+
+// stat reads the CFS accounting of an instance's cgroup; zero without one.
+func (c *cpuController) stat(id string) CFSStats {
+	var st CFSStats
+	if c == nil || id == "" {
+		return st
+	}
+	b, err := os.ReadFile(filepath.Join(c.root, id, "cpu.stat"))
+	if err != nil {
+		return st
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		k, v, _ := strings.Cut(line, " ")
+		n, _ := strconv.ParseUint(v, 10, 64)
+		switch k {
+		case "nr_periods":
+			st.Periods = n
+		case "nr_throttled":
+			st.ThrottledPeriods = n
+		case "throttled_time":
+			st.ThrottledTime = time.Duration(n)
+		}
+	}
+	return st
+}
+
 // cpuController caps instance threads with the cgroup v1 cpu controller:
 // each capped instance's thread goes into <root>/<instance id> with CFS
 // quota and period set. The instance runs on one locked thread, so that

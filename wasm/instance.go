@@ -60,11 +60,14 @@ type Result struct {
 
 // Stats are an instance's resource figures.
 type Stats struct {
-	// CPU is the CPU time the instance's thread has used.
-	CPU time.Duration
+	// CPU is the CPU time the instance's thread has used; User and System
+	// split it (at the kernel's 10ms accounting granularity).
+	CPU, User, System time.Duration
 	// MemoryBytes is the size of its linear memory, as of its last host
-	// call (poll_oneoff) or its start.
-	MemoryBytes int64
+	// call (poll_oneoff) or its start; MaxMemoryBytes the largest seen.
+	MemoryBytes, MaxMemoryBytes int64
+	// CFS is the CPU cap's accounting, zero without a cap.
+	CFS CFSStats
 }
 
 // Instance is one running module.
@@ -81,7 +84,8 @@ type Instance struct {
 	cpu    *cpuController
 	id     string
 
-	memory atomic.Int64
+	memory    atomic.Int64
+	maxMemory atomic.Int64
 	// pendingMemoryLimit is a new limit for the instance's own thread to
 	// apply at its next host call; -1 is none.
 	pendingMemoryLimit atomic.Int64
@@ -91,9 +95,9 @@ type Instance struct {
 	stopped  bool
 	finished bool
 	tid      int
-	// finalCPU is the thread's CPU time read just before it ended; the
-	// thread ID may belong to another thread after that.
-	finalCPU time.Duration
+	// final is the thread's figures read just before it ended; the thread
+	// ID may belong to another thread after that.
+	final    Stats
 	cpuFinal bool
 }
 
@@ -147,7 +151,7 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		}
 		return 0
 	}
-	inst.memory.Store(memory())
+	inst.noteMemory(memory())
 
 	copied := sio.start()
 	started := make(chan error, 1)
@@ -164,9 +168,10 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 
 		_, runErr := start.Call(store)
 		finalMemory := memory()
+		inst.noteMemory(finalMemory)
 		res := inst.resultOf(runErr, finalMemory)
 		inst.mu.Lock()
-		inst.finalCPU, inst.cpuFinal = threadCPU(inst.tid), true
+		inst.final, inst.cpuFinal = inst.liveStatsLocked(), true
 		inst.memory.Store(0)
 		inst.mu.Unlock()
 		inst.cpu.release(inst.id, inst.tid)
@@ -199,7 +204,17 @@ func (i *Instance) onHostCall(caller *wasmtime.Caller) {
 		i.store.Limiter(limitOrNone(limit), -1, -1, -1, -1)
 	}
 	if m := caller.GetExport("memory"); m != nil && m.Memory() != nil {
-		i.memory.Store(int64(m.Memory().DataSize(caller)))
+		i.noteMemory(int64(m.Memory().DataSize(caller)))
+	}
+}
+
+func (i *Instance) noteMemory(n int64) {
+	i.memory.Store(n)
+	for {
+		old := i.maxMemory.Load()
+		if n <= old || i.maxMemory.CompareAndSwap(old, n) {
+			return
+		}
 	}
 }
 
@@ -300,11 +315,22 @@ func (i *Instance) Result() Result {
 func (i *Instance) Stats() Stats {
 	i.mu.Lock()
 	defer i.mu.Unlock()
-	cpu := i.finalCPU
-	if !i.cpuFinal && i.tid != 0 {
-		cpu = threadCPU(i.tid)
+	if i.cpuFinal || i.tid == 0 {
+		st := i.final
+		st.MemoryBytes, st.MaxMemoryBytes = i.memory.Load(), i.maxMemory.Load()
+		return st
 	}
-	return Stats{CPU: cpu, MemoryBytes: i.memory.Load()}
+	return i.liveStatsLocked()
+}
+
+// liveStatsLocked reads the running thread's clocks; i.mu is held.
+func (i *Instance) liveStatsLocked() Stats {
+	user, system := threadTimes(i.tid)
+	return Stats{
+		CPU: threadCPU(i.tid), User: user, System: system,
+		MemoryBytes: i.memory.Load(), MaxMemoryBytes: i.maxMemory.Load(),
+		CFS: i.cpu.stat(i.id),
+	}
 }
 
 // SetLimits changes a running instance's limits: the CPU cap at once, the
