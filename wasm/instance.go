@@ -1,6 +1,7 @@
 package wasm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -86,6 +87,9 @@ type Instance struct {
 
 	memory    atomic.Int64
 	maxMemory atomic.Int64
+	// oomSaid is set when the module's stderr reported running out of
+	// memory.
+	oomSaid atomic.Bool
 	// pendingMemoryLimit is a new limit for the instance's own thread to
 	// apply at its next host call; -1 is none.
 	pendingMemoryLimit atomic.Int64
@@ -130,6 +134,9 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	}
 
 	inst.origin = time.Now()
+	if spec.Limits.MemoryBytes > 0 && spec.Stderr != nil {
+		spec.Stderr = &oomWatch{w: spec.Stderr, said: &inst.oomSaid}
+	}
 	var wasi *wasmtime.WasiConfig
 	if wasi, sio, err = newWasiConfig(spec); err != nil {
 		return nil, err
@@ -227,9 +234,12 @@ func limitOrNone(n int64) int64 {
 }
 
 // oomMargin is how close to its limit a failed instance's memory must be
-// to call the failure an out-of-memory kill: the limiter makes a denied
-// memory.grow return -1 without telling the host, so the size the memory
-// reached is the evidence. Go's allocator fails within 1 MiB of the limit.
+// to call the failure an out-of-memory kill. wasmtime's limiter makes a
+// denied memory.grow return -1 without telling the host (its C API has no
+// callback), so the evidence is indirect: the size the memory reached (Go's
+// allocator fails within 1 MiB of the limit when growing step by step), or
+// the language runtime saying so on stderr (one large allocation fails far
+// below the limit); see oomWatch.
 func oomMargin(limit int64) int64 { return min(limit/8, 8<<20) }
 
 // resultOf turns the outcome of _start into an exit code, as a process's.
@@ -251,7 +261,7 @@ func (i *Instance) resultOf(err error, finalMemory int64) Result {
 	case stopped && res.ExitCode != 0 && !isExit(err):
 		// Killed from outside, reported as a SIGKILLed process is.
 		return Result{ExitCode: 137, Stopped: true}
-	case res.ExitCode != 0 && limit > 0 && finalMemory+oomMargin(limit) >= limit:
+	case res.ExitCode != 0 && limit > 0 && (finalMemory+oomMargin(limit) >= limit || i.oomSaid.Load()):
 		// As the kernel's OOM killer would: SIGKILL, exit code 137.
 		return Result{ExitCode: 137, OOM: true, Trap: trapOf(err)}
 	case isExit(err):
@@ -349,3 +359,30 @@ func (i *Instance) SetLimits(l Limits) error {
 	}
 	return i.cpu.apply(i.id, i.tid, l)
 }
+
+// oomMessages are what language runtimes print when an allocation fails:
+// Go ("fatal error: out of memory"), Rust ("memory allocation of N bytes
+// failed"), and wasi-libc programs using perror/strerror on ENOMEM.
+var oomMessages = [][]byte{[]byte("out of memory"), []byte("memory allocation of"), []byte("Cannot allocate memory")}
+
+// oomWatch passes stderr through, noting an out-of-memory report.
+type oomWatch struct {
+	w    io.WriteCloser
+	said *atomic.Bool
+	tail []byte // the end of the previous write, for messages split across writes
+}
+
+func (o *oomWatch) Write(p []byte) (int, error) {
+	if !o.said.Load() {
+		buf := append(o.tail, p...)
+		for _, m := range oomMessages {
+			if bytes.Contains(buf, m) {
+				o.said.Store(true)
+			}
+		}
+		o.tail = append(o.tail[:0], buf[max(0, len(buf)-32):]...)
+	}
+	return o.w.Write(p)
+}
+
+func (o *oomWatch) Close() error { return o.w.Close() }

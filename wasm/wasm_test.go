@@ -341,8 +341,15 @@ func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
 	default:
 	}
 
+	// One allocation far over the limit fails far below it: the language
+	// runtime's report tells it apart from another failure.
+	inst, _ := run(t, r, hello, Spec{Args: []string{"hello", "alloc-once", "64"}, Limits: Limits{MemoryBytes: 32 << 20}})
+	if res := wait(t, inst, 10*time.Second); !res.OOM || res.ExitCode != 137 {
+		t.Fatalf("one allocation over the limit: %+v", res)
+	}
+
 	// A module failing far below its limit is no OOM.
-	inst, _ := run(t, r, hello, Spec{Args: []string{"hello", "exit", "2"}, Limits: Limits{MemoryBytes: 256 << 20}})
+	inst, _ = run(t, r, hello, Spec{Args: []string{"hello", "exit", "2"}, Limits: Limits{MemoryBytes: 256 << 20}})
 	if res := wait(t, inst, 10*time.Second); res.OOM || res.ExitCode != 2 {
 		t.Fatalf("plain failure under a limit: %+v", res)
 	}

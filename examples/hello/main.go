@@ -8,6 +8,7 @@
 //	hello write FILE TEXT   write TEXT into FILE and print it back
 //	hello alloc MIB         hold MIB mebibytes of memory, then sleep
 //	hello alloc-slowly      take one more MiB every 10ms, forever
+//	hello alloc-once MIB    take MIB mebibytes in one allocation
 //	hello cat FILE...       print files
 //	hello echo-stdin        copy standard input to standard output
 //	hello long-line N       print one line of N characters
@@ -81,6 +82,16 @@ func main() {
 		for {
 			time.Sleep(time.Hour)
 		}
+	case "alloc-once":
+		mib := 0
+		if len(args) > 1 {
+			mib, _ = strconv.Atoi(args[1])
+		}
+		b := make([]byte, mib<<20)
+		for j := 0; j < len(b); j += 4096 {
+			b[j] = 1
+		}
+		fmt.Printf("holding %d MiB at once\n", mib)
 	case "alloc-slowly":
 		var held [][]byte
 		for i := 1; ; i++ {
