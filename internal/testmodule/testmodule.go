@@ -13,39 +13,51 @@ import (
 	"github.com/bytecodealliance/wasmtime-go/v39"
 )
 
+// goModule is a Go program of this repository built for wasip1, once per
+// test process.
+type goModule struct {
+	dir  string // relative to the repository root
+	once sync.Once
+	wasm []byte
+	err  error
+}
+
 var (
-	helloOnce sync.Once
-	helloWasm []byte
-	helloErr  error
+	hello   = &goModule{dir: "examples/hello"}
+	wasmbox = &goModule{dir: "integration/images/wasmbox"}
 )
 
-// Hello returns examples/hello built with GOOS=wasip1 GOARCH=wasm, building
-// it once per test process.
-func Hello(t testing.TB) []byte {
+// Hello returns examples/hello built with GOOS=wasip1 GOARCH=wasm.
+func Hello(t testing.TB) []byte { return hello.build(t) }
+
+// Wasmbox returns the busybox-like conformance test program for wasip1.
+func Wasmbox(t testing.TB) []byte { return wasmbox.build(t) }
+
+func (g *goModule) build(t testing.TB) []byte {
 	t.Helper()
-	helloOnce.Do(func() {
+	g.once.Do(func() {
 		_, file, _, _ := runtime.Caller(0)
-		src := filepath.Join(filepath.Dir(file), "..", "..", "examples", "hello")
-		dir, err := os.MkdirTemp("", "wasmcri-hello-")
+		src := filepath.Join(filepath.Dir(file), "..", "..", g.dir)
+		dir, err := os.MkdirTemp("", "wasmcri-module-")
 		if err != nil {
-			helloErr = err
+			g.err = err
 			return
 		}
 		defer os.RemoveAll(dir)
-		out := filepath.Join(dir, "hello.wasm")
+		out := filepath.Join(dir, "module.wasm")
 		cmd := exec.Command("go", "build", "-o", out, ".")
 		cmd.Dir = src
 		cmd.Env = append(os.Environ(), "GOOS=wasip1", "GOARCH=wasm", "CGO_ENABLED=0")
 		if b, err := cmd.CombinedOutput(); err != nil {
-			helloErr = &buildError{err: err, output: string(b)}
+			g.err = &buildError{err: err, output: string(b)}
 			return
 		}
-		helloWasm, helloErr = os.ReadFile(out)
+		g.wasm, g.err = os.ReadFile(out)
 	})
-	if helloErr != nil {
-		t.Fatalf("build examples/hello for wasip1: %v", helloErr)
+	if g.err != nil {
+		t.Fatalf("build %s for wasip1: %v", g.dir, g.err)
 	}
-	return helloWasm
+	return g.wasm
 }
 
 type buildError struct {
