@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"path"
+	"path/filepath"
 	"strings"
 	"time"
 
@@ -43,6 +44,9 @@ type Service struct {
 	*Store
 	opts  Options
 	pulls singleflight.Group
+	// fsDir holds unpacked image filesystems, for image volumes.
+	fsDir   string
+	unpacks singleflight.Group
 }
 
 // NewService opens the image store under contentDir with metadata in db.
@@ -60,7 +64,8 @@ func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) 
 	if opts.PullTimeout <= 0 {
 		opts.PullTimeout = 10 * time.Minute
 	}
-	return &Service{Store: st, opts: opts}, nil
+	st.fsDir = filepath.Join(filepath.Dir(contentDir), "image-fs")
+	return &Service{Store: st, opts: opts, fsDir: st.fsDir}, nil
 }
 
 // Pull fetches ref from its registry, checks that it is a Wasm image in a

@@ -37,6 +37,8 @@ type Store struct {
 	// another image never deletes content a pull has just fetched.
 	mu     sync.Mutex
 	leases map[digest.Digest]int
+	// fsDir holds images unpacked for image volumes, by image ID.
+	fsDir string
 }
 
 // NewStore opens the store with content under contentDir and metadata in db.
@@ -247,6 +249,9 @@ func (s *Store) Remove(ctx context.Context, ref string) error {
 	})
 	if err != nil || removed == nil {
 		return err
+	}
+	if s.fsDir != "" {
+		os.RemoveAll(filepath.Join(s.fsDir, strings.TrimPrefix(removed.ID, "sha256:")))
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()

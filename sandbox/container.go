@@ -24,6 +24,10 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	if cfg.GetImage().GetImage() == "" {
 		return Container{}, fmt.Errorf("container config names no image: %w", errdefs.ErrInvalidArgument)
 	}
+	cfg, err := m.resolveImageMounts(ctx, cfg)
+	if err != nil {
+		return Container{}, err
+	}
 	if err := checkMounts(cfg.GetMounts()); err != nil {
 		return Container{}, err
 	}

@@ -466,9 +466,37 @@ func TestContainerRootAndReadOnlyMounts(t *testing.T) {
 			t.Errorf("recursive read-only mount %+v: %v", bad, err)
 		}
 	}
-	img2 := ctrConfig("image-volume", img)
-	img2.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", Image: &runtimeapi.ImageSpec{Image: img}}}
-	if _, err := e.m.CreateContainer(context.Background(), sb.ID, img2); !errdefs.IsNotImplemented(err) {
-		t.Errorf("image volume: %v", err)
+}
+
+// An image volume shows the image's files, read-only, whole or at a sub
+// path; a writable one, or a sub path not in the image, is refused.
+func TestImageVolume(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t)) // a compat image: /hello.wasm
+	sb := e.sandbox("volumes")
+	cfg := ctrConfig("reader", img, "sleep-forever")
+	cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/data", Readonly: true, Image: &runtimeapi.ImageSpec{Image: img}}}
+	c := e.start(sb, cfg)
+	ctx := context.Background()
+	if code, out, _, _ := e.m.ExecSync(ctx, c.ID, []string{"x", "cat", "/data/hello.wasm"}, 10, 8); code != 0 || string(out) != "\x00asm\x01\x00\x00\x00" {
+		t.Errorf("reading the image volume: %d %q", code, out)
+	}
+	if code, _, _, _ := e.m.ExecSync(ctx, c.ID, []string{"x", "write", "/data/new", "x"}, 10, 1<<10); code == 0 {
+		t.Error("wrote into an image volume")
+	}
+	got, _ := e.m.Container(c.ID)
+	pulled, _ := e.images.Get(img)
+	if m := got.Config.GetMounts()[0]; m.GetImage().GetImageRef() != pulled.ID {
+		t.Errorf("mount reports image %q, want %q", m.GetImage().GetImageRef(), pulled.ID)
+	}
+	for name, mnt := range map[string]*runtimeapi.Mount{
+		"writable":        {ContainerPath: "/data", Image: &runtimeapi.ImageSpec{Image: img}},
+		"missing subpath": {ContainerPath: "/data", Readonly: true, Image: &runtimeapi.ImageSpec{Image: img}, ImageSubPath: "no/such/dir"},
+	} {
+		cfg := ctrConfig("bad-"+strings.ReplaceAll(name, " ", "-"), img)
+		cfg.Mounts = []*runtimeapi.Mount{mnt}
+		if _, err := e.m.CreateContainer(ctx, sb.ID, cfg); !errdefs.IsInvalidArgument(err) {
+			t.Errorf("%s image volume: %v", name, err)
+		}
 	}
 }

@@ -22,6 +22,8 @@ import (
 type Images interface {
 	Get(ref string) (*image.Image, error)
 	ReadModule(ctx context.Context, img *image.Image) ([]byte, error)
+	// Filesystem unpacks an image's files, for image volumes.
+	Filesystem(ctx context.Context, img *image.Image) (string, error)
 }
 
 // Options configure a Manager.

@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -13,6 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/wasm"
+	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -31,9 +33,6 @@ import (
 func checkMounts(mounts []*runtimeapi.Mount) error {
 	for _, mnt := range mounts {
 		cp, hp := mnt.GetContainerPath(), mnt.GetHostPath()
-		if mnt.GetImage() != nil {
-			return fmt.Errorf("mount at %s: image volumes are not supported: %w", cp, errdefs.ErrNotImplemented)
-		}
 		if mnt.GetRecursiveReadOnly() {
 			if !mnt.GetReadonly() {
 				return fmt.Errorf("mount at %s: recursive read-only needs readonly: %w", cp, errdefs.ErrInvalidArgument)
@@ -54,6 +53,62 @@ func checkMounts(mounts []*runtimeapi.Mount) error {
 		}
 		if !fi.IsDir() && !fi.Mode().IsRegular() {
 			return fmt.Errorf("mount of %s at %s: only directories and regular files can be mounted into a Wasm container: %w", hp, cp, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// resolveImageMounts turns image volumes into read-only directory mounts
+// of the image's unpacked files (at its sub path), recording the image ID
+// the status reports. It returns cfg, or a copy with the mounts resolved.
+func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.ContainerConfig) (*runtimeapi.ContainerConfig, error) {
+	resolved := cfg
+	for i, mnt := range cfg.GetMounts() {
+		if mnt.GetImage() == nil {
+			continue
+		}
+		if resolved == cfg {
+			resolved = proto.Clone(cfg).(*runtimeapi.ContainerConfig)
+		}
+		mnt = resolved.Mounts[i]
+		if !mnt.GetReadonly() {
+			return nil, fmt.Errorf("image volume at %s must be read-only: %w", mnt.GetContainerPath(), errdefs.ErrInvalidArgument)
+		}
+		img, err := m.images.Get(mnt.GetImage().GetImage())
+		if err != nil {
+			return nil, fmt.Errorf("image volume at %s: %w", mnt.GetContainerPath(), err)
+		}
+		dir, err := m.images.Filesystem(ctx, img)
+		if err != nil {
+			return nil, err
+		}
+		if sub := mnt.GetImageSubPath(); sub != "" {
+			clean := strings.TrimPrefix(path.Clean("/"+sub), "/")
+			if err := noSymlinkOnPath(dir, clean); err != nil {
+				return nil, err
+			}
+			dir = filepath.Join(dir, filepath.FromSlash(clean))
+			if _, err := os.Stat(dir); err != nil {
+				return nil, fmt.Errorf("image volume at %s: sub path %q is not in image %s: %w", mnt.GetContainerPath(), sub, img.ID, errdefs.ErrInvalidArgument)
+			}
+		}
+		mnt.HostPath = dir
+		mnt.Image.ImageRef = img.ID
+	}
+	return resolved, nil
+}
+
+// noSymlinkOnPath refuses a path in an unpacked image that passes through a
+// symlink: it could point anywhere on the host.
+func noSymlinkOnPath(root, rel string) error {
+	p := root
+	for _, el := range strings.Split(rel, "/") {
+		if el == "" {
+			continue
+		}
+		p = filepath.Join(p, el)
+		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return fmt.Errorf("image sub path %q goes through a symlink: %w", rel, errdefs.ErrInvalidArgument)
 		}
 	}
 	return nil
