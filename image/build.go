@@ -99,6 +99,10 @@ type CompatOptions struct {
 	Docker bool
 	// Uncompressed writes the layer as a plain tar.
 	Uncompressed bool
+	// User is the image config's user ("1002", "www-data:www-data").
+	User string
+	// Files are more entries of the layer, after the module.
+	Files []TarEntry
 }
 
 // BuildCompat makes a compat image: a gzip tar layer holding the module at
@@ -116,7 +120,7 @@ func BuildCompat(module []byte, opts CompatOptions) (*Built, error) {
 		// as the only .wasm file of the layer.
 		opts.Entrypoint = []string{opts.ModulePath}
 	}
-	layerTar, err := TarGz(map[string][]byte{opts.ModulePath: module})
+	layerTar, err := TarGzEntries(append([]TarEntry{{Name: opts.ModulePath, Data: module}}, opts.Files...))
 	if err != nil {
 		return nil, err
 	}
@@ -133,7 +137,7 @@ func BuildCompat(module []byte, opts CompatOptions) (*Built, error) {
 	layer := b.Add(layerType, layerTar)
 	cfg := b.AddJSON(configType, ocispec.Image{
 		Platform: ocispec.Platform{OS: opts.OS, Architecture: "wasm"},
-		Config:   ocispec.ImageConfig{Entrypoint: opts.Entrypoint, Cmd: opts.Cmd, Env: opts.Env, WorkingDir: opts.WorkingDir},
+		Config:   ocispec.ImageConfig{Entrypoint: opts.Entrypoint, Cmd: opts.Cmd, Env: opts.Env, WorkingDir: opts.WorkingDir, User: opts.User},
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{digest.FromBytes(plain)}},
 	})
 	b.SetManifest(manifestType, cfg, []ocispec.Descriptor{layer}, opts.Annotations)
