@@ -31,6 +31,9 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	if err := checkMounts(cfg.GetMounts()); err != nil {
 		return Container{}, err
 	}
+	if sc := cfg.GetLinux().GetSecurityContext(); sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
+		return Container{}, fmt.Errorf("run_as_group is set without run_as_user or run_as_username: %w", errdefs.ErrInvalidArgument)
+	}
 	resources := resourcesFrom(cfg.GetLinux().GetResources())
 	if err := checkResources(resources); err != nil {
 		return Container{}, err
@@ -89,6 +92,10 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	}
 	if !hasEnv(c.Env, "HOSTNAME") {
 		c.Env = append(c.Env, "HOSTNAME="+hostname(sandbox.Config))
+	}
+	if err := m.populateRoot(ctx, img, m.rootfs(c.ID)); err != nil {
+		os.RemoveAll(m.rootfs(c.ID))
+		return Container{}, err
 	}
 	if err := prepareRoot(m.rootfs(c.ID), c.WorkingDir, sandbox.Config); err != nil {
 		os.RemoveAll(m.rootfs(c.ID))
@@ -190,8 +197,12 @@ func (m *Manager) startRun(ctx context.Context, c *Container, stdin, stdinOnce b
 	if err != nil {
 		return nil, err
 	}
-	dirs, files, err := placeMounts(m.rootfs(c.ID), c.Config.GetLinux().GetSecurityContext().GetReadonlyRootfs(), c.Config.GetMounts())
+	sc := c.Config.GetLinux().GetSecurityContext()
+	dirs, files, err := placeMounts(m.rootfs(c.ID), sc.GetReadonlyRootfs(), c.Config.GetMounts())
 	if err != nil {
+		return nil, err
+	}
+	if dirs, err = restrictPaths(dirs, m.emptyDir(), sc.GetMaskedPaths(), sc.GetReadonlyPaths()); err != nil {
 		return nil, err
 	}
 	r := &run{recorded: make(chan struct{}), dirs: dirs, files: files, stdout: newOutputHub(), stderr: newOutputHub()}

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	"github.com/wasmcri/wasmcri/internal/testnet"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -498,5 +499,92 @@ func TestImageVolume(t *testing.T) {
 		if _, err := e.m.CreateContainer(ctx, sb.ID, cfg); !errdefs.IsInvalidArgument(err) {
 			t.Errorf("%s image volume: %v", name, err)
 		}
+	}
+}
+
+// A compat image's files (all but its module) are the container's own
+// copy; masked paths hide, read-only paths protect, as runc's do.
+func TestImageFilesMaskedAndReadOnlyPaths(t *testing.T) {
+	e := newEnv(t)
+	ref := e.reg + "/test/files:1"
+	b, err := image.BuildCompat(testmodule.Hello(t), image.CompatOptions{ModulePath: "/app/hello.wasm", Files: []image.TarEntry{
+		{Name: "/etc/app.conf", Data: []byte("setting=1\n")},
+		{Name: "/data/d.txt", Data: []byte("data\n")},
+		{Name: "/data/link", Link: "d.txt"},
+	}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	if err := image.Push(ctx, ref, b, image.RegistryOptions{}, nil); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.images.Pull(ctx, ref, nil); err != nil {
+		t.Fatal(err)
+	}
+	sb := e.sandbox("files")
+	run := func(c Container, args ...string) (int32, string) {
+		t.Helper()
+		code, out, errOut, err := e.m.ExecSync(ctx, c.ID, append([]string{"x"}, args...), 10, 1<<20)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return code, string(out) + string(errOut)
+	}
+
+	first := e.start(sb, ctrConfig("first", ref, "sleep-forever"))
+	if code, out := run(first, "cat", "/etc/app.conf"); code != 0 || out != "setting=1\n" {
+		t.Errorf("image file in the root: %d %q", code, out)
+	}
+	if code, out := run(first, "cat", "/data/link"); code != 0 || out != "data\n" {
+		t.Errorf("image symlink in the root: %d %q", code, out)
+	}
+	if code, _ := run(first, "cat", "/app/hello.wasm"); code == 0 {
+		t.Error("the module file was copied into the root")
+	}
+	if code, out := run(first, "write", "/etc/app.conf", "changed"); code != 0 {
+		t.Fatalf("writing an image file: %s", out)
+	}
+	second := e.start(sb, ctrConfig("second", ref, "sleep-forever"))
+	if _, out := run(second, "cat", "/etc/app.conf"); out != "setting=1\n" {
+		t.Errorf("one container's write reached another's root: %q", out)
+	}
+
+	cfg := ctrConfig("restricted", ref, "sleep-forever")
+	cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{
+		MaskedPaths:   []string{"/etc/app.conf", "/data", "/proc/kcore"},
+		ReadonlyPaths: []string{"/etc", "/proc/sys"},
+	}}
+	restricted := e.start(sb, cfg)
+	if code, out := run(restricted, "cat", "/etc/app.conf"); code != 0 || out != "" {
+		t.Errorf("a masked file reads %d %q, want empty", code, out)
+	}
+	if code, out := run(restricted, "cat", "/data/d.txt"); code == 0 {
+		t.Errorf("a masked directory shows its files: %q", out)
+	}
+	if code, _ := run(restricted, "write", "/data/new", "x"); code == 0 {
+		t.Error("wrote into a masked directory")
+	}
+	if code, _ := run(restricted, "write", "/etc/new", "x"); code == 0 {
+		t.Error("wrote into a read-only path")
+	}
+	if code, out := run(restricted, "write", "/new", "x"); code != 0 {
+		t.Errorf("the rest of the root is writable: %s", out)
+	}
+
+	file := ctrConfig("ro-file", ref, "sleep-forever")
+	file.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{ReadonlyPaths: []string{"/etc/app.conf"}}}
+	c, err := e.m.CreateContainer(ctx, sb.ID, file)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.StartContainer(ctx, c.ID); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("a read-only path that is a file: %v", err)
+	}
+
+	group := ctrConfig("group-only", ref)
+	group.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{RunAsGroup: &runtimeapi.Int64Value{Value: 5}}}
+	if _, err := e.m.CreateContainer(ctx, sb.ID, group); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("run_as_group without a user: %v", err)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"encoding/hex"
 	"fmt"
 	"log/slog"
+	"os"
 	"path/filepath"
 	"sort"
 	"strings"
@@ -72,6 +73,9 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 	st, err := newStore(db)
 	if err != nil {
 		return nil, fmt.Errorf("init sandbox metadata: %w", err)
+	}
+	if err := os.MkdirAll(filepath.Join(opts.RootDir, "empty"), 0o555); err != nil {
+		return nil, err
 	}
 	m := &Manager{
 		opts: opts, images: images, runtime: rt, store: st, log: opts.Logger,
@@ -242,4 +246,7 @@ func (m *Manager) defaultLogDir(id string) string {
 }
 
 // rootfs is the container's writable root: what the module sees at "/".
+// emptyDir is the always-empty directory masked directories show.
+func (m *Manager) emptyDir() string { return filepath.Join(m.opts.RootDir, "empty") }
+
 func (m *Manager) rootfs(id string) string { return filepath.Join(m.opts.RootDir, "containers", id) }

@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/wasm"
+	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -182,6 +183,64 @@ func placeMounts(rootfs string, readonlyRoot bool, mounts []*runtimeapi.Mount) (
 		}
 	}
 	return dirs, files, nil
+}
+
+// restrictPaths applies a container's masked and read-only paths, as runc
+// does over its mounts: a masked directory shows empty (the empty
+// read-only directory preopened over it), a masked file becomes a
+// /dev/null node, a read-only directory is preopened read-only. Paths the
+// container does not hold are ignored, as runc ignores them. A file in a
+// host mount is refused rather than changed on the host, and so is a
+// read-only file: a preopen can only make a directory read-only.
+func restrictPaths(dirs []wasm.Dir, empty string, masked, readonly []string) ([]wasm.Dir, error) {
+	mounts := dirs
+	for _, p := range masked {
+		host, own := hostPath(mounts, p)
+		fi, err := os.Lstat(host)
+		if err != nil {
+			continue
+		}
+		if fi.IsDir() {
+			dirs = append(dirs, wasm.Dir{Host: empty, Guest: path.Clean(p), ReadOnly: true})
+			continue
+		}
+		if !own {
+			return nil, fmt.Errorf("masked path %s is a file of a host mount: %w", p, errdefs.ErrInvalidArgument)
+		}
+		if err := os.Remove(host); err != nil {
+			return nil, err
+		}
+		if err := unix.Mknod(host, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
+			return nil, fmt.Errorf("mask %s: %w", p, err)
+		}
+	}
+	for _, p := range readonly {
+		host, _ := hostPath(mounts, p)
+		fi, err := os.Stat(host)
+		if err != nil {
+			continue
+		}
+		if !fi.IsDir() {
+			return nil, fmt.Errorf("read-only path %s is not a directory; only directories can be made read-only: %w", p, errdefs.ErrInvalidArgument)
+		}
+		dirs = append(dirs, wasm.Dir{Host: host, Guest: path.Clean(p), ReadOnly: true})
+	}
+	return dirs, nil
+}
+
+// hostPath is where guest path p lives on the host: under the preopen
+// with the longest guest prefix, as the module resolves it. own says that
+// preopen is the container's root, not a host mount.
+func hostPath(dirs []wasm.Dir, p string) (host string, own bool) {
+	p = path.Clean("/" + p)
+	best := -1
+	for i, d := range dirs {
+		if (p == d.Guest || d.Guest == "/" || strings.HasPrefix(p, d.Guest+"/")) && (best < 0 || len(d.Guest) > len(dirs[best].Guest)) {
+			best = i
+		}
+	}
+	rel := strings.TrimPrefix(p, dirs[best].Guest)
+	return filepath.Join(dirs[best].Host, filepath.FromSlash(rel)), best == 0
 }
 
 // writableMountsUnder lists the read-write mount points strictly below dir.

@@ -1,11 +1,15 @@
 package sandbox
 
 import (
+	"context"
 	"fmt"
+	iofs "io/fs"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
+	"github.com/wasmcri/wasmcri/image"
 	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -16,6 +20,60 @@ func hostname(sb *runtimeapi.PodSandboxConfig) string {
 		return h
 	}
 	return sb.GetMetadata().GetName()
+}
+
+// populateRoot gives a container of a compat image its own copy of the
+// image's files, as a container runtime's writable layer over the image
+// would: the module sees /etc and its data files, and what it writes stays
+// its own. The module file itself is left out: it is the program, run from
+// the compile cache, and copying megabytes of it would cost each container
+// start milliseconds. An artifact holds only a module: its root starts
+// empty.
+func (m *Manager) populateRoot(ctx context.Context, img *image.Image, root string) error {
+	if img.Format == image.FormatArtifact {
+		return nil
+	}
+	fs, err := m.images.Filesystem(ctx, img)
+	if err != nil {
+		return err
+	}
+	module := filepath.Join(fs, filepath.Clean("/"+img.Module.Name))
+	if err := copyTree(fs, root, module); err != nil {
+		return fmt.Errorf("copy image %s into container root: %w", img.ID, err)
+	}
+	return nil
+}
+
+// copyTree copies the files, directories and symlinks under src to dst,
+// never following a symlink, and leaving out the files named in skip.
+func copyTree(src, dst string, skip ...string) error {
+	return filepath.WalkDir(src, func(p string, d iofs.DirEntry, err error) error {
+		if err != nil || slices.Contains(skip, p) {
+			return err
+		}
+		rel, err := filepath.Rel(src, p)
+		if err != nil {
+			return err
+		}
+		target := filepath.Join(dst, rel)
+		info, err := d.Info()
+		if err != nil {
+			return err
+		}
+		switch {
+		case d.IsDir():
+			return os.MkdirAll(target, info.Mode().Perm())
+		case d.Type()&iofs.ModeSymlink != 0:
+			link, err := os.Readlink(p)
+			if err != nil {
+				return err
+			}
+			return os.Symlink(link, target)
+		case d.Type().IsRegular():
+			return copyFile(p, target, info.Mode().Perm())
+		}
+		return nil // unpacking makes no devices, FIFOs or sockets
+	})
 }
 
 // prepareRoot makes a container's writable root: the working directory,
