@@ -23,6 +23,7 @@ func TestWasmboxRunsCritestScripts(t *testing.T) {
 	root, ro := t.TempDir(), t.TempDir()
 	os.MkdirAll(filepath.Join(ro, "sub"), 0o755)
 	os.WriteFile(filepath.Join(root, "greeting"), []byte("hi there\n"), 0o644)
+	os.MkdirAll(filepath.Join(root, "bin", "ls"), 0o755) // where a masked path would be
 	for _, tc := range []struct {
 		argv   []string
 		stdin  string
@@ -49,6 +50,10 @@ func TestWasmboxRunsCritestScripts(t *testing.T) {
 		{[]string{"/bin/sh"}, "echo -n hello\n", 0, "hello", ""},
 		{[]string{"sh", "-c", "hostname"}, "", 0, "pod-host\n", ""},
 		{[]string{"sleep", "0.05"}, "", 0, "", ""},
+		{[]string{"sh", "-c", "for i in $(seq 1 3); do echo n$i >> /seq.txt; done; sync; cat /seq.txt"}, "", 0, "n1\nn2\nn3\n", ""},
+		// A command on PATH that is not a file cannot run, as execve says.
+		{[]string{"/bin/sh", "-c", "ls"}, "", 1, "", "/bin/sh: ls: Permission denied\n"},
+		{[]string{"sh", "-c", "pwd"}, "", 0, "/\n", ""},
 	} {
 		var out, errs buffer
 		spec := Spec{Args: tc.argv, Env: []string{"HOSTNAME=pod-host"}, Stdout: &out, Stderr: &errs,

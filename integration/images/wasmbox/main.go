@@ -1,10 +1,12 @@
 // Command wasmbox is the Wasm test image of wasmcri's conformance run: a
 // WASI program that behaves like the busybox commands critest runs in its
 // containers. It is one module; like busybox, it acts as the command its
-// argv[0] names (sh, echo, cat, sleep, top, ls, test, touch, ...). Its shell
-// knows what critest's scripts use: ; && || | pipelines, redirections,
-// $VAR and $(...), quoting, while/until/if, and a few builtins. It is a
-// test fixture, not a shell for people.
+// argv[0] names (sh, echo, cat, sleep, top, ls, test, touch, seq, ...;
+// httpd stands in for a web server). Its shell knows what critest's
+// scripts use: ; && || | pipelines, redirections, $VAR and $(...),
+// quoting, while/until/for/if, a few builtins, and PATH lookup that
+// refuses what is not a file (a masked path), as execve does. It is a test
+// fixture, not a shell for people.
 package main
 
 import (
@@ -25,7 +27,13 @@ import (
 
 func main() {
 	p := &proc{stdin: os.Stdin, stdout: os.Stdout, stderr: os.Stderr, vars: map[string]string{}}
-	os.Exit(p.run(os.Args))
+	code := p.run(os.Args)
+	if code > 125 {
+		// wasmtime traps a proc_exit status of 126 or more (not every
+		// host can report one); a shell's 126 and 127 leave as 1.
+		code = 1
+	}
+	os.Exit(code)
 }
 
 // proc is one command's world: its streams and the shell's variables.
@@ -48,6 +56,7 @@ func init() {
 		"hostname": hostname, "pwd": pwd, "true": func(*proc, []string) int { return 0 },
 		"false": func(*proc, []string) int { return 1 }, "grep": grep, "id": id,
 		"pgrep": func(*proc, []string) int { return 1 }, "dd": dd, "head": head, "wc": wc,
+		"httpd": httpd, "seq": seq, "sync": func(*proc, []string) int { return 0 },
 	}
 }
 
@@ -185,6 +194,39 @@ func top(p *proc, args []string) int {
 	for {
 		time.Sleep(time.Hour)
 	}
+}
+
+// seq prints the numbers from FIRST (default 1) to LAST.
+func seq(p *proc, args []string) int {
+	first, last := 1, 0
+	var err error
+	switch len(args) {
+	case 2:
+		last, err = strconv.Atoi(args[1])
+	case 3:
+		if first, err = strconv.Atoi(args[1]); err == nil {
+			last, err = strconv.Atoi(args[2])
+		}
+	default:
+		fmt.Fprintln(p.stderr, "usage: seq [FIRST] LAST")
+		return 1
+	}
+	if err != nil {
+		fmt.Fprintln(p.stderr, "seq:", err)
+		return 1
+	}
+	for i := first; i <= last; i++ {
+		fmt.Fprintln(p.stdout, i)
+	}
+	return 0
+}
+
+// httpd stands in for the web server of critest's multi-container pod: it
+// says it started, as httpd does in its log, and stays up. It serves
+// nothing: WASI preview 1, as wasmcri runs it, has no sockets.
+func httpd(p *proc, args []string) int {
+	fmt.Fprintln(p.stderr, "httpd: started; no listener, WASI preview 1 has no sockets")
+	return top(p, args)
 }
 
 func ls(p *proc, args []string) int {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"path"
 	"strconv"
 	"strings"
 )
@@ -13,6 +14,7 @@ import (
 // sh runs `sh -c SCRIPT [NAME ARGS...]`, or the lines of its standard
 // input one at a time (an interactive shell, as attach drives it).
 func sh(p *proc, args []string) int {
+	p.vars["0"] = args[0]
 	if len(args) > 2 && args[1] == "-c" {
 		for i, a := range args[3:] {
 			p.vars[strconv.Itoa(i)] = a
@@ -166,7 +168,7 @@ func closeParen(s string, open int) (int, error) {
 
 // node is a parsed command list, pipeline, loop, conditional or command.
 type node struct {
-	kind     string // "list", "pipe", "cmd", "while", "until", "if", "group"
+	kind     string // "list", "pipe", "cmd", "while", "until", "for", "if", "group"
 	ops      []string
 	children []*node
 	words    []string
@@ -270,6 +272,38 @@ func (ps *parser) command(stop []string) (*node, error) {
 			return nil, err
 		}
 		return &node{kind: t.text, children: []*node{cond, body}}, nil
+	case "for":
+		// for NAME in WORDS; do LIST; done
+		ps.pos++
+		name, ok := ps.peek()
+		if !ok || name.op {
+			return nil, fmt.Errorf("for: missing variable")
+		}
+		ps.pos++
+		if err := ps.expect("in"); err != nil {
+			return nil, err
+		}
+		n := &node{kind: "for", words: []string{name.text}}
+		for {
+			t, ok := ps.peek()
+			if !ok || t.op {
+				break
+			}
+			n.words = append(n.words, t.text)
+			ps.pos++
+		}
+		for t, ok := ps.peek(); ok && t.op && t.text == ";"; t, ok = ps.peek() {
+			ps.pos++
+		}
+		if err := ps.expect("do"); err != nil {
+			return nil, err
+		}
+		body, err := ps.list([]string{"done"})
+		if err != nil {
+			return nil, err
+		}
+		n.children = []*node{body}
+		return n, ps.expect("done")
 	case "if":
 		ps.pos++
 		cond, err := ps.list([]string{"then"})
@@ -353,6 +387,19 @@ func (p *proc) exec(n *node) {
 			p.exec(n.children[1])
 		}
 		p.status = 0
+	case "for":
+		var values []string
+		for _, w := range n.words[1:] {
+			values = append(values, p.expandFields(w)...)
+		}
+		p.status = 0
+		for _, v := range values {
+			if p.exited {
+				break
+			}
+			p.vars[n.words[0]] = v
+			p.exec(n.children[0])
+		}
 	case "if":
 		p.exec(n.children[0])
 		switch {
@@ -499,7 +546,43 @@ func (p *proc) command(raw []string) {
 			return
 		}
 	}
+	if msg := p.unrunnable(words[0]); msg != "" {
+		fmt.Fprintf(stderr, "%s: %s: %s\n", p.vars["0"], words[0], msg)
+		p.status = 126
+		return
+	}
 	p.status = sub.run(words)
+}
+
+// unrunnable says why a command the shell finds on PATH cannot run, as
+// execve would: only a regular file (or a link to one) can. A command the
+// root does not hold runs as the applet of that name, so wasmbox works
+// without its image's files too.
+func (p *proc) unrunnable(cmd string) string {
+	var candidates []string
+	if strings.Contains(cmd, "/") {
+		candidates = []string{cmd}
+	} else {
+		search := os.Getenv("PATH")
+		if search == "" {
+			search = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+		}
+		for _, dir := range strings.Split(search, ":") {
+			candidates = append(candidates, path.Join(dir, cmd))
+		}
+	}
+	for _, c := range candidates {
+		fi, err := os.Stat(c)
+		switch {
+		case err != nil:
+			continue
+		case fi.Mode().IsRegular():
+			return ""
+		default:
+			return "Permission denied"
+		}
+	}
+	return ""
 }
 
 func isAssignment(w string) bool {
