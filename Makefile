@@ -10,13 +10,15 @@ BIN           := bin/wasmcri
 CRICTL_VERSION ?= v1.37.0
 KUBE_VERSION   ?= v1.37.2
 ETCD_VERSION   ?= v3.6.16
+CRITEST_VERSION ?= v1.37.0
 TOOLS_DIR      ?= $(HOME)/.cache/wasmcri/tools
 CRICTL         := $(TOOLS_DIR)/crictl-$(CRICTL_VERSION)/crictl
 KUBELET        := $(TOOLS_DIR)/kubelet-$(KUBE_VERSION)/kubelet
 KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)/kube-apiserver
 KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)/kubectl
 ETCD           := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
-TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(ETCD)
+CRITEST        := $(TOOLS_DIR)/critest-$(CRITEST_VERSION)/critest
+TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(ETCD) $(CRITEST)
 TOOL_ENV       := CRICTL=$(CRICTL) KUBELET=$(KUBELET) KUBE_APISERVER=$(KUBE_APISERVER) KUBECTL=$(KUBECTL) ETCD=$(ETCD)
 
 # Where `make run` keeps its state: inside the checkout, no root needed.
@@ -24,7 +26,7 @@ RUN_DIR ?= $(CURDIR)/_output
 
 export RUST_LIB_BACKTRACE = 0
 
-.PHONY: all build run demo test unit integration lint tools clean bench bench-deps
+.PHONY: all build run demo test unit integration conformance lint tools clean bench bench-deps
 
 all: build
 
@@ -52,10 +54,14 @@ $(KUBELET) $(KUBE_APISERVER) $(KUBECTL):
 $(ETCD):
 	hack/build-k8s-tool.sh etcd $(ETCD_VERSION) $@
 
+$(CRITEST):
+	hack/build-critest.sh $(CRITEST_VERSION) $@
+
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
 	  if [ -n "$$unformatted" ]; then echo "gofmt needed:"; echo "$$unformatted"; exit 1; fi
 	$(GO) vet ./...
+	$(GO) vet -tags conformance ./integration/
 
 unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
@@ -66,6 +72,13 @@ integration: $(TOOLS)
 ## test: everything CI runs
 test: lint $(TOOLS)
 	$(TOOL_ENV) $(GO) test -race -count=1 -timeout 30m ./...
+
+## conformance: critest against a fresh daemon; rewrites docs/conformance.md
+## (CRITEST_FOCUS=regexp runs some specs; the report stays in _output/conformance)
+conformance: $(CRICTL) $(CRITEST)
+	$(TOOL_ENV) CRITEST=$(CRITEST) CRITEST_VERSION=$(CRITEST_VERSION) \
+	  WASMCRI_CONFORMANCE_DOC=$(CURDIR)/docs/conformance.md WASMCRI_CONFORMANCE_OUT=$(RUN_DIR)/conformance \
+	  $(GO) test -tags conformance -count=1 -timeout 45m -run '^TestCritest$$' -v ./integration/
 
 ## bench: Go benchmarks, then the driver that rewrites docs/performance.md
 bench: build bench-deps
