@@ -3,9 +3,8 @@
 package bench
 
 import (
-	"fmt"
-
 	"github.com/bytecodealliance/wasmtime-go/v39"
+	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
 // TinyExitWAT is the smallest WASI command: _start returns at once.
@@ -38,27 +37,10 @@ func Wat(text string) []byte {
 // Unique returns module with a custom section holding tag, so that each
 // tag is a different module (a different digest, compiled anew).
 func Unique(module []byte, tag string) []byte {
-	name := "wasmcri-bench"
-	payload := append([]byte{byte(len(name))}, name...)
-	payload = append(payload, tag...)
-	section := append([]byte{0}, uleb(len(payload))...)
-	return append(append(append([]byte{}, module...), section...), payload...)
+	return testmodule.WithCustomSection(module, "wasmcri-bench", []byte(tag))
 }
 
 // Padded appends a custom section of n bytes, to make a module of a size.
 func Padded(module []byte, n int) []byte {
-	return Unique(module, fmt.Sprintf("%0*d", n, 0))
-}
-
-func uleb(n int) []byte {
-	var out []byte
-	for {
-		b := byte(n & 0x7f)
-		n >>= 7
-		if n != 0 {
-			out = append(out, b|0x80)
-			continue
-		}
-		return append(out, b)
-	}
+	return testmodule.WithCustomSection(module, "wasmcri-bench", make([]byte, n))
 }

@@ -167,7 +167,7 @@ func TestCrashMidPull(t *testing.T) {
 	reg := startRegistry(t)
 	module := testmodule.Hello(t)
 	ref := "/crash/big:v1"
-	pushWasm(t, paddedModule(module, 6<<20), reg+ref, "oci")
+	pushWasm(t, testmodule.WithCustomSection(module, "pad", make([]byte, 6<<20)), reg+ref, "oci")
 
 	// A proxy that trickles blobs while slow is set.
 	var slow atomic.Bool
@@ -212,27 +212,6 @@ func TestCrashMidPull(t *testing.T) {
 	if st := d.waitState(ctr, "CONTAINER_EXITED", 20*time.Second); st["exitCode"] != float64(0) {
 		t.Errorf("image pulled after the crash: exit %v", st["exitCode"])
 	}
-}
-
-// paddedModule appends a custom section of n bytes to module.
-func paddedModule(module []byte, n int) []byte {
-	name := "pad"
-	payload := append([]byte{byte(len(name))}, name...)
-	payload = append(payload, make([]byte, n)...)
-	size := len(payload)
-	var leb []byte
-	for {
-		b := byte(size & 0x7f)
-		size >>= 7
-		if size != 0 {
-			leb = append(leb, b|0x80)
-			continue
-		}
-		leb = append(leb, b)
-		break
-	}
-	out := append(append([]byte{}, module...), 0)
-	return append(append(out, leb...), payload...)
 }
 
 // trickle reads 32 KiB every 20ms.
