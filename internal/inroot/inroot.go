@@ -1,0 +1,351 @@
+// Package inroot does file operations inside a directory tree that someone
+// untrusted shapes: a container's writable root (an image's files, then
+// whatever its module makes there), an unpacked image, a volume a module
+// writes to. The daemon runs as root, so one symlink followed out of the
+// tree reads or overwrites a host file.
+//
+// Every path is resolved inside the root, as if the root were "/": ".."
+// stops at the root and absolute symlinks are taken relative to it
+// (openat2's RESOLVE_IN_ROOT, through filepath-securejoin, as runc and
+// containerd do). The final component is never followed: operations act
+// on the name itself (O_NOFOLLOW, *at calls without AT_SYMLINK_FOLLOW),
+// and whatever non-directory stands where a file is created is replaced,
+// never written through.
+package inroot
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"io/fs"
+	"os"
+	"path"
+	"strconv"
+
+	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"golang.org/x/sys/unix"
+)
+
+// Root is an open directory that paths are resolved in.
+type Root struct {
+	dir  *os.File // O_PATH handle: the root stays the same directory
+	path string
+}
+
+// Open opens the directory at dir as a root. dir itself is trusted (the
+// daemon made it); nothing below it is.
+func Open(dir string) (*Root, error) {
+	f, err := os.OpenFile(dir, unix.O_PATH|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	return &Root{dir: f, path: dir}, nil
+}
+
+// Close releases the root.
+func (r *Root) Close() error { return r.dir.Close() }
+
+// Path is the root's host path, for messages.
+func (r *Root) Path() string { return r.path }
+
+// split cleans rel as an absolute path in the root and returns its parent
+// and final name. The root itself has no final name.
+func split(rel string) (dir, name string, err error) {
+	clean := path.Clean("/" + rel)
+	if clean == "/" {
+		return "", "", fmt.Errorf("%q names the root itself", rel)
+	}
+	return path.Dir(clean), path.Base(clean), nil
+}
+
+// openDir resolves directory rel in the root and opens it for *at calls.
+// With create, missing directories are made with mode.
+func (r *Root) openDir(rel string, create bool, mode os.FileMode) (*os.File, error) {
+	var h *os.File
+	var err error
+	if create {
+		h, err = pathrs.MkdirAllHandle(r.dir, rel, mode)
+	} else {
+		h, err = pathrs.OpenatInRoot(r.dir, rel)
+	}
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	return pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY)
+}
+
+// parent opens the directory rel is in and returns rel's final name.
+func (r *Root) parent(rel string, create bool) (*os.File, string, error) {
+	dir, name, err := split(rel)
+	if err != nil {
+		return nil, "", err
+	}
+	d, err := r.openDir(dir, create, 0o755)
+	if err != nil {
+		return nil, "", fmt.Errorf("%s in %s: %w", dir, r.path, err)
+	}
+	return d, name, nil
+}
+
+// MkdirAll makes directory rel and any missing parents with mode.
+func (r *Root) MkdirAll(rel string, mode os.FileMode) error {
+	h, err := pathrs.MkdirAllHandle(r.dir, rel, mode)
+	if err != nil {
+		return fmt.Errorf("mkdir %s in %s: %w", rel, r.path, err)
+	}
+	return h.Close()
+}
+
+// OpenDir returns an O_PATH handle of directory rel, resolved in the root.
+// The handle pins the directory: a later rename or symlink swap in the
+// tree cannot redirect it. Its /proc/self/fd path reaches it for as long as
+// it stays open.
+func (r *Root) OpenDir(rel string) (*os.File, error) {
+	h, err := pathrs.OpenatInRoot(r.dir, rel)
+	if err != nil {
+		return nil, err
+	}
+	fi, err := h.Stat()
+	if err != nil {
+		h.Close()
+		return nil, err
+	}
+	if !fi.IsDir() {
+		h.Close()
+		return nil, fmt.Errorf("%s in %s: %w", rel, r.path, unix.ENOTDIR)
+	}
+	return h, nil
+}
+
+// Lstat describes what stands at rel, without following it if it is a
+// symlink.
+func (r *Root) Lstat(rel string) (fs.FileInfo, error) {
+	d, name, err := r.parent(rel, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	return lstatAt(d, name)
+}
+
+func lstatAt(d *os.File, name string) (fs.FileInfo, error) {
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, &fs.PathError{Op: "lstat", Path: name, Err: err}
+	}
+	f := os.NewFile(uintptr(fd), name)
+	defer f.Close()
+	return f.Stat()
+}
+
+// replaceable removes whatever non-directory stands at name in d, so that
+// a new entry can be made there without writing through it.
+func replaceable(d *os.File, name string) error {
+	err := unix.Unlinkat(int(d.Fd()), name, 0)
+	if err == nil || errors.Is(err, unix.ENOENT) {
+		return nil
+	}
+	if errors.Is(err, unix.EISDIR) {
+		return &fs.PathError{Op: "replace", Path: name, Err: unix.EISDIR}
+	}
+	return &fs.PathError{Op: "replace", Path: name, Err: err}
+}
+
+// Create makes a new regular file at rel with exactly mode (whatever the
+// umask), replacing any file, symlink or node already there; a directory
+// there is an error. Missing parents are made. The caller writes and
+// closes the file.
+func (r *Root) Create(rel string, mode os.FileMode) (*os.File, error) {
+	d, name, err := r.parent(rel, true)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	if err := replaceable(d, name); err != nil {
+		return nil, fmt.Errorf("%s in %s: %w", rel, r.path, err)
+	}
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode.Perm()))
+	if err != nil {
+		return nil, fmt.Errorf("create %s in %s: %w", rel, r.path, err)
+	}
+	f := os.NewFile(uintptr(fd), path.Join(r.path, rel))
+	if err := unix.Fchmod(fd, uint32(mode.Perm())); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// WriteFile creates rel (see Create) holding b.
+func (r *Root) WriteFile(rel string, b []byte, mode os.FileMode) error {
+	f, err := r.Create(rel, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// CopyFrom creates rel (see Create) as a copy of src with src's
+// permission bits, or mode when mode is not 0.
+func (r *Root) CopyFrom(src *os.File, rel string, mode os.FileMode) error {
+	if mode == 0 {
+		fi, err := src.Stat()
+		if err != nil {
+			return err
+		}
+		mode = fi.Mode().Perm()
+	}
+	f, err := r.Create(rel, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, src); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// OpenRegular opens the regular file at rel for reading. A symlink, a
+// device or anything else but a regular file at rel is refused, so that
+// reading it never reaches outside the root or blocks on a FIFO.
+func (r *Root) OpenRegular(rel string) (*os.File, error) {
+	d, name, err := r.parent(rel, false)
+	if err != nil {
+		return nil, err
+	}
+	defer d.Close()
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("open %s in %s: %w", rel, r.path, err)
+	}
+	f := os.NewFile(uintptr(fd), path.Join(r.path, rel))
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = fmt.Errorf("%s in %s is not a regular file (%s)", rel, r.path, fi.Mode().Type())
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Mknod makes a character device node at rel, replacing any
+// non-directory there.
+func (r *Root) Mknod(rel string, perm os.FileMode, major, minor uint32) error {
+	d, name, err := r.parent(rel, true)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := replaceable(d, name); err != nil {
+		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
+	}
+	if err := unix.Mknodat(int(d.Fd()), name, unix.S_IFCHR|uint32(perm.Perm()), int(unix.Mkdev(major, minor))); err != nil {
+		return fmt.Errorf("mknod %s in %s: %w", rel, r.path, err)
+	}
+	return unix.Fchmodat(int(d.Fd()), name, uint32(perm.Perm()), 0)
+}
+
+// Symlink makes a symlink at rel pointing at target (which is never
+// resolved here), replacing any non-directory there.
+func (r *Root) Symlink(target, rel string) error {
+	d, name, err := r.parent(rel, true)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := replaceable(d, name); err != nil {
+		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
+	}
+	if err := unix.Symlinkat(target, int(d.Fd()), name); err != nil {
+		return fmt.Errorf("symlink %s in %s: %w", rel, r.path, err)
+	}
+	return nil
+}
+
+// Link hard-links the file at hostPath (a path the daemon trusts, outside
+// any root) to rel, replacing any non-directory there.
+func (r *Root) Link(hostPath, rel string) error {
+	d, name, err := r.parent(rel, true)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := replaceable(d, name); err != nil {
+		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
+	}
+	return unix.Linkat(unix.AT_FDCWD, hostPath, int(d.Fd()), name, 0)
+}
+
+// LinkInRoot hard-links the entry at oldRel (itself, never what a symlink
+// there points at) to rel, both in the root, replacing any non-directory
+// at rel.
+func (r *Root) LinkInRoot(oldRel, rel string) error {
+	od, oname, err := r.parent(oldRel, false)
+	if err != nil {
+		return err
+	}
+	defer od.Close()
+	d, name, err := r.parent(rel, true)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	if err := replaceable(d, name); err != nil {
+		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
+	}
+	if err := unix.Linkat(int(od.Fd()), oname, int(d.Fd()), name, 0); err != nil {
+		return fmt.Errorf("link %s to %s in %s: %w", oldRel, rel, r.path, err)
+	}
+	return nil
+}
+
+// RemoveAll removes rel and, if it is a directory, everything below it.
+// Nothing is followed: a symlink at or under rel is removed, not what it
+// points at. An absent rel is not an error.
+func (r *Root) RemoveAll(rel string) error {
+	d, name, err := r.parent(rel, false)
+	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	// os.RemoveAll works from the parent's fd (here our own descriptor,
+	// reached through its /proc/self/fd link) with unlinkat and
+	// O_NOFOLLOW openat all the way down.
+	return os.RemoveAll("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
+}
+
+// Chmod sets the permission bits of rel, refusing to follow a symlink
+// there (chmod would change its target).
+func (r *Root) Chmod(rel string, mode os.FileMode) error {
+	d, name, err := r.parent(rel, false)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	fd, err := unix.Openat(int(d.Fd()), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("chmod %s in %s: %w", rel, r.path, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return fmt.Errorf("chmod %s in %s: %w", rel, r.path, unix.ELOOP)
+	}
+	// fchmod does not take O_PATH descriptors; the /proc link of one does
+	// reach the very inode it pins.
+	return os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode.Perm())
+}
