@@ -2,11 +2,11 @@
 // WASI program that behaves like the busybox commands critest runs in its
 // containers. It is one module; like busybox, it acts as the command its
 // argv[0] names (sh, echo, cat, sleep, top, ls, test, touch, seq, ...;
-// httpd stands in for a web server). Its shell knows what critest's
-// scripts use: ; && || | pipelines, redirections, $VAR and $(...),
-// quoting, while/until/for/if, a few builtins, and PATH lookup that
-// refuses what is not a file (a masked path), as execve does. It is a test
-// fixture, not a shell for people.
+// httpd stands in for a web server; ln and mv let the security tests plant
+// symlinks). Its shell knows what critest's scripts use: ; && || |
+// pipelines, redirections, $VAR and $(...), quoting, while/until/for/if, a
+// few builtins, and PATH lookup that refuses what is not a file (a masked
+// path), as execve does. It is a test fixture, not a shell for people.
 package main
 
 import (
@@ -57,6 +57,7 @@ func init() {
 		"false": func(*proc, []string) int { return 1 }, "grep": grep, "id": id,
 		"pgrep": func(*proc, []string) int { return 1 }, "dd": dd, "head": head, "wc": wc,
 		"httpd": httpd, "seq": seq, "sync": func(*proc, []string) int { return 0 },
+		"ln": ln, "mv": mv,
 	}
 }
 
@@ -369,6 +370,63 @@ func touch(p *proc, args []string) int {
 		os.Chtimes(f, now, now)
 	}
 	return status
+}
+
+// ln [-s] [-f] [--raw] TARGET LINK: the security tests plant symlinks with
+// it. --raw makes a symlink LINK relative to the root's descriptor (see
+// rawSymlink).
+func ln(p *proc, args []string) int {
+	symbolic, force, raw := false, false, false
+	var names []string
+	for _, a := range args[1:] {
+		switch {
+		case a == "--raw":
+			raw = true
+		case strings.HasPrefix(a, "-") && len(a) > 1:
+			symbolic = symbolic || strings.Contains(a, "s")
+			force = force || strings.Contains(a, "f")
+		default:
+			names = append(names, a)
+		}
+	}
+	if len(names) != 2 {
+		fmt.Fprintln(p.stderr, "usage: ln [-s] [-f] TARGET LINK")
+		return 1
+	}
+	if force {
+		os.Remove(names[1])
+	}
+	link := os.Link
+	if symbolic {
+		link = os.Symlink
+	}
+	if raw {
+		link = rawSymlink
+	}
+	if err := link(names[0], names[1]); err != nil {
+		fmt.Fprintf(p.stderr, "ln: %s: %s\n", names[1], errText(err))
+		return 1
+	}
+	return 0
+}
+
+// mv [--raw] SRC DST renames, replacing DST (the security tests rename
+// symlinks over mounted files with it). --raw renames relative to the
+// root's descriptor (see rawRename).
+func mv(p *proc, args []string) int {
+	rename := os.Rename
+	if len(args) == 4 && args[1] == "--raw" {
+		rename, args = rawRename, args[1:]
+	}
+	if len(args) != 3 {
+		fmt.Fprintln(p.stderr, "usage: mv [--raw] SRC DST")
+		return 1
+	}
+	if err := rename(args[1], args[2]); err != nil {
+		fmt.Fprintf(p.stderr, "mv: can't rename '%s': %s\n", args[1], errText(err))
+		return 1
+	}
+	return 0
 }
 
 func mkdir(p *proc, args []string) int {
