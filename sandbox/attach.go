@@ -4,9 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"net"
-	"slices"
-	"strconv"
 	"sync"
 
 	"github.com/containerd/errdefs"
@@ -23,12 +20,16 @@ func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout
 		m.mu.Unlock()
 		return err
 	}
-	r := c.run
+	var l *live
+	var recorded chan struct{}
+	if c.run != nil {
+		l, recorded = c.run.live, c.run.recorded
+	}
 	m.mu.Unlock()
-	if r == nil {
+	if l == nil {
 		return fmt.Errorf("container %s is %s; attach needs it running: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
-	if stdin != nil && r.stdin == nil {
+	if stdin != nil && l.stdin == nil {
 		return fmt.Errorf("container %s was not created with stdin: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
 	if tty && stderr == nil {
@@ -41,7 +42,7 @@ func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout
 	for _, s := range []struct {
 		hub *outputHub
 		w   io.WriteCloser
-	}{{r.stdout, stdout}, {r.stderr, stderr}} {
+	}{{l.stdout, stdout}, {l.stderr, stderr}} {
 		if s.w == nil {
 			continue
 		}
@@ -53,8 +54,12 @@ func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout
 		}))
 		detach, done = append(detach, d), append(done, ch)
 	}
+	// The session's end releases the stdin feed, even while the module
+	// is not reading its input.
+	session := make(chan struct{})
+	defer close(session)
 	if stdin != nil {
-		go r.stdin.feed(stdin)
+		go l.stdin.feed(stdin, session)
 	}
 	// With no output attached, only the container's end or the client's
 	// leaving ends the session.
@@ -70,7 +75,7 @@ func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout
 	}
 	select {
 	case <-ended:
-	case <-r.recorded:
+	case <-recorded:
 	case <-ctx.Done():
 	}
 	for _, d := range detach {
@@ -87,37 +92,3 @@ type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
 
-// PortForward connects stream to port of the pod. A Wasm pod has no network
-// namespace of its own: its ports are the node's loopback ports, so only
-// ports the pod declares in its port mappings are reachable this way.
-func (m *Manager) PortForward(ctx context.Context, sandboxID string, port int32, stream io.ReadWriteCloser) error {
-	defer stream.Close()
-	m.mu.Lock()
-	sb, err := m.sandboxLocked(sandboxID)
-	if err != nil {
-		m.mu.Unlock()
-		return err
-	}
-	var declared []int32
-	for _, pm := range sb.Config.GetPortMappings() {
-		declared = append(declared, pm.GetContainerPort())
-	}
-	m.mu.Unlock()
-	if !slices.Contains(declared, port) {
-		return fmt.Errorf("port %d is not a port of pod sandbox %s (declared: %v): %w", port, sb.ID, declared, errdefs.ErrInvalidArgument)
-	}
-	var d net.Dialer
-	conn, err := d.DialContext(ctx, "tcp", net.JoinHostPort("127.0.0.1", strconv.Itoa(int(port))))
-	if err != nil {
-		return fmt.Errorf("port-forward to port %d of sandbox %s: %w", port, sb.ID, err)
-	}
-	defer conn.Close()
-	copied := make(chan struct{}, 2)
-	go func() { io.Copy(conn, stream); conn.(*net.TCPConn).CloseWrite(); copied <- struct{}{} }()
-	go func() { io.Copy(stream, conn); copied <- struct{}{} }()
-	select {
-	case <-copied:
-	case <-ctx.Done():
-	}
-	return nil
-}

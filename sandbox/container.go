@@ -11,46 +11,33 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 	"github.com/wasmcri/wasmcri/wasm"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // CreateContainer resolves the image, compiles its module (once per
-// module, cached), and records a created container in the sandbox.
-func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *runtimeapi.ContainerConfig) (Container, error) {
-	if cfg.GetMetadata().GetName() == "" {
-		return Container{}, fmt.Errorf("container config has no metadata name: %w", errdefs.ErrInvalidArgument)
+// module, cached), makes the container's root and records a created
+// container in the sandbox.
+func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *runtimeapi.ContainerConfig) (_ Container, err error) {
+	if err := validateContainerConfig(cfg); err != nil {
+		return Container{}, err
 	}
-	if cfg.GetImage().GetImage() == "" {
-		return Container{}, fmt.Errorf("container config names no image: %w", errdefs.ErrInvalidArgument)
-	}
-	cfg, err := m.resolveImageMounts(ctx, cfg)
+	cfg, err = m.resolveImageMounts(ctx, cfg)
 	if err != nil {
 		return Container{}, err
 	}
 	if err := checkMounts(cfg.GetMounts()); err != nil {
 		return Container{}, err
 	}
-	if sc := cfg.GetLinux().GetSecurityContext(); sc.GetRunAsGroup() != nil && sc.GetRunAsUser() == nil && sc.GetRunAsUsername() == "" {
-		return Container{}, fmt.Errorf("run_as_group is set without run_as_user or run_as_username: %w", errdefs.ErrInvalidArgument)
-	}
 	resources := resourcesFrom(cfg.GetLinux().GetResources())
 	if err := checkResources(resources); err != nil {
 		return Container{}, err
 	}
-	m.mu.Lock()
-	sb, err := m.sandboxLocked(sandboxID)
+	sandbox, err := m.readySandbox(sandboxID)
 	if err != nil {
-		m.mu.Unlock()
 		return Container{}, err
 	}
-	if sb.State != SandboxReady {
-		m.mu.Unlock()
-		return Container{}, fmt.Errorf("sandbox %s is not ready: %w", sb.ID, errdefs.ErrFailedPrecondition)
-	}
-	sandbox := *sb
-	m.mu.Unlock()
-
 	img, err := m.images.Get(cfg.GetImage().GetImage())
 	if err != nil {
 		if errdefs.IsNotFound(err) {
@@ -62,6 +49,53 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 		return Container{}, err
 	}
 
+	c := newContainer(sandbox, img, cfg, resources)
+	// From here on a failure leaves nothing behind.
+	defer func() {
+		if err != nil {
+			if rerr := os.RemoveAll(m.rootfs(c.ID)); rerr != nil {
+				m.log.Warn("container root not removed", "container", c.ID, "error", rerr)
+			}
+		}
+	}()
+	if err := m.makeRoot(ctx, c, img, sandbox.Config); err != nil {
+		return Container{}, err
+	}
+
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if sb, ok := m.sandboxes[sandbox.ID]; !ok || sb.State != SandboxReady {
+		return Container{}, fmt.Errorf("sandbox %s was stopped while the container was created: %w", sandbox.ID, errdefs.ErrFailedPrecondition)
+	}
+	if other, taken := m.names[c.Name()]; taken {
+		return Container{}, fmt.Errorf("container name %q is taken by container %s: %w", cfg.GetMetadata().GetName(), other, errdefs.ErrAlreadyExists)
+	}
+	if err := m.store.putContainer(c); err != nil {
+		return Container{}, fmt.Errorf("persist container: %w", err)
+	}
+	m.containers[c.ID] = c
+	m.names[c.Name()] = c.ID
+	m.emitLocked(ContainerCreatedEvent, c)
+	m.log.Info("container created", "container", c.ID, "sandbox", c.SandboxID, "image", c.ImageRef, "args", c.Args)
+	return c.snapshot(), nil
+}
+
+// readySandbox returns a copy of the sandbox, which must be ready.
+func (m *Manager) readySandbox(id string) (Sandbox, error) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	sb, err := m.sandboxLocked(id)
+	if err != nil {
+		return Sandbox{}, err
+	}
+	if sb.State != SandboxReady {
+		return Sandbox{}, fmt.Errorf("sandbox %s is not ready: %w", sb.ID, errdefs.ErrFailedPrecondition)
+	}
+	return *sb, nil
+}
+
+// newContainer is the record of a container about to be created.
+func newContainer(sandbox Sandbox, img *image.Image, cfg *runtimeapi.ContainerConfig, resources Resources) *Container {
 	c := &Container{
 		ID:             newID(),
 		SandboxID:      sandbox.ID,
@@ -93,34 +127,24 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	if !hasEnv(c.Env, "HOSTNAME") {
 		c.Env = append(c.Env, "HOSTNAME="+hostname(sandbox.Config))
 	}
-	if err := m.populateRoot(ctx, img, m.rootfs(c.ID)); err != nil {
-		os.RemoveAll(m.rootfs(c.ID))
-		return Container{}, err
-	}
-	if err := prepareRoot(m.rootfs(c.ID), c.WorkingDir, sandbox.Config); err != nil {
-		os.RemoveAll(m.rootfs(c.ID))
-		return Container{}, err
-	}
+	return c
+}
 
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if sb, ok := m.sandboxes[sandbox.ID]; !ok || sb.State != SandboxReady {
-		os.RemoveAll(m.rootfs(c.ID))
-		return Container{}, fmt.Errorf("sandbox %s was stopped while the container was created: %w", sandbox.ID, errdefs.ErrFailedPrecondition)
+// makeRoot makes the container's writable root: the image's files, then
+// the files every container gets.
+func (m *Manager) makeRoot(ctx context.Context, c *Container, img *image.Image, sb *runtimeapi.PodSandboxConfig) error {
+	if err := os.MkdirAll(m.rootfs(c.ID), 0o755); err != nil {
+		return fmt.Errorf("create container root: %w", err)
 	}
-	if other, taken := m.names[c.Name()]; taken {
-		os.RemoveAll(m.rootfs(c.ID))
-		return Container{}, fmt.Errorf("container name %q is taken by container %s: %w", cfg.GetMetadata().GetName(), other, errdefs.ErrAlreadyExists)
+	root, err := inroot.Open(m.rootfs(c.ID))
+	if err != nil {
+		return err
 	}
-	if err := m.store.putContainer(c); err != nil {
-		os.RemoveAll(m.rootfs(c.ID))
-		return Container{}, fmt.Errorf("persist container: %w", err)
+	defer root.Close()
+	if err := m.populateRoot(ctx, img, root); err != nil {
+		return err
 	}
-	m.containers[c.ID] = c
-	m.names[c.Name()] = c.ID
-	m.emitLocked(ContainerCreatedEvent, c)
-	m.log.Info("container created", "container", c.ID, "sandbox", c.SandboxID, "image", c.ImageRef, "args", c.Args)
-	return c.snapshot(), nil
+	return prepareRoot(root, c.WorkingDir, sb)
 }
 
 // digestRef is the image's repo digest, else its ID.
@@ -143,6 +167,10 @@ func (m *Manager) prepare(ctx context.Context, img *image.Image) (wasm.Compiled,
 // StartContainer runs the container's module. A module that cannot be
 // instantiated leaves the container exited with reason StartError, as a
 // process that fails to exec does.
+//
+// The container's run is registered before anything of it exists, so a
+// Stop or Remove arriving while it starts finds it: the stop is applied
+// the moment the instance exists, and Remove waits for its end.
 func (m *Manager) StartContainer(ctx context.Context, id string) error {
 	m.mu.Lock()
 	c, err := m.containerLocked(id)
@@ -150,7 +178,7 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return err
 	}
-	if c.State != ContainerCreated {
+	if c.State != ContainerCreated || c.removing {
 		m.mu.Unlock()
 		return fmt.Errorf("container %s is %s, not created: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
@@ -158,81 +186,110 @@ func (m *Manager) StartContainer(ctx context.Context, id string) error {
 		m.mu.Unlock()
 		return fmt.Errorf("sandbox %s of container %s is not ready: %w", c.SandboxID, c.ID, errdefs.ErrFailedPrecondition)
 	}
-	// Mark it running now so a concurrent start cannot run it twice.
-	c.State = ContainerRunning
-	cfg, snapshot := c.Config, c.snapshot()
+	// Running now, so a concurrent start cannot run it twice.
+	r := &run{recorded: make(chan struct{}), execs: map[*wasm.Instance]struct{}{}}
+	c.State, c.run = ContainerRunning, r
+	snapshot := c.snapshot()
 	m.mu.Unlock()
 
 	// The start time is taken before the instance runs: a short module can
 	// have finished by the time Start returns.
 	now := time.Now()
-	r, err := m.startRun(ctx, &snapshot, cfg.GetStdin(), cfg.GetStdinOnce())
+	live, err := m.startRun(ctx, &snapshot)
 
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err != nil {
+		c.run = nil
 		c.State, c.StartedAt, c.FinishedAt = ContainerExited, now, now
 		c.ExitCode, c.Reason, c.Message = 128, ReasonStartError, err.Error()
-		if perr := m.store.putContainer(c); perr != nil {
-			m.log.Error("persist container", "container", c.ID, "error", perr)
-		}
+		m.persistLocked(c)
 		m.emitLocked(ContainerStoppedEvent, c)
+		close(r.recorded)
 		m.log.Warn("container failed to start", "container", c.ID, "error", err)
 		return fmt.Errorf("start container %s: %w: %w", c.ID, err, errdefs.ErrFailedPrecondition)
 	}
-	c.StartedAt, c.run = now, r
-	if err := m.store.putContainer(c); err != nil {
-		m.log.Error("persist container", "container", c.ID, "error", err)
+	r.live = live
+	if r.stopAsked {
+		live.instance.Stop()
+	} else if c.Resources != snapshot.Resources {
+		// Updated while it started: the instance got the old limits.
+		if err := live.instance.SetLimits(c.Resources.limits()); err != nil {
+			m.log.Warn("CPU limit not applied", "container", c.ID, "error", err)
+		}
 	}
+	c.StartedAt = now
+	m.persistLocked(c)
 	m.emitLocked(ContainerStartedEvent, c)
 	go m.watch(c, r)
 	m.log.Info("container started", "container", c.ID)
 	return nil
 }
 
+// persistLocked writes the container's record, if it still has one.
+func (m *Manager) persistLocked(c *Container) {
+	if _, ok := m.containers[c.ID]; !ok {
+		return
+	}
+	if err := m.store.putContainer(c); err != nil {
+		m.log.Error("persist container", "container", c.ID, "error", err)
+	}
+}
+
 // startRun places the container's mounts, opens its log and streams, and
 // starts its instance.
-func (m *Manager) startRun(ctx context.Context, c *Container, stdin, stdinOnce bool) (*run, error) {
+func (m *Manager) startRun(ctx context.Context, c *Container) (_ *live, err error) {
 	compiled, err := m.compiledFor(ctx, c.ImageID, c.ModuleDigest)
 	if err != nil {
 		return nil, err
 	}
+	root, err := inroot.Open(m.rootfs(c.ID))
+	if err != nil {
+		return nil, fmt.Errorf("container root: %w", err)
+	}
+	defer root.Close()
 	sc := c.Config.GetLinux().GetSecurityContext()
-	dirs, files, err := placeMounts(m.rootfs(c.ID), sc.GetReadonlyRootfs(), c.Config.GetMounts())
+	pre, files, err := placeMounts(root, sc.GetReadonlyRootfs(), c.Config.GetMounts())
 	if err != nil {
 		return nil, err
 	}
-	if dirs, err = restrictPaths(dirs, m.emptyDir(), sc.GetMaskedPaths(), sc.GetReadonlyPaths()); err != nil {
+	defer func() {
+		if err != nil {
+			pre.close()
+		}
+	}()
+	if err := restrictPaths(pre, root, m.emptyDir(), sc.GetMaskedPaths(), sc.GetReadonlyPaths()); err != nil {
 		return nil, err
 	}
-	r := &run{recorded: make(chan struct{}), dirs: dirs, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
-	stdout, stderr := tee{hub: r.stdout}, tee{hub: r.stderr}
+	l := &live{pre: pre, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
+	stdout, stderr := tee{hub: l.stdout}, tee{hub: l.stderr}
 	if c.LogPath != "" {
-		if r.log, err = wasm.OpenCRILog(c.LogPath); err != nil {
+		if l.log, err = wasm.OpenCRILog(c.LogPath); err != nil {
 			return nil, fmt.Errorf("open log: %w", err)
 		}
-		stdout.log, stderr.log = r.log.Stream("stdout"), r.log.Stream("stderr")
+		stdout.log, stderr.log = l.log.Stream("stdout"), l.log.Stream("stderr")
 	}
 	spec := wasm.Spec{
 		ID:         c.ID,
 		Args:       c.Args,
 		Env:        c.Env,
 		WorkingDir: c.WorkingDir,
-		Dirs:       dirs,
+		Dirs:       pre.dirs,
 		Stdout:     stdout,
 		Stderr:     stderr,
 		Limits:     c.Resources.limits(),
 	}
-	if stdin {
-		r.stdin = newStdinHub(stdinOnce)
-		spec.Stdin = r.stdin.r
+	if c.Config.GetStdin() {
+		l.stdin = newStdinHub(c.Config.GetStdinOnce())
+		spec.Stdin = l.stdin.r
 	}
-	if r.instance, err = m.runtime.Start(compiled, spec); err != nil {
+	if l.instance, err = m.runtime.Start(compiled, spec); err != nil {
 		stdout.Close()
 		stderr.Close()
+		l.stdin.close()
 		return nil, err
 	}
-	return r, nil
+	return l, nil
 }
 
 // compiledFor returns the compiled module of the image a container was
@@ -248,14 +305,36 @@ func (m *Manager) compiledFor(ctx context.Context, imageID, moduleDigest string)
 	return m.prepare(ctx, img)
 }
 
-// watch records how the instance ended.
+// watch records how the instance ended. Exec instances end with it, as
+// the processes of a container end with its init; its preopened
+// directories are released once nothing uses them.
 func (m *Manager) watch(c *Container, r *run) {
-	res := r.instance.Result()
-	cpu := r.instance.Stats().CPU
-	if r.stdin != nil {
-		r.stdin.close()
+	l := r.live
+	res := l.instance.Result()
+	cpu := l.instance.Stats().CPU
+	l.stdin.close()
+	m.mu.Lock()
+	r.ending = true
+	execs := make([]*wasm.Instance, 0, len(r.execs))
+	for e := range r.execs {
+		execs = append(execs, e)
 	}
-	copyErr := copyBack(r.files)
+	m.mu.Unlock()
+	for _, e := range execs {
+		e.Stop()
+	}
+	r.execing.Wait()
+	var copyErr error
+	if len(l.files) > 0 {
+		if root, err := inroot.Open(m.rootfs(c.ID)); err != nil {
+			copyErr = err
+		} else {
+			copyErr = copyBack(root, l.files)
+			root.Close()
+		}
+	}
+	l.pre.close()
+
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	defer close(r.recorded)
@@ -282,12 +361,19 @@ func (m *Manager) watch(c *Container, r *run) {
 		m.log.Warn("file mounts not copied back", "container", c.ID, "error", copyErr)
 	}
 	if _, live := m.containers[c.ID]; live {
-		if err := m.store.putContainer(c); err != nil {
-			m.log.Error("persist container", "container", c.ID, "error", err)
-		}
+		m.persistLocked(c)
 		m.emitLocked(ContainerStoppedEvent, c)
 	}
 	m.log.Info("container exited", "container", c.ID, "exit_code", c.ExitCode, "reason", c.Reason, "message", c.Message)
+}
+
+// stopLocked interrupts a run: at once if its instance exists, else as
+// soon as its start has made it.
+func (r *run) stopLocked() {
+	r.stopAsked = true
+	if r.live != nil {
+		r.live.instance.Stop()
+	}
 }
 
 // StopContainer ends a running container. A Wasm module has no signal to
@@ -307,11 +393,13 @@ func (m *Manager) StopContainer(id string, timeout time.Duration) error {
 		return err
 	}
 	r := c.run
+	if r != nil {
+		r.stopLocked()
+	}
 	m.mu.Unlock()
 	if r == nil {
 		return nil
 	}
-	r.instance.Stop()
 	wait := max(timeout, 10*time.Second)
 	select {
 	case <-r.recorded:
@@ -327,6 +415,10 @@ func (m *Manager) StopContainer(id string, timeout time.Duration) error {
 func (m *Manager) RemoveContainer(id string) error {
 	m.mu.Lock()
 	c, err := m.containerLocked(id)
+	if err == nil {
+		// No start begins from here on; one under way is stopped below.
+		c.removing = true
+	}
 	m.mu.Unlock()
 	if errdefs.IsNotFound(err) {
 		return nil
@@ -335,6 +427,9 @@ func (m *Manager) RemoveContainer(id string) error {
 		return err
 	}
 	if err := m.StopContainer(c.ID, 0); err != nil {
+		m.mu.Lock()
+		c.removing = false
+		m.mu.Unlock()
 		return err
 	}
 	m.mu.Lock()
@@ -354,10 +449,4 @@ func (m *Manager) RemoveContainer(id string) error {
 	}
 	m.log.Info("container removed", "container", c.ID)
 	return nil
-}
-
-// inRoot joins a guest path onto a host root; cleaning it as an absolute
-// path first drops any ".." that would climb out.
-func inRoot(root, guest string) string {
-	return filepath.Join(root, filepath.Clean("/"+guest))
 }

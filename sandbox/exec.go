@@ -31,10 +31,11 @@ var execSeq atomic.Uint64
 // Exec runs cmd as a new instance of the container's module, in the
 // container's sandbox: its root and mounts, env, working directory and
 // limits, with cmd as argv. It returns the command's exit code; ctx ending
-// stops the command and returns ctx's error.
+// stops the command and returns ctx's error. The command ends with the
+// container, as a process in a container's PID namespace does.
 func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32, error) {
-	if len(opts.Cmd) == 0 {
-		return 0, fmt.Errorf("exec: empty command: %w", errdefs.ErrInvalidArgument)
+	if err := validateCommand("command", opts.Cmd); err != nil {
+		return 0, err
 	}
 	m.mu.Lock()
 	c, err := m.containerLocked(id)
@@ -42,17 +43,22 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		m.mu.Unlock()
 		return 0, err
 	}
-	if c.State != ContainerRunning || c.run == nil {
+	r := c.run
+	if c.State != ContainerRunning || r == nil || r.live == nil || r.ending {
 		m.mu.Unlock()
 		return 0, fmt.Errorf("container %s is %s; exec needs it running: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
+	// Counted before it starts: the container's directories (which the
+	// spec names by descriptor) stay open until this exec is done.
+	r.execing.Add(1)
+	defer r.execing.Done()
 	n := execSeq.Add(1)
 	spec := wasm.Spec{
 		ID:         c.ID + "-exec-" + strconv.FormatUint(n, 10),
 		Args:       opts.Cmd,
 		Env:        c.Env,
 		WorkingDir: c.WorkingDir,
-		Dirs:       c.run.dirs,
+		Dirs:       r.live.pre.dirs,
 		Stdin:      opts.Stdin,
 		Stdout:     opts.Stdout,
 		Stderr:     opts.Stderr,
@@ -67,6 +73,7 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 	}
 	compiled, err := m.compiledFor(ctx, imageID, moduleDigest)
 	if err != nil {
+		closeAll(opts.Stdout, opts.Stderr)
 		return 0, err
 	}
 	inst, err := m.runtime.Start(compiled, spec)
@@ -74,6 +81,18 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		closeAll(opts.Stdout, opts.Stderr)
 		return 0, fmt.Errorf("exec in container %s: %w: %w", id, err, errdefs.ErrFailedPrecondition)
 	}
+	m.mu.Lock()
+	if r.ending {
+		inst.Stop()
+	} else {
+		r.execs[inst] = struct{}{}
+	}
+	m.mu.Unlock()
+	defer func() {
+		m.mu.Lock()
+		delete(r.execs, inst)
+		m.mu.Unlock()
+	}()
 	select {
 	case <-inst.Done():
 	case <-ctx.Done():
@@ -81,6 +100,7 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		<-inst.Done()
 		return 0, ctx.Err()
 	}
+	// Ended with its container: 137, as a process killed by SIGKILL.
 	return inst.Result().ExitCode, nil
 }
 

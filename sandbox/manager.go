@@ -103,9 +103,36 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 		m.containers[c.ID] = c
 		m.names[c.Name()] = c.ID
 	}
+	m.reclaim()
 	m.usage = newUsageCache()
 	m.log.Info("loaded state", "sandboxes", len(sandboxes), "containers", len(containers))
 	return m, nil
+}
+
+// reclaim removes what a crash left without a record: the roots of
+// containers whose creation never committed (or whose removal was cut
+// short after the record went), and the log directories of such
+// sandboxes. It runs at start-up, before anything is served.
+func (m *Manager) reclaim() {
+	for dir, known := range map[string]func(string) bool{
+		filepath.Join(m.opts.RootDir, "containers"): func(id string) bool { _, ok := m.containers[id]; return ok },
+		filepath.Join(m.opts.RootDir, "sandboxes"):  func(id string) bool { _, ok := m.sandboxes[id]; return ok },
+	} {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			continue
+		}
+		for _, e := range entries {
+			if known(e.Name()) {
+				continue
+			}
+			if err := os.RemoveAll(filepath.Join(dir, e.Name())); err != nil {
+				m.log.Warn("leftover not reclaimed", "path", filepath.Join(dir, e.Name()), "error", err)
+				continue
+			}
+			m.log.Info("reclaimed a leftover of an earlier run", "path", filepath.Join(dir, e.Name()))
+		}
+	}
 }
 
 // Shutdown stops every running instance, leaving the records in place:
@@ -121,13 +148,11 @@ func (m *Manager) Shutdown() {
 	var running []*run
 	for _, c := range m.containers {
 		if c.run != nil {
+			c.run.stopLocked()
 			running = append(running, c.run)
 		}
 	}
 	m.mu.Unlock()
-	for _, r := range running {
-		r.instance.Stop()
-	}
 	for _, r := range running {
 		select {
 		case <-r.recorded:

@@ -9,12 +9,14 @@ import (
 	"path"
 	"path/filepath"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 
 	"github.com/containerd/errdefs"
+	securejoin "github.com/cyphar/filepath-securejoin"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 	"github.com/wasmcri/wasmcri/wasm"
-	"golang.org/x/sys/unix"
 	"google.golang.org/protobuf/proto"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -29,6 +31,13 @@ import (
 //     message, land in the host file kubelet reads), copied when read-only
 //     (a link would let the module write through to the host file), and
 //     copied back at exit if the link was impossible or was replaced.
+//
+// The container root is the module's to shape: it can plant symlinks and
+// rename them over its mounted files while it runs, and a compat image
+// brings symlinks of its own. So every path inside the root is resolved
+// with inroot (inside the root, final components never followed), and a
+// directory preopened from inside the root is passed to wasmtime as the
+// /proc/self/fd path of a handle that pins it.
 
 // checkMounts refuses mounts that cannot be honoured, at creation.
 func checkMounts(mounts []*runtimeapi.Mount) error {
@@ -62,6 +71,8 @@ func checkMounts(mounts []*runtimeapi.Mount) error {
 // resolveImageMounts turns image volumes into read-only directory mounts
 // of the image's unpacked files (at its sub path), recording the image ID
 // the status reports. It returns cfg, or a copy with the mounts resolved.
+// A sub path is resolved inside the image's files: its symlinks are the
+// image's and never lead out of them.
 func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.ContainerConfig) (*runtimeapi.ContainerConfig, error) {
 	resolved := cfg
 	for i, mnt := range cfg.GetMounts() {
@@ -84,12 +95,12 @@ func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.Contai
 			return nil, err
 		}
 		if sub := mnt.GetImageSubPath(); sub != "" {
-			clean := strings.TrimPrefix(path.Clean("/"+sub), "/")
-			if err := noSymlinkOnPath(dir, clean); err != nil {
-				return nil, err
+			// The unpacked image never changes (modules only ever see it
+			// read-only), so the resolved path stays what it was resolved to.
+			if dir, err = securejoin.SecureJoin(dir, sub); err != nil {
+				return nil, fmt.Errorf("image volume at %s: sub path %q: %v: %w", mnt.GetContainerPath(), sub, err, errdefs.ErrInvalidArgument)
 			}
-			dir = filepath.Join(dir, filepath.FromSlash(clean))
-			if _, err := os.Stat(dir); err != nil {
+			if _, err := os.Lstat(dir); err != nil {
 				return nil, fmt.Errorf("image volume at %s: sub path %q is not in image %s: %w", mnt.GetContainerPath(), sub, img.ID, errdefs.ErrInvalidArgument)
 			}
 		}
@@ -99,72 +110,74 @@ func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.Contai
 	return resolved, nil
 }
 
-// noSymlinkOnPath refuses a path in an unpacked image that passes through a
-// symlink: it could point anywhere on the host.
-func noSymlinkOnPath(root, rel string) error {
-	p := root
-	for _, el := range strings.Split(rel, "/") {
-		if el == "" {
-			continue
-		}
-		p = filepath.Join(p, el)
-		if fi, err := os.Lstat(p); err == nil && fi.Mode()&os.ModeSymlink != 0 {
-			return fmt.Errorf("image sub path %q goes through a symlink: %w", rel, errdefs.ErrInvalidArgument)
-		}
+// fileMount is a file placed into the container root.
+type fileMount struct {
+	// host is the file kubelet mounts; guest its path in the container.
+	host, guest string
+	writable    bool
+}
+
+// preopens are the directories an instance of a container sees, and the
+// handles that pin those of them that lie inside the container's root.
+type preopens struct {
+	dirs    []wasm.Dir
+	handles []*os.File
+}
+
+// pin adds the directory at rel in root (a handle, so the module cannot
+// swap it for a symlink later) as guest.
+func (p *preopens) pin(root *inroot.Root, rel, guest string, readOnly bool) error {
+	h, err := root.OpenDir(rel)
+	if err != nil {
+		return err
 	}
+	p.handles = append(p.handles, h)
+	p.dirs = append(p.dirs, wasm.Dir{Host: "/proc/self/fd/" + strconv.Itoa(int(h.Fd())), Guest: guest, ReadOnly: readOnly})
 	return nil
 }
 
-// fileMount is a file placed into the container root.
-type fileMount struct {
-	host, inRoot string
-	writable     bool
+func (p *preopens) close() {
+	for _, h := range p.handles {
+		h.Close()
+	}
+	p.handles = nil
 }
 
-// placeMounts returns the directories to preopen (the root first) and
-// places file mounts into rootfs.
+// placeMounts returns the directories to preopen (the container root
+// first) and places file mounts into the root.
 //
 // A read-only directory mount is read-only all the way down when it is
 // recursive; when it is not, as on Linux, the mounts below its host path
 // keep their own mode: each writable one is preopened writable.
-func placeMounts(rootfs string, readonlyRoot bool, mounts []*runtimeapi.Mount) ([]wasm.Dir, []fileMount, error) {
-	dirs := []wasm.Dir{{Host: rootfs, Guest: "/", ReadOnly: readonlyRoot}}
+func placeMounts(root *inroot.Root, readonlyRoot bool, mounts []*runtimeapi.Mount) (*preopens, []fileMount, error) {
+	p := &preopens{dirs: []wasm.Dir{{Host: root.Path(), Guest: "/", ReadOnly: readonlyRoot}}}
 	var files []fileMount
 	for _, mnt := range mounts {
 		guest := path.Clean(mnt.GetContainerPath())
 		fi, err := os.Stat(mnt.GetHostPath())
 		if err != nil {
+			p.close()
 			return nil, nil, fmt.Errorf("mount %s: %w", mnt.GetHostPath(), err)
 		}
 		if fi.IsDir() {
 			// The mount point exists in the root too, so listing its parent
 			// shows it, as on Linux.
-			if err := os.MkdirAll(inRoot(rootfs, guest), 0o755); err != nil {
-				return nil, nil, err
+			if err := root.MkdirAll(guest, 0o755); err != nil {
+				p.close()
+				return nil, nil, fmt.Errorf("mount point %s: %w", guest, err)
 			}
-			dirs = append(dirs, wasm.Dir{Host: mnt.GetHostPath(), Guest: guest, ReadOnly: mnt.GetReadonly()})
+			p.dirs = append(p.dirs, wasm.Dir{Host: mnt.GetHostPath(), Guest: guest, ReadOnly: mnt.GetReadonly()})
 			if mnt.GetReadonly() && !mnt.GetRecursiveReadOnly() {
 				for _, sub := range writableMountsUnder(mnt.GetHostPath()) {
 					rel, _ := filepath.Rel(mnt.GetHostPath(), sub)
-					dirs = append(dirs, wasm.Dir{Host: sub, Guest: path.Join(guest, filepath.ToSlash(rel))})
+					p.dirs = append(p.dirs, wasm.Dir{Host: sub, Guest: path.Join(guest, filepath.ToSlash(rel))})
 				}
 			}
 			continue
 		}
-		f := fileMount{host: mnt.GetHostPath(), inRoot: inRoot(rootfs, guest), writable: !mnt.GetReadonly()}
-		if err := os.MkdirAll(filepath.Dir(f.inRoot), 0o755); err != nil {
-			return nil, nil, err
-		}
-		os.Remove(f.inRoot)
-		if f.writable && os.Link(f.host, f.inRoot) == nil {
-			files = append(files, f)
-			continue
-		}
-		mode := fi.Mode().Perm()
-		if !f.writable {
-			mode &^= 0o222
-		}
-		if err := copyFile(f.host, f.inRoot, mode); err != nil {
+		f := fileMount{host: mnt.GetHostPath(), guest: guest, writable: !mnt.GetReadonly()}
+		if err := placeFile(root, f); err != nil {
+			p.close()
 			return nil, nil, fmt.Errorf("mount %s at %s: %w", f.host, guest, err)
 		}
 		files = append(files, f)
@@ -175,14 +188,31 @@ func placeMounts(rootfs string, readonlyRoot bool, mounts []*runtimeapi.Mount) (
 	if readonlyRoot {
 		seen := map[string]bool{}
 		for _, f := range files {
-			if dir := filepath.Dir(f.inRoot); f.writable && !seen[dir] {
+			if dir := path.Dir(f.guest); f.writable && !seen[dir] {
 				seen[dir] = true
-				rel, _ := filepath.Rel(rootfs, dir)
-				dirs = append(dirs, wasm.Dir{Host: dir, Guest: path.Join("/", filepath.ToSlash(rel))})
+				if err := p.pin(root, dir, dir, false); err != nil {
+					p.close()
+					return nil, nil, fmt.Errorf("mount %s at %s: %w", f.host, f.guest, err)
+				}
 			}
 		}
 	}
-	return dirs, files, nil
+	return p, files, nil
+}
+
+// placeFile puts a file mount into the root, replacing whatever the image
+// had there: the host file itself (a hard link) when writable and on the
+// same filesystem, else a copy with the host file's exact mode.
+func placeFile(root *inroot.Root, f fileMount) error {
+	if f.writable && root.Link(f.host, f.guest) == nil {
+		return nil
+	}
+	src, err := os.Open(f.host)
+	if err != nil {
+		return err
+	}
+	defer src.Close()
+	return root.CopyFrom(src, f.guest, 0)
 }
 
 // restrictPaths applies a container's masked and read-only paths, as runc
@@ -191,47 +221,67 @@ func placeMounts(rootfs string, readonlyRoot bool, mounts []*runtimeapi.Mount) (
 // /dev/null node, a read-only directory is preopened read-only. Paths the
 // container does not hold are ignored, as runc ignores them. A file in a
 // host mount is refused rather than changed on the host, and so is a
-// read-only file: a preopen can only make a directory read-only.
-func restrictPaths(dirs []wasm.Dir, empty string, masked, readonly []string) ([]wasm.Dir, error) {
-	mounts := dirs
-	for _, p := range masked {
-		host, own := hostPath(mounts, p)
-		fi, err := os.Lstat(host)
-		if err != nil {
-			continue
-		}
-		if fi.IsDir() {
-			dirs = append(dirs, wasm.Dir{Host: empty, Guest: path.Clean(p), ReadOnly: true})
-			continue
-		}
-		if !own {
-			return nil, fmt.Errorf("masked path %s is a file of a host mount: %w", p, errdefs.ErrInvalidArgument)
-		}
-		if err := os.Remove(host); err != nil {
-			return nil, err
-		}
-		if err := unix.Mknod(host, unix.S_IFCHR|0o666, int(unix.Mkdev(1, 3))); err != nil {
-			return nil, fmt.Errorf("mask %s: %w", p, err)
+// read-only file: a preopen can only make a directory read-only. Each path
+// is resolved inside the preopen it falls in.
+func restrictPaths(p *preopens, root *inroot.Root, empty string, masked, readonly []string) error {
+	mounts := slices.Clone(p.dirs)
+	for _, m := range masked {
+		if err := inPreopen(mounts, root, m, func(r *inroot.Root, rel string, own bool) error {
+			fi, err := r.Lstat(rel)
+			switch {
+			case err != nil:
+				return nil // absent, or not reachable inside the root: nothing to mask
+			case fi.IsDir():
+				p.dirs = append(p.dirs, wasm.Dir{Host: empty, Guest: path.Clean(m), ReadOnly: true})
+				return nil
+			case !own:
+				return fmt.Errorf("masked path %s is a file of a host mount: %w", m, errdefs.ErrInvalidArgument)
+			}
+			if err := r.Mknod(rel, 0o666, 1, 3); err != nil {
+				return fmt.Errorf("mask %s: %w", m, err)
+			}
+			return nil
+		}); err != nil {
+			return err
 		}
 	}
-	for _, p := range readonly {
-		host, _ := hostPath(mounts, p)
-		fi, err := os.Stat(host)
-		if err != nil {
-			continue
+	for _, ro := range readonly {
+		if err := inPreopen(mounts, root, ro, func(r *inroot.Root, rel string, _ bool) error {
+			err := p.pin(r, rel, path.Clean(ro), true)
+			switch {
+			case err == nil, errors.Is(err, syscall.ENOENT):
+				return nil // absent: nothing to protect
+			case errors.Is(err, syscall.ENOTDIR):
+				return fmt.Errorf("read-only path %s is not a directory; only directories can be made read-only: %w", ro, errdefs.ErrInvalidArgument)
+			}
+			return fmt.Errorf("read-only path %s: %w", ro, err)
+		}); err != nil {
+			return err
 		}
-		if !fi.IsDir() {
-			return nil, fmt.Errorf("read-only path %s is not a directory; only directories can be made read-only: %w", p, errdefs.ErrInvalidArgument)
-		}
-		dirs = append(dirs, wasm.Dir{Host: host, Guest: path.Clean(p), ReadOnly: true})
 	}
-	return dirs, nil
+	return nil
 }
 
-// hostPath is where guest path p lives on the host: under the preopen
-// with the longest guest prefix, as the module resolves it. own says that
-// preopen is the container's root, not a host mount.
-func hostPath(dirs []wasm.Dir, p string) (host string, own bool) {
+// inPreopen calls fn with the root that guest path p falls in (the
+// container's own root, or a host mount's directory, opened as a root so
+// that what the module made in it is resolved inside it too) and p
+// relative to it.
+func inPreopen(mounts []wasm.Dir, own *inroot.Root, p string, fn func(r *inroot.Root, rel string, own bool) error) error {
+	i, rel := longestPreopen(mounts, p)
+	if i == 0 {
+		return fn(own, rel, true)
+	}
+	r, err := inroot.Open(mounts[i].Host)
+	if err != nil {
+		return err
+	}
+	defer r.Close()
+	return fn(r, rel, false)
+}
+
+// longestPreopen finds the preopen guest path p falls in (the one with the
+// longest guest prefix, as the module resolves it) and p relative to it.
+func longestPreopen(dirs []wasm.Dir, p string) (int, string) {
 	p = path.Clean("/" + p)
 	best := -1
 	for i, d := range dirs {
@@ -239,8 +289,7 @@ func hostPath(dirs []wasm.Dir, p string) (host string, own bool) {
 			best = i
 		}
 	}
-	rel := strings.TrimPrefix(p, dirs[best].Guest)
-	return filepath.Join(dirs[best].Host, filepath.FromSlash(rel)), best == 0
+	return best, "/" + strings.TrimPrefix(strings.TrimPrefix(p, dirs[best].Guest), "/")
 }
 
 // writableMountsUnder lists the read-write mount points strictly below dir.
@@ -267,32 +316,41 @@ func writableMountsUnder(dir string) []string {
 }
 
 // copyBack returns what the module wrote into writable file mounts that
-// are not (or no longer) the host file itself.
-func copyBack(files []fileMount) error {
+// are not (or no longer) the host file itself. Only a regular file at the
+// mount's path in the root is read: a symlink the module put there (to a
+// host file, through a relative path climbing out, or renamed over the
+// mount) is never followed.
+func copyBack(root *inroot.Root, files []fileMount) error {
 	var errs []error
 	for _, f := range files {
 		if !f.writable {
 			continue
 		}
-		in, err1 := os.Stat(f.inRoot)
-		host, err2 := os.Stat(f.host)
-		if err1 != nil || err2 != nil || os.SameFile(in, host) {
-			continue
-		}
-		if err := copyFile(f.inRoot, f.host, host.Mode().Perm()); err != nil {
-			errs = append(errs, err)
+		if err := copyBackOne(root, f); err != nil {
+			errs = append(errs, fmt.Errorf("%s: %w", f.guest, err))
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func copyFile(src, dst string, mode os.FileMode) error {
-	in, err := os.Open(src)
+func copyBackOne(root *inroot.Root, f fileMount) error {
+	in, err := root.OpenRegular(f.guest)
+	if errors.Is(err, syscall.ENOENT) {
+		return nil // the module removed it: the host file keeps what it had
+	}
 	if err != nil {
 		return err
 	}
 	defer in.Close()
-	out, err := os.OpenFile(dst, os.O_WRONLY|os.O_CREATE|os.O_TRUNC|syscall.O_NOFOLLOW, mode)
+	inInfo, err1 := in.Stat()
+	hostInfo, err2 := os.Stat(f.host)
+	if err := errors.Join(err1, err2); err != nil {
+		return err
+	}
+	if os.SameFile(inInfo, hostInfo) {
+		return nil
+	}
+	out, err := os.OpenFile(f.host, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return err
 	}

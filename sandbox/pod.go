@@ -14,9 +14,8 @@ import (
 // RunSandbox creates a ready sandbox for the pod config. An empty handler
 // means the default one; an unknown handler is refused.
 func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (Sandbox, error) {
-	md := cfg.GetMetadata()
-	if md == nil || md.GetName() == "" {
-		return Sandbox{}, fmt.Errorf("sandbox config has no metadata name: %w", errdefs.ErrInvalidArgument)
+	if err := validateSandboxConfig(cfg); err != nil {
+		return Sandbox{}, err
 	}
 	if handler == "" {
 		handler = m.opts.Handlers[0]

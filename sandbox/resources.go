@@ -45,6 +45,10 @@ func checkResources(r Resources) error {
 	if r.MemoryLimitBytes < 0 || r.CPUQuota < -1 || r.CPUPeriod < 0 {
 		return fmt.Errorf("negative resource limit %+v: %w", r, errdefs.ErrInvalidArgument)
 	}
+	// The kernel refuses a CFS quota under 1ms.
+	if r.CPUQuota > 0 && r.CPUQuota < 1000 {
+		return fmt.Errorf("cpu_quota %d is below the kernel's minimum of 1000 microseconds: %w", r.CPUQuota, errdefs.ErrInvalidArgument)
+	}
 	if r.CPUQuota > 0 && r.CPUPeriod > 0 && (r.CPUPeriod < 1000 || r.CPUPeriod > 1000000) {
 		return fmt.Errorf("cpu_period %d is outside 1000..1000000 microseconds: %w", r.CPUPeriod, errdefs.ErrInvalidArgument)
 	}
@@ -71,8 +75,9 @@ func (m *Manager) UpdateResources(id string, r *runtimeapi.LinuxContainerResourc
 	if err := m.store.putContainer(c); err != nil {
 		return fmt.Errorf("persist container: %w", err)
 	}
-	if c.run != nil {
-		if err := c.run.instance.SetLimits(res.limits()); err != nil {
+	if c.run != nil && c.run.live != nil {
+		// A run still starting picks the new limits up when it has started.
+		if err := c.run.live.instance.SetLimits(res.limits()); err != nil {
 			m.log.Warn("CPU limit not applied", "container", c.ID, "error", err)
 		}
 	}

@@ -2,15 +2,16 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	iofs "io/fs"
 	"os"
 	"path/filepath"
-	"slices"
 	"strings"
+	"syscall"
 
 	"github.com/wasmcri/wasmcri/image"
-	"golang.org/x/sys/unix"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -29,7 +30,7 @@ func hostname(sb *runtimeapi.PodSandboxConfig) string {
 // the compile cache, and copying megabytes of it would cost each container
 // start milliseconds. An artifact holds only a module: its root starts
 // empty.
-func (m *Manager) populateRoot(ctx context.Context, img *image.Image, root string) error {
+func (m *Manager) populateRoot(ctx context.Context, img *image.Image, root *inroot.Root) error {
 	if img.Format == image.FormatArtifact {
 		return nil
 	}
@@ -44,59 +45,72 @@ func (m *Manager) populateRoot(ctx context.Context, img *image.Image, root strin
 	return nil
 }
 
-// copyTree copies the files, directories and symlinks under src to dst,
-// never following a symlink, and leaving out the files named in skip.
-func copyTree(src, dst string, skip ...string) error {
+// copyTree copies the files, directories and symlinks under src into dst,
+// never following a symlink on either side, and leaving out skip. The
+// image's symlinks are copied as they are: they are resolved later only by
+// the module's own WASI calls, inside its root, or by this package's
+// rooted operations.
+func copyTree(src string, dst *inroot.Root, skip string) error {
 	return filepath.WalkDir(src, func(p string, d iofs.DirEntry, err error) error {
-		if err != nil || slices.Contains(skip, p) {
+		if err != nil || p == skip || p == src {
 			return err
 		}
 		rel, err := filepath.Rel(src, p)
 		if err != nil {
 			return err
 		}
-		target := filepath.Join(dst, rel)
 		info, err := d.Info()
 		if err != nil {
 			return err
 		}
 		switch {
 		case d.IsDir():
-			return os.MkdirAll(target, info.Mode().Perm())
+			return dst.MkdirAll(rel, info.Mode().Perm())
 		case d.Type()&iofs.ModeSymlink != 0:
 			link, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
-			return os.Symlink(link, target)
+			return dst.Symlink(link, rel)
 		case d.Type().IsRegular():
-			return copyFile(p, target, info.Mode().Perm())
+			f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
+			if err != nil {
+				return err
+			}
+			defer f.Close()
+			return dst.CopyFrom(f, rel, info.Mode().Perm())
 		}
 		return nil // unpacking makes no devices, FIFOs or sockets
 	})
 }
 
+// devices are the harmless device nodes programs expect in /dev.
+var devices = []struct {
+	name         string
+	major, minor uint32
+}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}}
+
 // prepareRoot makes a container's writable root: the working directory,
 // /etc/hostname and /etc/resolv.conf from the pod's config (as containerd
-// provides them), and the harmless device nodes programs expect in /dev.
-func prepareRoot(root, workingDir string, sb *runtimeapi.PodSandboxConfig) error {
-	for _, dir := range []string{inRoot(root, workingDir), filepath.Join(root, "etc"), filepath.Join(root, "dev")} {
-		if err := os.MkdirAll(dir, 0o755); err != nil {
+// provides them), and the device nodes of /dev. Whatever the image put at
+// those paths is replaced, never written through.
+func prepareRoot(root *inroot.Root, workingDir string, sb *runtimeapi.PodSandboxConfig) error {
+	for _, dir := range []string{workingDir, "/etc", "/dev"} {
+		if err := root.MkdirAll(dir, 0o755); err != nil {
 			return fmt.Errorf("create container root: %w", err)
 		}
 	}
-	if err := os.WriteFile(filepath.Join(root, "etc", "hostname"), []byte(hostname(sb)+"\n"), 0o644); err != nil {
+	if err := root.WriteFile("/etc/hostname", []byte(hostname(sb)+"\n"), 0o644); err != nil {
 		return err
 	}
-	if err := os.WriteFile(filepath.Join(root, "etc", "resolv.conf"), resolvConf(sb.GetDnsConfig()), 0o644); err != nil {
+	if err := root.WriteFile("/etc/resolv.conf", resolvConf(sb.GetDnsConfig()), 0o644); err != nil {
 		return err
 	}
-	for _, d := range []struct {
-		name         string
-		major, minor uint32
-	}{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}} {
-		// Without CAP_MKNOD there are simply no device nodes.
-		unix.Mknod(filepath.Join(root, "dev", d.name), unix.S_IFCHR|0o666, int(unix.Mkdev(d.major, d.minor)))
+	for _, d := range devices {
+		if err := root.Mknod("/dev/"+d.name, 0o666, d.major, d.minor); err != nil && !errors.Is(err, syscall.EPERM) {
+			// Without CAP_MKNOD there are simply no device nodes.
+			return err
+		}
 	}
 	return nil
 }

@@ -72,8 +72,8 @@ func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithS
 
 func (m *Manager) statsLocked(c *Container, now time.Time) Stats {
 	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID), Instance: wasm.Stats{CPU: c.CPU}}
-	if r := c.run; r != nil {
-		is := r.instance.Stats()
+	if r := c.run; r != nil && r.live != nil {
+		is := r.live.instance.Stats()
 		st.CPU, st.MemoryBytes, st.Instance = is.CPU, is.MemoryBytes, is
 		if prev := r.lastSample; !prev.at.IsZero() && now.After(prev.at) && st.CPU >= prev.cpu {
 			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / now.Sub(prev.at).Seconds())
@@ -201,13 +201,13 @@ func (m *Manager) ReopenLog(id string) error {
 	if err != nil {
 		return err
 	}
-	if c.run == nil {
+	if c.run == nil || c.run.live == nil {
 		return fmt.Errorf("container %s is %s; only a running container's log can be reopened: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
-	if c.run.log == nil {
+	if c.run.live.log == nil {
 		return fmt.Errorf("container %s has no log path: %w", c.ID, errdefs.ErrFailedPrecondition)
 	}
-	return c.run.log.Reopen()
+	return c.run.live.log.Reopen()
 }
 
 // cpuSample is a container's CPU time at one moment, for rates.

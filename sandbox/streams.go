@@ -102,28 +102,83 @@ func (t tee) Close() error {
 }
 
 // stdinHub is a container's standard input when its config asks for one:
-// attached clients write into it, one at a time. With once set, the
-// first client's end of input is the module's end of input.
+// attached clients write into it. With once set, the first client's end
+// of input is the module's end of input.
+//
+// One pump per container writes what clients send into the module's
+// input; a client's feed hands chunks to the pump and can always give up
+// when its session ends, so a module that never reads its input holds no
+// goroutine of a client that has gone.
 type stdinHub struct {
-	r    *io.PipeReader
-	w    *io.PipeWriter
-	once bool
-	mu   sync.Mutex // one writer at a time
+	r      *io.PipeReader
+	w      *io.PipeWriter
+	once   bool
+	chunks chan []byte
+	eof    sync.Once // once: the first client's end of input
+	done   chan struct{}
+	closed sync.Once
 }
 
 func newStdinHub(once bool) *stdinHub {
 	r, w := io.Pipe()
-	return &stdinHub{r: r, w: w, once: once}
+	h := &stdinHub{r: r, w: w, once: once, chunks: make(chan []byte), done: make(chan struct{})}
+	go h.pump()
+	return h
 }
 
-// feed copies in to the module's stdin until in ends.
-func (s *stdinHub) feed(in io.Reader) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	io.Copy(s.w, in)
-	if s.once {
-		s.w.Close()
+// pump writes chunks into the module's input until the hub closes; a nil
+// chunk is the end of input.
+func (h *stdinHub) pump() {
+	defer h.w.Close()
+	for {
+		select {
+		case b := <-h.chunks:
+			if b == nil {
+				return
+			}
+			if _, err := h.w.Write(b); err != nil {
+				return
+			}
+		case <-h.done:
+			return
+		}
 	}
 }
 
-func (s *stdinHub) close() { s.w.Close() }
+// feed passes in to the module's input until in ends or session closes.
+func (h *stdinHub) feed(in io.Reader, session <-chan struct{}) {
+	send := func(b []byte) bool {
+		select {
+		case h.chunks <- b:
+			return true
+		case <-session:
+		case <-h.done:
+		}
+		return false
+	}
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := in.Read(buf)
+		if n > 0 && !send(append([]byte(nil), buf[:n]...)) {
+			return
+		}
+		if err != nil {
+			if h.once {
+				h.eof.Do(func() { send(nil) })
+			}
+			return
+		}
+	}
+}
+
+// close ends the module's input (the container has ended).
+func (h *stdinHub) close() {
+	if h == nil {
+		return
+	}
+	h.closed.Do(func() {
+		close(h.done)
+		// A pump blocked writing to a module that never read gives up.
+		h.r.Close()
+	})
+}

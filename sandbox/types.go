@@ -5,6 +5,7 @@ package sandbox
 
 import (
 	"strconv"
+	"sync"
 	"time"
 
 	"github.com/wasmcri/wasmcri/wasm"
@@ -92,16 +93,39 @@ type Container struct {
 	CPU time.Duration `json:"cpuNanos"`
 
 	run *run
+	// removing refuses a start racing RemoveContainer.
+	removing bool
 }
 
-// run is a started container's live instance and its plumbing.
+// run is a started container's instance and its plumbing. It is set on
+// the container (under the manager's lock) before anything of it exists,
+// so that a stop or remove racing the start finds it.
 type run struct {
-	instance *wasm.Instance
-	// recorded is closed once the exit is in the container's fields.
+	// recorded is closed once the exit is in the container's fields (or
+	// the start failed).
 	recorded chan struct{}
-	// dirs are the preopened directories (root and directory mounts),
+	// live is the started instance; nil while the start is under way.
+	live *live
+	// stopAsked says a stop came; one that came before live existed is
+	// applied as soon as it does.
+	stopAsked bool
+	// ending is set once the instance has ended: no exec starts then.
+	ending bool
+	// execs are the exec instances running in the container; execing
+	// counts those starting or running, so that the container's
+	// directories are released only after the last one ends.
+	execs   map[*wasm.Instance]struct{}
+	execing sync.WaitGroup
+	// lastSample is the previous Stats reading, for the CPU rate.
+	lastSample cpuSample
+}
+
+// live is what a started container runs with.
+type live struct {
+	instance *wasm.Instance
+	// pre are the preopened directories (root and directory mounts),
 	// which exec instances share; files are the file mounts.
-	dirs  []wasm.Dir
+	pre   *preopens
 	files []fileMount
 	// log is the CRI log, for ReopenContainerLog; nil without a log path.
 	log *wasm.CRILog
@@ -109,8 +133,6 @@ type run struct {
 	// the config asks for stdin, takes their input.
 	stdout, stderr *outputHub
 	stdin          *stdinHub
-	// lastSample is the previous Stats reading, for the CPU rate.
-	lastSample cpuSample
 }
 
 // snapshot is a copy of the container safe to hand out.
