@@ -63,8 +63,9 @@ func (s *Server) NewGRPCServer(maxRecv, maxSend int) *grpc.Server {
 	g := grpc.NewServer(
 		grpc.MaxRecvMsgSize(maxRecv),
 		grpc.MaxSendMsgSize(maxSend),
-		grpc.ChainUnaryInterceptor(s.unaryInterceptor),
-		grpc.ChainStreamInterceptor(s.streamInterceptor),
+		// Recovery is outermost: a panic anywhere below becomes an error.
+		grpc.ChainUnaryInterceptor(s.recoverUnary, s.unaryInterceptor),
+		grpc.ChainStreamInterceptor(s.recoverStream, s.streamInterceptor),
 	)
 	s.Register(g)
 	return g
