@@ -59,8 +59,9 @@ type AdminConfig struct {
 
 // DebugConfig configures diagnostics.
 type DebugConfig struct {
-	// PprofAddress, when set, serves Go's net/http/pprof there (a
-	// loopback host:port; port 0 picks one).
+	// PprofAddress, when set, serves Go's net/http/pprof on this unix
+	// socket, root-only (mode 0600). A TCP port is refused: every local
+	// user could read the daemon's memory profile through it.
 	PprofAddress string `toml:"pprof_address"`
 }
 
@@ -261,10 +262,14 @@ func (c *Config) Validate() error {
 		}
 	}
 	if a := c.Debug.PprofAddress; a != "" {
-		host, _, err := net.SplitHostPort(a)
-		if ip := net.ParseIP(host); err != nil || ip == nil || !ip.IsLoopback() {
-			return bad("debug.pprof_address", "%q is not a loopback host:port", a)
+		p, err := SocketPath(a)
+		if err != nil {
+			return bad("debug.pprof_address", "%v (pprof is served on a root-only unix socket; a TCP port would be open to every local user)", err)
 		}
+		if p == c.GRPC.Address || p == c.AdminSocket() {
+			return bad("debug.pprof_address", "%q is another socket of wasmcri", p)
+		}
+		c.Debug.PprofAddress = p
 	}
 	if c.Registry.ConfigPath != "" && !filepath.IsAbs(c.Registry.ConfigPath) {
 		return bad("registry.config_path", "%q is not an absolute path", c.Registry.ConfigPath)

@@ -76,7 +76,8 @@ func TestParseRefusesNamingTheKey(t *testing.T) {
 		{"future version", "version = 9", "version"},
 		{"stream address", "[stream]\naddress = \"localhost\"", "stream.address"},
 		{"stream port", "[stream]\nport = \"http\"", "stream.port"},
-		{"pprof not on loopback", "[debug]\npprof_address = \"0.0.0.0:6060\"", "debug.pprof_address"},
+		{"pprof on TCP", "[debug]\npprof_address = \"127.0.0.1:6060\"", "debug.pprof_address"},
+		{"pprof on the CRI socket", "[debug]\npprof_address = \"unix:///run/wasmcri/wasmcri.sock\"", "debug.pprof_address"},
 		{"cgroup driver", "[runtime]\ncgroup_driver = \"none\"", "runtime.cgroup_driver"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

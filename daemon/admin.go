@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"os"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -24,13 +23,9 @@ import (
 // It answers JSON: the image, or {"error": "..."} with a status that says
 // what kind of failure it was.
 func (d *Daemon) serveAdmin(path string) error {
-	l, err := listenUnix(path)
+	l, err := listenUnix(path, 0o600)
 	if err != nil {
 		return fmt.Errorf("admin socket: %w", err)
-	}
-	if err := os.Chmod(path, 0o600); err != nil {
-		l.Close()
-		return err
 	}
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST /v1/images/import", d.importImage)

@@ -56,10 +56,19 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 			d.close()
 		}
 	}()
-	for _, dir := range []string{cfg.Root, cfg.State, filepath.Dir(cfg.GRPC.Address)} {
-		if err := os.MkdirAll(dir, 0o711); err != nil {
+	// The root holds images, module code and every container's files; the
+	// state dir the sockets: neither is for other local users to list or
+	// write, whatever mode an earlier version or an operator left.
+	for _, dir := range []string{cfg.Root, cfg.State} {
+		if err := os.MkdirAll(dir, 0o700); err != nil {
 			return nil, fmt.Errorf("create %s: %w", dir, err)
 		}
+		if err := os.Chmod(dir, 0o700); err != nil {
+			return nil, fmt.Errorf("restrict %s: %w", dir, err)
+		}
+	}
+	if err := os.MkdirAll(filepath.Dir(cfg.GRPC.Address), 0o711); err != nil {
+		return nil, fmt.Errorf("create %s: %w", filepath.Dir(cfg.GRPC.Address), err)
 	}
 	dbPath := filepath.Join(cfg.Root, "meta.db")
 	if d.db, err = bolt.Open(dbPath, 0o600, &bolt.Options{Timeout: 2 * time.Second}); err != nil {
@@ -100,7 +109,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	}()
 	server := cri.NewServer(d.Sandboxes, d.Images, d.streams, cri.Info{Version: version, Handlers: cfg.Runtime.Handlers, Config: cfg, CgroupDriver: cfg.Runtime.CgroupDriver}, log)
 	d.grpc = server.NewGRPCServer(cfg.GRPC.MaxRecvMessageSize, cfg.GRPC.MaxSendMessageSize)
-	if d.listener, err = listenUnix(cfg.GRPC.Address); err != nil {
+	if d.listener, err = listenUnix(cfg.GRPC.Address, 0o660); err != nil {
 		return nil, err
 	}
 	go func() { d.served <- d.grpc.Serve(d.listener) }()
@@ -108,11 +117,14 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		return nil, err
 	}
 	if cfg.Debug.PprofAddress != "" {
-		if d.pprof, err = net.Listen("tcp", cfg.Debug.PprofAddress); err != nil {
+		// A unix socket as closed as the CRI socket: pprof shows memory and
+		// arguments of every pod, and a TCP port is open to every local
+		// user.
+		if d.pprof, err = listenUnix(cfg.Debug.PprofAddress, 0o600); err != nil {
 			return nil, fmt.Errorf("debug.pprof_address: %w", err)
 		}
 		go http.Serve(d.pprof, http.DefaultServeMux) // net/http/pprof's handlers
-		log.Info("pprof serving", "address", d.pprof.Addr().String())
+		log.Info("pprof serving", "socket", cfg.Debug.PprofAddress)
 	}
 	log.Info("wasmcri serving", "version", version, "socket", cfg.GRPC.Address, "root", cfg.Root, "state", cfg.State, "handlers", cfg.Runtime.Handlers, "stream_server", d.streams.Addr())
 	return d, nil
@@ -141,6 +153,7 @@ func (d *Daemon) close() {
 	}
 	if d.pprof != nil {
 		d.pprof.Close()
+		os.Remove(d.cfg.Debug.PprofAddress)
 	}
 	if d.streams != nil {
 		d.streams.Close()
@@ -165,9 +178,12 @@ func (d *Daemon) close() {
 	}
 }
 
-// listenUnix listens on path, replacing a stale socket but never one a
-// live daemon still answers on.
-func listenUnix(path string) (net.Listener, error) {
+// listenUnix listens on path with the socket's final mode from the start,
+// replacing a stale socket but never one a live daemon still answers on.
+// The socket is bound in a private directory beside path, given its mode
+// there and renamed into place, so no one can connect while it has the
+// mode the umask gave it.
+func listenUnix(path string, mode os.FileMode) (net.Listener, error) {
 	if _, err := os.Stat(path); err == nil {
 		if conn, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			conn.Close()
@@ -177,13 +193,25 @@ func listenUnix(path string) (net.Listener, error) {
 			return nil, fmt.Errorf("remove stale socket: %w", err)
 		}
 	}
-	l, err := net.Listen("unix", path)
+	private, err := os.MkdirTemp(filepath.Dir(path), ".listen-")
 	if err != nil {
 		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
-	if err := os.Chmod(path, 0o660); err != nil {
+	defer os.RemoveAll(private)
+	tmp := filepath.Join(private, "s")
+	l, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
+	}
+	// The socket file moves: closing must not try to unlink the old name.
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	if err := os.Chmod(tmp, mode); err != nil {
 		l.Close()
 		return nil, err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		l.Close()
+		return nil, fmt.Errorf("listen on %s: %w", path, err)
 	}
 	return l, nil
 }

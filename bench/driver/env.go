@@ -117,7 +117,7 @@ func startRegistry(dir string) (string, *proc, error) {
 	return addr, p, err
 }
 
-// daemonProc is a wasmcri process with its socket and pprof address.
+// daemonProc is a wasmcri process with its CRI and pprof sockets.
 type daemonProc struct {
 	*proc
 	socket, pprof string
@@ -127,7 +127,7 @@ func startWasmcri(bin, dir string) (*daemonProc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
-	pprof := fmt.Sprintf("127.0.0.1:%d", freePort())
+	pprof := filepath.Join(dir, "pprof.sock")
 	cfg := fmt.Sprintf("root = %q\nstate = %q\n[grpc]\naddress = %q\n[log]\nlevel = \"info\"\n[debug]\npprof_address = %q\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "wasmcri.sock"), pprof)
 	cfgPath := filepath.Join(dir, "wasmcri.toml")
@@ -192,4 +192,13 @@ func buildStatic(ctx context.Context, dir, name, src string) (string, error) {
 		return "", fmt.Errorf("build %s: %v: %s", name, err, b)
 	}
 	return out, nil
+}
+
+// pprofGet fetches a pprof URL path from the daemon's pprof socket.
+func (d *daemonProc) pprofGet(path string) (*http.Response, error) {
+	client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, _ string) (net.Conn, error) {
+		var dialer net.Dialer
+		return dialer.DialContext(ctx, "unix", d.pprof)
+	}}}
+	return client.Get("http://wasmcri" + path)
 }

@@ -9,7 +9,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -337,7 +336,7 @@ func (s *suite) profile(ref string) string {
 		}
 	}()
 	defer func() { close(stop); wg.Wait() }()
-	resp, err := http.Get("http://" + s.daemon.pprof + "/debug/pprof/profile?seconds=3")
+	resp, err := s.daemon.pprofGet("/debug/pprof/profile?seconds=3")
 	if err != nil {
 		return "profile unavailable: " + err.Error() + "\n"
 	}
