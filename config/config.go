@@ -161,7 +161,13 @@ func Parse(b []byte) (*Config, error) {
 	if err != nil {
 		var perr toml.ParseError
 		if errors.As(err, &perr) {
-			return nil, fmt.Errorf("config: %s", perr.ErrorWithPosition())
+			// Not ErrorWithPosition: it panics on some malformed files
+			// (a fuzzed input, kept in testdata/fuzz/FuzzParse).
+			key := ""
+			if perr.LastKey != "" {
+				key = " (key " + perr.LastKey + ")"
+			}
+			return nil, fmt.Errorf("config: line %d, column %d%s: %s", perr.Position.Line, perr.Position.Col, key, perr.Message)
 		}
 		return nil, fmt.Errorf("config: %w", err)
 	}
