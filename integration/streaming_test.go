@@ -4,15 +4,14 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"net"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
 	"github.com/wasmcri/wasmcri/internal/testmodule"
-	"github.com/wasmcri/wasmcri/internal/testnet"
 )
 
 // Every crictl command kubelet's users reach through a Wasm pod: exec
@@ -24,9 +23,21 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 	pushWasm(t, testmodule.Hello(t), ref, "oci")
 	d.must("pull", ref)
 
-	// A loopback echo server stands in for a server on the pod's port:
-	// a Wasm pod's ports are the node's loopback ports.
-	podPort := testnet.EchoServer(t)
+	// A node-local service listens on the port the pod declares: a pod
+	// has no network of its own yet, and port-forward must not reach it.
+	nodeService, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nodeService.Close()
+	reached := make(chan struct{}, 1)
+	go func() {
+		if c, err := nodeService.Accept(); err == nil {
+			reached <- struct{}{}
+			c.Close()
+		}
+	}()
+	podPort := nodeService.Addr().(*net.TCPAddr).Port
 	podCfg := writeJSON(t, "pod.json", map[string]any{
 		"metadata":      map[string]any{"name": "streams", "namespace": "default", "uid": "streams-uid"},
 		"log_directory": t.TempDir(),
@@ -98,10 +109,12 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 		}
 	})
 
-	t.Run("port-forward", func(t *testing.T) {
+	t.Run("port-forward is refused", func(t *testing.T) {
 		local := freePort(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		cmd := d.crictlCmd(ctx, "port-forward", pod, fmt.Sprintf("%d:%d", local, podPort))
+		stderr := &lockedBuffer{}
+		cmd.Stderr = stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
@@ -114,11 +127,18 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 		})
 		defer conn.Close()
 		conn.Write([]byte("ping through port-forward"))
-		buf := make([]byte, len("ping through port-forward"))
-		conn.SetReadDeadline(time.Now().Add(10 * time.Second))
-		if _, err := io.ReadFull(conn, buf); err != nil || string(buf) != "ping through port-forward" {
-			t.Fatalf("echo through port-forward: %q %v", buf, err)
+		conn.SetReadDeadline(time.Now().Add(20 * time.Second))
+		if n, err := conn.Read(make([]byte, 64)); err == nil {
+			t.Fatalf("port-forward answered %d bytes", n)
 		}
+		select {
+		case <-reached:
+			t.Fatal("port-forward reached a service on the node's loopback")
+		default:
+		}
+		waitFor(t, "crictl to report the refusal", 10*time.Second, func() bool {
+			return strings.Contains(stderr.String(), "no network of their own")
+		})
 	})
 
 	t.Run("stats and statsp", func(t *testing.T) {
@@ -212,4 +232,22 @@ func TestCrictlLogsLongLinesAndFloods(t *testing.T) {
 			t.Fatalf("line %d is %q", i, l)
 		}
 	}
+}
+
+// lockedBuffer collects a command's output while the test reads it.
+type lockedBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
 }

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"fmt"
+	"math"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -89,4 +90,11 @@ func (m *Manager) UpdateResources(id string, r *runtimeapi.LinuxContainerResourc
 // is nil when they are.
 func (m *Manager) CPUCapsUnavailable() error { return m.runtime.CPUCapsUnavailable }
 
-func secondsToDuration(s int64) time.Duration { return time.Duration(s) * time.Second }
+// secondsToDuration converts a CRI timeout, saturating rather than
+// overflowing into a negative (already expired) duration.
+func secondsToDuration(s int64) time.Duration {
+	if s > int64(math.MaxInt64/time.Second) {
+		return math.MaxInt64
+	}
+	return time.Duration(s) * time.Second
+}
