@@ -21,8 +21,10 @@ import (
 	"os"
 	"path"
 	"strconv"
+	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"github.com/cyphar/filepath-securejoin/pathrs-lite/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -348,4 +350,115 @@ func (r *Root) Chmod(rel string, mode os.FileMode) error {
 	// fchmod does not take O_PATH descriptors; the /proc link of one does
 	// reach the very inode it pins.
 	return os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode.Perm())
+}
+
+// OpenResolved opens the regular file rel names for reading, following
+// symlinks (the final one too) as if the root were "/": every link, however
+// absolute or however many "..", resolves inside the root. It returns the
+// file with its path in the root ("/bin/app.wasm"). Anything but a regular
+// file where the resolution ends is refused without opening it, so a FIFO
+// never blocks the caller.
+func (r *Root) OpenResolved(rel string) (*os.File, string, error) {
+	h, err := pathrs.OpenatInRoot(r.dir, rel)
+	if err != nil {
+		return nil, "", fmt.Errorf("resolve %s in %s: %w", rel, r.path, err)
+	}
+	defer h.Close()
+	fi, err := h.Stat()
+	if err != nil {
+		return nil, "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, "", fmt.Errorf("%s in %s is not a regular file (%s)", rel, r.path, fi.Mode().Type())
+	}
+	inRoot, err := r.pathOf(h)
+	if err != nil {
+		return nil, "", err
+	}
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, "", fmt.Errorf("open %s in %s: %w", rel, r.path, err)
+	}
+	return f, inRoot, nil
+}
+
+// pathOf is where handle h, opened in the root, sits in it.
+func (r *Root) pathOf(h *os.File) (string, error) {
+	rootPath, err := procfs.ProcSelfFdReadlink(r.dir)
+	if err != nil {
+		return "", err
+	}
+	p, err := procfs.ProcSelfFdReadlink(h)
+	if err != nil {
+		return "", err
+	}
+	if p == rootPath {
+		return "/", nil
+	}
+	if rootPath == "/" {
+		return p, nil
+	}
+	rest, ok := strings.CutPrefix(p, rootPath+"/")
+	if !ok {
+		// Cannot happen for a handle resolved in the root, unless the
+		// tree was moved out from under it meanwhile.
+		return "", fmt.Errorf("%s is not under %s", p, rootPath)
+	}
+	return "/" + rest, nil
+}
+
+// ReadDirNames lists directory rel, resolved in the root.
+func (r *Root) ReadDirNames(rel string) ([]string, error) {
+	h, err := r.OpenDir(rel)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	d, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("list %s in %s: %w", rel, r.path, err)
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
+// NoSymlink fails, with an error wrapping unix.ELOOP, when rel passes
+// through a symlink: when any of its components that exist, the last one
+// included, is a symlink. Components are opened one by one from the root
+// without following anything, so the check itself never leaves the tree;
+// a missing component ends it (nothing below it exists yet).
+func (r *Root) NoSymlink(rel string) error {
+	cur, err := unix.Dup(int(r.dir.Fd()))
+	if err != nil {
+		return err
+	}
+	defer func() { unix.Close(cur) }()
+	for _, el := range strings.Split(path.Clean("/"+rel), "/") {
+		if el == "" {
+			continue
+		}
+		next, err := unix.Openat(cur, el, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", rel, r.path, err)
+		}
+		unix.Close(cur)
+		cur = next
+		var st unix.Stat_t
+		if err := unix.Fstat(cur, &st); err != nil {
+			return err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			return fmt.Errorf("%s in %s goes through the symlink %s: %w", rel, r.path, el, unix.ELOOP)
+		case unix.S_IFDIR:
+		default:
+			// A file in the middle: nothing can be below it, and
+			// whatever asks will fail with ENOTDIR on its own.
+			return nil
+		}
+	}
+	return nil
 }

@@ -1,6 +1,7 @@
 package inroot
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -227,3 +228,79 @@ func TestCreateKeepsExactMode(t *testing.T) {
 }
 
 func itoa(fd uintptr) string { return strconv.FormatUint(uint64(fd), 10) }
+
+// OpenResolved follows links, the final one too, but only ever to files in
+// the root: the links planted to the host resolve to the root's own paths.
+func TestOpenResolvedStaysInRoot(t *testing.T) {
+	r, canary := hostile(t)
+	// Nothing in the root yet where the links lead: every one fails, none
+	// reads the host file.
+	for _, rel := range []string{"file", "rel-file", "abs/secret", "rel/secret", "sub/deep/secret", "sub/loop-a", "sub", "missing"} {
+		if f, _, err := r.OpenResolved(rel); err == nil {
+			b, _ := io.ReadAll(f)
+			f.Close()
+			t.Fatalf("%s opened: %q", rel, b)
+		}
+	}
+	// Give the relative links their in-root target: they reach it, and
+	// report where it is in the root.
+	if err := r.WriteFile("canary/secret", []byte("in root"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"rel-file", "rel/secret", "sub/deep/secret", "/../../canary/secret"} {
+		f, at, err := r.OpenResolved(rel)
+		if err != nil {
+			t.Fatalf("%s: %v", rel, err)
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if string(b) != "in root" || at != "/canary/secret" {
+			t.Fatalf("%s resolved to %s holding %q", rel, at, b)
+		}
+	}
+	if err := syscall.Mkfifo(filepath.Join(r.Path(), "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Symlink("/fifo", "to-fifo"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.OpenResolved("to-fifo"); err == nil {
+		t.Fatal("opened a FIFO as a regular file")
+	}
+	untouched(t, canary)
+}
+
+func TestReadDirNamesStaysInRoot(t *testing.T) {
+	r, canary := hostile(t)
+	if names, err := r.ReadDirNames("abs"); err == nil {
+		t.Fatalf("listed the host directory through an absolute symlink: %v", names)
+	}
+	if names, err := r.ReadDirNames("rel"); err == nil {
+		t.Fatalf("listed through a link climbing out: %v", names)
+	}
+	if err := r.WriteFile("canary/mine", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"rel", "sub/deep", "canary"} {
+		names, err := r.ReadDirNames(rel)
+		if err != nil || len(names) != 1 || names[0] != "mine" {
+			t.Fatalf("%s lists %v, %v; want the root's own canary/mine", rel, names, err)
+		}
+	}
+	untouched(t, canary)
+}
+
+func TestNoSymlink(t *testing.T) {
+	r, canary := hostile(t)
+	for _, rel := range []string{"abs", "abs/x", "rel/x/y", "sub/deep", "sub/deep/x", "file", "sub/loop-a/x", "/../rel/x"} {
+		if err := r.NoSymlink(rel); !errors.Is(err, syscall.ELOOP) {
+			t.Errorf("%s: %v, want ELOOP", rel, err)
+		}
+	}
+	for _, rel := range []string{"", "/", "sub", "sub/missing/x", "missing", "/../sub"} {
+		if err := r.NoSymlink(rel); err != nil {
+			t.Errorf("%s: %v", rel, err)
+		}
+	}
+	untouched(t, canary)
+}
