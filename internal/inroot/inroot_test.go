@@ -29,8 +29,8 @@ func hostile(t *testing.T) (*Root, string) {
 		t.Fatal(err)
 	}
 	links := map[string]string{
-		"abs":        canary,                 // absolute, to the host path
-		"rel":        "../canary",            // relative, climbing out
+		"abs":        canary,                  // absolute, to the host path
+		"rel":        "../canary",             // relative, climbing out
 		"sub/deep":   "../../../../../canary", // climbing far out
 		"file":       filepath.Join(canary, "secret"),
 		"rel-file":   "../canary/secret",
