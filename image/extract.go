@@ -14,6 +14,7 @@ import (
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -36,7 +37,7 @@ func findCompatModule(ctx context.Context, cs content.Provider, layers []ocispec
 	// Later layers override earlier ones, so walk them top-down and keep the
 	// first sight of each path.
 	for i := len(layers) - 1; i >= 0; i-- {
-		err := walkLayer(ctx, cs, layers[i], func(name string, hdr *tar.Header, _ io.Reader) (bool, error) {
+		err := walkLayer(ctx, cs, layers[i], cfg.RootFS.DiffIDs[i], func(name string, hdr *tar.Header, _ io.Reader) (bool, error) {
 			if _, seen := entries[name]; !seen {
 				entries[name] = tarEntry{layer: i, typeflag: hdr.Typeflag, linkname: hdr.Linkname, size: hdr.Size}
 			}
@@ -79,7 +80,8 @@ func findCompatModule(ctx context.Context, cs content.Provider, layers []ocispec
 		return "", nil, fmt.Errorf("module %s is %d bytes, over the %d-byte limit (image.max_layer_size): %w", modPath, e.size, maxSize, errdefs.ErrInvalidArgument)
 	}
 	var module []byte
-	err := walkLayer(ctx, cs, layers[e.layer], func(name string, _ *tar.Header, r io.Reader) (bool, error) {
+	// Read again without hashing: the index pass checked this layer.
+	err := walkLayer(ctx, cs, layers[e.layer], "", func(name string, _ *tar.Header, r io.Reader) (bool, error) {
 		if name != modPath {
 			return false, nil
 		}
@@ -132,8 +134,10 @@ func resolveInImage(entries map[string]tarEntry, p string) (string, error) {
 }
 
 // walkLayer calls fn for each entry of a tar or tar+gzip layer with the
-// entry's cleaned absolute path, until fn says it is done.
-func walkLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, fn func(name string, hdr *tar.Header, r io.Reader) (done bool, err error)) error {
+// entry's cleaned absolute path, until fn says it is done. With a diffID,
+// the whole uncompressed layer is hashed as it is read and must match it:
+// a layer is only ever used as the content its image config names.
+func walkLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, diffID digest.Digest, fn func(name string, hdr *tar.Header, r io.Reader) (done bool, err error)) error {
 	ra, err := cs.ReaderAt(ctx, desc)
 	if err != nil {
 		return fmt.Errorf("open layer %s: %w", desc.Digest, err)
@@ -149,11 +153,16 @@ func walkLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor
 		defer gz.Close()
 		r = gz
 	}
+	var digester digest.Digester
+	if diffID != "" {
+		digester = diffID.Algorithm().Digester()
+		r = io.TeeReader(r, digester.Hash())
+	}
 	tr := tar.NewReader(r)
 	for {
 		hdr, err := tr.Next()
 		if errors.Is(err, io.EOF) {
-			return nil
+			break
 		}
 		if err != nil {
 			return fmt.Errorf("layer %s is not a readable tar: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
@@ -166,6 +175,18 @@ func walkLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor
 			return err
 		}
 	}
+	if digester == nil {
+		return nil
+	}
+	// The diff ID covers the whole stream, past the tar's end too.
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	if got := digester.Digest(); got != diffID {
+		return fmt.Errorf("layer %s uncompresses to %s, not to the diff_id %s its image config names: %w",
+			desc.Digest, got, diffID, errdefs.ErrInvalidArgument)
+	}
+	return nil
 }
 
 // escapesRoot is true for a tar name with a ".." element.

@@ -68,8 +68,19 @@ func (s *Service) unpack(ctx context.Context, img *Image, root string) error {
 	if err := json.Unmarshal(b, &m); err != nil {
 		return err
 	}
-	for _, layer := range m.Layers {
-		if err := walkLayer(ctx, s.content, layer, func(name string, hdr *tar.Header, r io.Reader) (bool, error) {
+	cb, err := content.ReadBlob(ctx, s.content, m.Config)
+	if err != nil {
+		return err
+	}
+	var cfg ocispec.Image
+	if err := json.Unmarshal(cb, &cfg); err != nil {
+		return err
+	}
+	if err := checkDiffIDs(img.ID, m, &cfg); err != nil {
+		return err
+	}
+	for i, layer := range m.Layers {
+		if err := walkLayer(ctx, s.content, layer, cfg.RootFS.DiffIDs[i], func(name string, hdr *tar.Header, r io.Reader) (bool, error) {
 			return false, applyEntry(root, name, hdr, r)
 		}); err != nil {
 			return err

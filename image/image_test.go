@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
@@ -178,11 +179,7 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 	tw.Write(emptyModule)
 	tw.Close()
 	gz.Close()
-	evil := &Built{}
-	ecfg := evil.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}, Config: ocispec.ImageConfig{Entrypoint: []string{"/module.wasm"}}})
-	elayer := evil.Add(ocispec.MediaTypeImageLayerGzip, tb.Bytes())
-	evil.SetManifest(ocispec.MediaTypeImageManifest, ecfg, []ocispec.Descriptor{elayer}, nil)
-	push(t, reg+"/bad/traversal:1", evil)
+	push(t, reg+"/bad/traversal:1", imageOf(wasmConfig("/module.wasm", digest.FromBytes(mustGunzip(tb.Bytes()))), crafted{blob: tb.Bytes()}))
 
 	for _, tc := range []struct {
 		ref   string

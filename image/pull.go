@@ -104,6 +104,7 @@ type pull struct {
 	fetcher remotes.Fetcher
 	cs      content.Store
 	blobs   []digest.Digest
+	sizes   map[digest.Digest]int64
 	size    int64
 	release []func()
 }
@@ -176,6 +177,10 @@ func (p *pull) keep(d digest.Digest, size int64) {
 		}
 	}
 	p.blobs = append(p.blobs, d)
+	if p.sizes == nil {
+		p.sizes = map[digest.Digest]int64{}
+	}
+	p.sizes[d] = size
 	p.size += size
 	p.release = append(p.release, p.s.lease(d))
 }
@@ -215,6 +220,11 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 	format, cfg, err := classify(p.ref, m, configJSON)
 	if err != nil {
 		return nil, err
+	}
+	if format == FormatCompat {
+		if err := checkDiffIDs(p.ref, m, cfg); err != nil {
+			return nil, err
+		}
 	}
 	for _, l := range m.Layers {
 		if _, err := p.fetch(ctx, l, p.s.opts.MaxLayerSize, false); err != nil {
@@ -270,7 +280,7 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 		}
 	}
 	img.Blobs, img.Size = p.blobs, p.size
-	return p.s.record(img)
+	return p.s.record(img, p.sizes)
 }
 
 // imageID is the config digest, as containerd's, for compat images. Wasm

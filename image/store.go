@@ -158,17 +158,33 @@ func (s *Store) List() ([]*Image, error) {
 }
 
 // record stores img under its tags and digests. A tag that named another
-// image moves to this one, as a re-pulled tag does in containerd.
-func (s *Store) record(img *Image) (*Image, error) {
+// image moves to this one, as a re-pulled tag does in containerd. sizes are
+// the bytes of img's blobs.
+//
+// An image already recorded under img.ID gains img's names and blobs (the
+// same image pulled through another manifest, e.g. with other compression)
+// only when it runs the same module: different contents are never merged
+// under one ID, so that every name runs the module its own manifest
+// references.
+func (s *Store) record(img *Image, sizes map[digest.Digest]int64) (*Image, error) {
 	var saved *Image
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		refs := tx.Bucket(bucketRefs)
 		merged := img
 		if old, err := getImage(tx, img.ID); err == nil {
+			if err := sameContent(old, img); err != nil {
+				return err
+			}
 			merged = old
 			merged.RepoTags = union(old.RepoTags, img.RepoTags)
 			merged.RepoDigests = union(old.RepoDigests, img.RepoDigests)
 			merged.PulledAt = img.PulledAt
+			for _, d := range img.Blobs {
+				if !slices.Contains(merged.Blobs, d) {
+					merged.Blobs = append(merged.Blobs, d)
+					merged.Size += sizes[d]
+				}
+			}
 		}
 		for _, ref := range append(slices.Clone(img.RepoTags), img.RepoDigests...) {
 			prev := refs.Get([]byte(ref))
@@ -185,6 +201,20 @@ func (s *Store) record(img *Image) (*Image, error) {
 		return putImage(tx, merged)
 	})
 	return saved, err
+}
+
+// sameContent refuses to record img under the ID of an image with another
+// module (or layout). Compat images share an ID only when their configs,
+// and so the diff IDs their layers are checked against, are byte-identical:
+// then they hold the same files. What is left is a blob that is both an
+// artifact's manifest and a compat image's config, or a bug.
+func sameContent(old, img *Image) error {
+	if old.Format == img.Format && old.Module.Digest == img.Module.Digest {
+		return nil
+	}
+	return fmt.Errorf("image ID %s is already %s (a %s image running module %s); manifest %s would make it a %s image running module %s: refusing to merge different images under one ID: %w",
+		img.ID, strings.Join(append(slices.Clone(old.RepoTags), old.RepoDigests...), ", "), old.Format, old.Module.Digest,
+		img.ManifestDigest, img.Format, img.Module.Digest, errdefs.ErrConflict)
 }
 
 // dropRef takes ref off image id, leaving the image itself in place.
