@@ -12,8 +12,8 @@ import (
 	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
-	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
 // Filesystem returns a directory holding the image's files, for image
@@ -58,7 +58,12 @@ func (s *Service) unpack(ctx context.Context, img *Image, root string) error {
 		if err != nil {
 			return err
 		}
-		return os.WriteFile(filepath.Join(root, path.Base(img.Module.Name)+".wasm"), module, 0o755)
+		tree, err := inroot.Open(root)
+		if err != nil {
+			return err
+		}
+		defer tree.Close()
+		return tree.WriteFile(path.Base(img.Module.Name)+".wasm", module, 0o755)
 	}
 	b, err := content.ReadBlob(ctx, s.content, ocispec.Descriptor{Digest: img.ManifestDigest})
 	if err != nil {
@@ -79,94 +84,18 @@ func (s *Service) unpack(ctx context.Context, img *Image, root string) error {
 	if err := checkDiffIDs(img.ID, m, &cfg); err != nil {
 		return err
 	}
+	tree, err := inroot.Open(root)
+	if err != nil {
+		return err
+	}
+	defer tree.Close()
 	for i, layer := range m.Layers {
-		if err := walkLayer(ctx, s.content, layer, cfg.RootFS.DiffIDs[i], func(name string, hdr *tar.Header, r io.Reader) (bool, error) {
-			return false, applyEntry(root, name, hdr, r)
+		a := newApplier(tree, layer.Digest.String())
+		if err := walkLayer(ctx, s.content, layer, cfg.RootFS.DiffIDs[i], func(_ string, hdr *tar.Header, r io.Reader) (bool, error) {
+			_, err := a.apply(hdr, r)
+			return false, err
 		}); err != nil {
 			return err
-		}
-	}
-	return nil
-}
-
-// applyEntry writes one layer entry under root. Entries never reach
-// outside root: names climbing out are refused by walkLayer, and no entry
-// is written through a symlink an earlier entry made.
-func applyEntry(root, name string, hdr *tar.Header, r io.Reader) error {
-	rel := strings.TrimPrefix(name, "/")
-	if rel == "" {
-		return nil
-	}
-	dir, base := path.Dir(rel), path.Base(rel)
-	if err := noSymlinkIn(root, dir); err != nil {
-		return err
-	}
-	target := filepath.Join(root, filepath.FromSlash(rel))
-	switch {
-	case base == ".wh..wh..opq": // an opaque directory: drop what lower layers put there
-		entries, _ := os.ReadDir(filepath.Dir(target))
-		for _, e := range entries {
-			os.RemoveAll(filepath.Join(filepath.Dir(target), e.Name()))
-		}
-		return nil
-	case strings.HasPrefix(base, ".wh."):
-		return os.RemoveAll(filepath.Join(filepath.Dir(target), strings.TrimPrefix(base, ".wh.")))
-	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
-		return err
-	}
-	mode := os.FileMode(hdr.Mode) & os.ModePerm
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if fi, err := os.Lstat(target); err == nil && !fi.IsDir() {
-			os.Remove(target)
-		}
-		if err := os.MkdirAll(target, 0o755); err != nil {
-			return err
-		}
-		return os.Chmod(target, mode|0o100)
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars use TypeRegA
-		os.RemoveAll(target)
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_EXCL, mode)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(f, r); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
-	case tar.TypeSymlink:
-		os.RemoveAll(target)
-		return os.Symlink(hdr.Linkname, target)
-	case tar.TypeLink:
-		if err := noSymlinkIn(root, path.Dir(strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/"))); err != nil {
-			return err
-		}
-		os.RemoveAll(target)
-		return os.Link(filepath.Join(root, filepath.FromSlash(path.Clean("/"+hdr.Linkname))), target)
-	}
-	return nil // devices, fifos: nothing a Wasm module can use
-}
-
-// noSymlinkIn refuses a relative directory whose path, under root, passes
-// through a symlink.
-func noSymlinkIn(root, dir string) error {
-	p := root
-	for _, el := range strings.Split(dir, "/") {
-		if el == "" || el == "." {
-			continue
-		}
-		p = filepath.Join(p, el)
-		fi, err := os.Lstat(p)
-		if os.IsNotExist(err) {
-			return nil
-		}
-		if err != nil {
-			return err
-		}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			return fmt.Errorf("layer entry under %s goes through a symlink: %w", dir, errdefs.ErrInvalidArgument)
 		}
 	}
 	return nil

@@ -6,6 +6,12 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io/fs"
+	"maps"
+	"os"
+	"path/filepath"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -275,4 +281,210 @@ func TestRecordRefusesAnotherModuleUnderOneID(t *testing.T) {
 	if img := mustGet(t, s, "docker.io/x/a:1"); img.Module.Digest != first.Module.Digest || len(img.RepoTags) != 2 {
 		t.Fatalf("the recorded image changed: %+v", img)
 	}
+}
+
+// canary is a directory holding one file, planted where no unpacking may
+// reach.
+type canary string
+
+func plantCanary(t *testing.T, dir string) canary {
+	t.Helper()
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "secret"), []byte("host secret"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return canary(dir)
+}
+
+func (c canary) check(t testing.TB) {
+	t.Helper()
+	entries, err := os.ReadDir(string(c))
+	if err != nil {
+		t.Fatalf("canary %s: %v", c, err)
+	}
+	if len(entries) != 1 || entries[0].Name() != "secret" {
+		t.Fatalf("canary %s changed: %v", c, entries)
+	}
+	fi, err := os.Lstat(filepath.Join(string(c), "secret"))
+	if err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("canary file changed: %v %v", fi, err)
+	}
+	if b, _ := os.ReadFile(filepath.Join(string(c), "secret")); string(b) != "host secret" {
+		t.Fatalf("canary file holds %q", b)
+	}
+}
+
+// treeOf lists dir: each path, its type, and a regular file's content.
+func treeOf(t testing.TB, dir string) map[string]string {
+	t.Helper()
+	out := map[string]string{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		rel, _ := filepath.Rel(dir, p)
+		switch {
+		case d.Type()&fs.ModeSymlink != 0:
+			l, _ := os.Readlink(p)
+			out[rel] = "-> " + l
+		case d.IsDir():
+			out[rel] = "dir"
+		default:
+			b, _ := os.ReadFile(p)
+			out[rel] = string(b)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// unpackRefused pulls ref and gets its files; one of the two must refuse.
+func pullAndUnpack(ctx context.Context, s *Service, ref string) (*Image, string, error) {
+	img, err := s.Pull(ctx, ref, nil)
+	if err != nil {
+		return nil, "", err
+	}
+	dir, err := s.Filesystem(ctx, img)
+	return img, dir, err
+}
+
+// Whiteouts naming "." or "..", entries and links through an image's own
+// symlinks, and links to what is not a regular file of the image are
+// refused; neither canaries beside the tree nor another image's files move.
+func TestHostileWhiteoutsAndLinks(t *testing.T) {
+	reg := testregistry.Start(t)
+	ctx := context.Background()
+	top := t.TempDir()
+	outside := plantCanary(t, filepath.Join(top, "canary"))
+	s := newService(t, filepath.Join(top, "svc"), Options{})
+
+	good := gzLayer(t, file("app.wasm", emptyModule), dir("etc"), file("etc/motd", []byte("hello")))
+	push(t, reg+"/ok/good:1", compatOf("/app.wasm", good))
+	_, goodDir, err := pullAndUnpack(ctx, s, reg+"/ok/good:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	goodTree := treeOf(t, goodDir)
+	beside := plantCanary(t, filepath.Join(filepath.Dir(goodDir), "canary"))
+
+	base := []entry{file("app.wasm", emptyModule), dir("dir"), file("dir/file", []byte("x"))}
+	goodName := filepath.Base(goodDir)
+	for _, tc := range []struct {
+		name    string
+		entries []entry
+		says    string
+	}{
+		{"whiteout-dot", []entry{whiteout(".wh..")}, "not a name in its directory"},
+		{"whiteout-dotdot", []entry{whiteout(".wh...")}, "not a name in its directory"},
+		{"whiteout-empty", []entry{whiteout("dir/.wh.")}, "not a name in its directory"},
+		{"dir-whiteout-dot", []entry{whiteout("dir/.wh..")}, "not a name in its directory"},
+		{"dir-whiteout-dotdot", []entry{whiteout("./dir/.wh...")}, "not a name in its directory"},
+		{"opaque-as-dir", []entry{file("dir/.wh..wh..opq/x", nil)}, "whiteout name"},
+		{"whiteout-as-dir", []entry{whiteout("dir/.wh.file/.wh..")}, "whiteout name"},
+		{"whiteout-through-abs-link", []entry{symlink("out", string(outside)), whiteout("out/.wh.secret")}, "through a symlink"},
+		{"whiteout-through-up-link", []entry{symlink("up", "../../.."), whiteout("up/.wh." + goodName)}, "through a symlink"},
+		{"opaque-through-link", []entry{symlink("up", ".."), whiteout("up/.wh..wh..opq")}, "through a symlink"},
+		{"opaque-through-deep-link", []entry{symlink("dir/up", "../../../.."), whiteout("dir/up/.wh..wh..opq")}, "through a symlink"},
+		{"file-through-link", []entry{symlink("out", string(outside)), file("out/new", []byte("x"))}, "through a symlink"},
+		{"dir-through-link", []entry{symlink("up", "../.."), dir("up/made")}, "through a symlink"},
+		{"hardlink-to-symlink-out", []entry{symlink("s", filepath.Join(string(outside), "secret")), hardlink("h", "s")}, "not a regular file"},
+		{"hardlink-through-link", []entry{symlink("out", string(outside)), hardlink("h", "out/secret")}, "through a symlink"},
+		{"hardlink-to-dir", []entry{hardlink("h", "dir")}, "not a regular file"},
+		{"hardlink-to-nothing", []entry{hardlink("h", "missing")}, "not a regular file"},
+		{"hardlink-climbing", []entry{hardlink("h", "../../canary/secret")}, "climbs out"},
+		{"file-climbing", []entry{file("../"+goodName+"/app.wasm", []byte("x"))}, "climbs out"},
+		{"whiteout-climbing", []entry{whiteout("../.wh." + goodName)}, "climbs out"},
+		{"long-name", []entry{file(strings.Repeat("d/", 2100)+"f", nil)}, "longer than 4096"},
+		{"long-link", []entry{symlink("l", strings.Repeat("x", 5000))}, "longer than 4096"},
+		{"root-as-file", []entry{file(".", []byte("x"))}, "where the image root is"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			// The hostile entries come in a layer of their own over the
+			// base, and also inside the base layer itself.
+			for i, layers := range [][]crafted{
+				{gzLayer(t, base...), gzLayer(t, tc.entries...)},
+				{gzLayer(t, append(slices.Clone(base), tc.entries...)...)},
+			} {
+				ref := reg + "/hostile/" + tc.name + ":" + strconv.Itoa(i)
+				push(t, ref, compatOf("/app.wasm", layers...))
+				_, _, err := pullAndUnpack(ctx, s, ref)
+				wantErr(t, err, errdefs.ErrInvalidArgument, tc.says)
+				outside.check(t)
+				beside.check(t)
+				if got := treeOf(t, goodDir); !maps.Equal(got, goodTree) {
+					t.Fatalf("another image's files changed: %v, were %v", got, goodTree)
+				}
+				leftovers(t, s)
+			}
+		})
+	}
+}
+
+// leftovers fails the test if an unpacking left its temporary tree.
+func leftovers(t testing.TB, s *Service) {
+	t.Helper()
+	entries, _ := os.ReadDir(s.fsDir)
+	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".") {
+			t.Fatalf("image-fs holds %s after the unpack ended", e.Name())
+		}
+	}
+}
+
+// Whiteouts and links as image builders write them keep working: a file
+// whited out, a directory made opaque (but for what its own layer adds), a
+// file replacing a symlink out of the image, a hard link between files.
+func TestWhiteoutsAndLinksAsBuildersWriteThem(t *testing.T) {
+	reg := testregistry.Start(t)
+	ctx := context.Background()
+	top := t.TempDir()
+	outside := plantCanary(t, filepath.Join(top, "canary"))
+	s := newService(t, filepath.Join(top, "svc"), Options{})
+	lower := gzLayer(t,
+		file("app.wasm", emptyModule),
+		dir("etc"), file("etc/keep", []byte("keep")), file("etc/drop", []byte("drop")),
+		dir("data"), file("data/a", []byte("a")), dir("data/sub"), file("data/sub/b", []byte("b")),
+		symlink("link", filepath.Join(string(outside), "secret")),
+		dir("was-dir"), file("was-dir/x", nil),
+		file("was-file", []byte("file")),
+	)
+	upper := gzLayer(t,
+		whiteout("etc/.wh.drop"),
+		file("data/c", []byte("c")), // before the opaque marker, and kept
+		whiteout("data/.wh..wh..opq"),
+		file("data/d", []byte("d")),
+		file("link", []byte("now a file")),
+		file("was-dir", []byte("now a file")),
+		dir("was-file"),
+		hardlink("app2.wasm", "app.wasm"),
+		whiteout(".wh..wh.plnk"),
+	)
+	push(t, reg+"/ok/layers:1", compatOf("/app2.wasm", lower, upper))
+	img, dir, err := pullAndUnpack(ctx, s, reg+"/ok/layers:1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := map[string]string{
+		".": "dir", "app.wasm": string(emptyModule), "app2.wasm": string(emptyModule),
+		"etc": "dir", "etc/keep": "keep",
+		"data": "dir", "data/c": "c", "data/d": "d",
+		"link": "now a file", "was-dir": "now a file", "was-file": "dir",
+	}
+	if got := treeOf(t, dir); !maps.Equal(got, want) {
+		t.Fatalf("tree = %v\nwant %v", got, want)
+	}
+	a, _ := os.Stat(filepath.Join(dir, "app.wasm"))
+	b, _ := os.Stat(filepath.Join(dir, "app2.wasm"))
+	if !os.SameFile(a, b) {
+		t.Error("the hard link is a copy")
+	}
+	if img.Module.Digest != digest.FromBytes(emptyModule) {
+		t.Errorf("module %s", img.Module.Digest)
+	}
+	outside.check(t)
 }

@@ -29,6 +29,9 @@ var componentModule = []byte("\x00asm\x0d\x00\x01\x00")
 
 func newService(t *testing.T, dir string, opts Options) *Service {
 	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
