@@ -26,24 +26,33 @@ const (
 	whiteoutOpaque = ".wh..wh..opq" // the directory hides what lower layers put in it
 )
 
-// applier writes the entries of one layer into an image tree. Every path
-// is resolved inside the tree (inroot), and on top of that no entry is
-// made, removed or linked to through a symlink of the tree: an image's own
-// links are for the module to follow at run time, not for unpacking.
+// applier writes the entries of one layer into an image tree. Every
+// directory an entry goes in is opened by walking to it from the tree's
+// root without following any symlink (inroot.OpenDirNoFollow), and the
+// entry is made there by name, never followed either: an image's own
+// links are for the module to follow at run time, not for unpacking, and
+// nothing is written, linked or removed through one.
 type applier struct {
 	root  *inroot.Root
 	layer string // the layer's digest, for messages
 	// made holds the paths (hashed, so memory is a few words an entry)
 	// this layer created, which an opaque whiteout in it keeps.
 	made map[[16]byte]struct{}
-	// plainDir is the last parent directory found to have no symlink on
-	// its path; entries come grouped by directory. Anything that can turn
-	// a directory into a link (removal, a new symlink) forgets it.
-	plainDir string
+	// dir is the directory the last entry went in; entries come grouped
+	// by directory, and walking to it again costs a syscall a component.
+	dir *inroot.Dir
 }
 
 func newApplier(root *inroot.Root, layer string) *applier {
-	return &applier{root: root, layer: layer, made: map[[16]byte]struct{}{}, plainDir: "\x00"}
+	return &applier{root: root, layer: layer, made: map[[16]byte]struct{}{}}
+}
+
+// close releases the directory the applier holds open.
+func (a *applier) close() {
+	if a.dir != nil {
+		a.dir.Close()
+		a.dir = nil
+	}
 }
 
 // refuse is the error for an entry the image must not hold.
@@ -99,38 +108,66 @@ func (a *applier) apply(hdr *tar.Header, r io.Reader) (int64, error) {
 			return 0, a.refuse(hdr, "a whiteout name (%s) as a directory", el)
 		}
 	}
-	if err := a.noSymlinkIn(hdr, dir); err != nil {
-		return 0, err
-	}
 	if strings.HasPrefix(base, whiteoutPrefix) {
 		return 0, a.whiteout(hdr, dir, base)
 	}
-
-	mode := os.FileMode(hdr.Mode).Perm()
 	switch hdr.Typeflag {
-	case tar.TypeDir:
-		err = a.mkdir(rel, mode|0o100)
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars use TypeRegA
-		var n int64
-		n, err = a.create(rel, mode, r)
-		if err == nil {
-			a.mark(rel)
-		}
-		return n, a.fsError(hdr, err)
-	case tar.TypeSymlink:
-		a.plainDir = "\x00"
-		if err = a.clearDir(rel); err == nil {
-			err = a.root.Symlink(hdr.Linkname, rel)
-		}
-	case tar.TypeLink:
-		err = a.link(hdr, rel)
+	case tar.TypeDir, tar.TypeReg, tar.TypeRegA, tar.TypeSymlink, tar.TypeLink: //nolint:staticcheck // old tars use TypeRegA
 	default:
 		return 0, nil // devices, FIFOs, sparse files: nothing a Wasm module can use
 	}
-	if err == nil {
-		a.mark(rel)
+	d, err := a.open(hdr, dir, true)
+	if err != nil {
+		return 0, err
 	}
-	return 0, a.fsError(hdr, err)
+	var n int64
+	mode := os.FileMode(hdr.Mode).Perm()
+	switch hdr.Typeflag {
+	case tar.TypeDir:
+		err = a.mkdir(d, base, mode|0o100)
+	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars use TypeRegA
+		n, err = a.create(d, base, mode, r)
+	case tar.TypeSymlink:
+		err = a.replacingDir(d, base, func() error { return d.Symlink(hdr.Linkname, base) })
+	case tar.TypeLink:
+		err = a.link(hdr, d, base)
+	}
+	if err != nil {
+		return n, a.fsError(hdr, err)
+	}
+	a.made[pathKey(rel)] = struct{}{}
+	return n, nil
+}
+
+// open returns the directory dir of the tree (made, with its parents, if
+// create), refusing one reached through a symlink. It is nil, without
+// create, when dir does not exist.
+func (a *applier) open(hdr *tar.Header, dir string, create bool) (*inroot.Dir, error) {
+	if a.dir != nil && a.dir.Path() == path.Clean("/"+dir) {
+		return a.dir, nil
+	}
+	d, err := a.root.OpenDirNoFollow(dir, create)
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return nil, a.refuse(hdr, "its directory %s goes through a symlink", dir)
+	case !create && (errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR)):
+		return nil, nil
+	case err != nil:
+		return nil, a.fsError(hdr, err)
+	}
+	a.close()
+	a.dir = d
+	return d, nil
+}
+
+// removeAll removes child name of d, first letting go of the open
+// directory if it is at or under what goes.
+func (a *applier) removeAll(d *inroot.Dir, name string) error {
+	gone := path.Join(d.Path(), name)
+	if a.dir != nil && (a.dir.Path() == gone || strings.HasPrefix(a.dir.Path(), gone+"/")) {
+		a.close() // never d itself, whose child goes
+	}
+	return d.RemoveAll(name)
 }
 
 // fsError gives a failure the layer's content caused (a file where a
@@ -163,27 +200,6 @@ func typeName(t byte) string {
 	return fmt.Sprintf("type %q entry", t)
 }
 
-// noSymlinkIn refuses an entry whose parent directory, dir, is reached
-// through a symlink of the tree.
-func (a *applier) noSymlinkIn(hdr *tar.Header, dir string) error {
-	if dir == "." || dir == a.plainDir {
-		return nil
-	}
-	if err := a.root.NoSymlink(dir); err != nil {
-		if errors.Is(err, unix.ELOOP) {
-			return a.refuse(hdr, "its directory %s goes through a symlink", dir)
-		}
-		return a.fsError(hdr, err)
-	}
-	a.plainDir = dir
-	return nil
-}
-
-// mark remembers that this layer made rel.
-func (a *applier) mark(rel string) {
-	a.made[pathKey(rel)] = struct{}{}
-}
-
 func pathKey(rel string) [16]byte {
 	sum := sha256.Sum256([]byte(rel))
 	return [16]byte(sum[:16])
@@ -194,69 +210,70 @@ func pathKey(rel string) [16]byte {
 // dir. It only ever removes a direct child of dir, never dir itself nor
 // anything above it.
 func (a *applier) whiteout(hdr *tar.Header, dir, base string) error {
-	a.plainDir = "\x00"
-	switch {
-	case base == whiteoutOpaque:
-		names, err := a.root.ReadDirNames(dir)
-		if errors.Is(err, fs.ErrNotExist) {
-			return nil
-		}
-		if err != nil {
-			return a.fsError(hdr, err)
-		}
-		for _, name := range names {
-			child := path.Join(dir, name)
-			if _, mine := a.made[pathKey(child)]; mine {
-				continue
-			}
-			if err := a.root.RemoveAll(child); err != nil {
-				return a.fsError(hdr, err)
-			}
-		}
-		return nil
-	case strings.HasPrefix(base, whiteoutMeta):
+	if base != whiteoutOpaque && strings.HasPrefix(base, whiteoutMeta) {
 		return nil
 	}
 	name := strings.TrimPrefix(base, whiteoutPrefix)
-	if name == "" || name == "." || name == ".." {
+	if base != whiteoutOpaque && (name == "" || name == "." || name == "..") {
 		return a.refuse(hdr, "a whiteout of %q, which is not a name in its directory", name)
 	}
-	return a.fsError(hdr, a.root.RemoveAll(path.Join(dir, name)))
-}
-
-// clearDir removes a directory standing where a non-directory goes, as a
-// later layer's file replaces a lower layer's directory. Files and links
-// there are replaced by inroot itself.
-func (a *applier) clearDir(rel string) error {
-	fi, err := a.root.Lstat(rel)
-	if err != nil || !fi.IsDir() {
-		return nil
+	d, err := a.open(hdr, dir, false)
+	if err != nil || d == nil {
+		return err // nothing there to hide
 	}
-	a.plainDir = "\x00"
-	return a.root.RemoveAll(rel)
+	if base != whiteoutOpaque {
+		return a.fsError(hdr, a.removeAll(d, name))
+	}
+	names, err := d.Names()
+	if err != nil {
+		return a.fsError(hdr, err)
+	}
+	for _, child := range names {
+		if _, mine := a.made[pathKey(path.Join(dir, child))]; mine {
+			continue
+		}
+		if err := a.removeAll(d, child); err != nil {
+			return a.fsError(hdr, err)
+		}
+	}
+	return nil
 }
 
-func (a *applier) mkdir(rel string, mode os.FileMode) error {
-	fi, err := a.root.Lstat(rel)
+// replacingDir runs make, which makes a non-directory at name replacing
+// any file or link there; a directory there (a lower layer's, which a
+// later layer's file replaces) is removed first.
+func (a *applier) replacingDir(d *inroot.Dir, name string, make func() error) error {
+	err := make()
+	if !errors.Is(err, unix.EISDIR) {
+		return err
+	}
+	if err := a.removeAll(d, name); err != nil {
+		return err
+	}
+	return make()
+}
+
+func (a *applier) mkdir(d *inroot.Dir, name string, mode os.FileMode) error {
+	fi, err := d.Lstat(name)
 	switch {
-	case err == nil && !fi.IsDir():
-		if err := a.root.RemoveAll(rel); err != nil {
+	case err == nil && fi.IsDir():
+		return d.Chmod(name, mode)
+	case err == nil:
+		if err := a.removeAll(d, name); err != nil {
 			return err
 		}
-	case err != nil && !errors.Is(err, fs.ErrNotExist):
+	case !errors.Is(err, fs.ErrNotExist):
 		return err
 	}
-	if err := a.root.MkdirAll(rel, 0o755); err != nil {
-		return err
-	}
-	return a.root.Chmod(rel, mode)
+	return d.Mkdir(name, mode)
 }
 
-func (a *applier) create(rel string, mode os.FileMode, r io.Reader) (int64, error) {
-	if err := a.clearDir(rel); err != nil {
-		return 0, err
-	}
-	f, err := a.root.Create(rel, mode)
+func (a *applier) create(d *inroot.Dir, name string, mode os.FileMode, r io.Reader) (int64, error) {
+	var f *os.File
+	err := a.replacingDir(d, name, func() (err error) {
+		f, err = d.Create(name, mode)
+		return err
+	})
 	if err != nil {
 		return 0, err
 	}
@@ -269,23 +286,26 @@ func (a *applier) create(rel string, mode os.FileMode, r io.Reader) (int64, erro
 
 // link makes a hard link to a regular file already in the tree, named by
 // a path that goes through no symlink.
-func (a *applier) link(hdr *tar.Header, rel string) error {
+func (a *applier) link(hdr *tar.Header, d *inroot.Dir, name string) error {
 	target := strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/")
 	if target == "" {
 		return a.refuse(hdr, "a hard link to the image root")
 	}
-	if err := a.noSymlinkIn(hdr, path.Dir(target)); err != nil {
-		return err
+	notFile := a.refuse(hdr, "a hard link to %s, which is not a regular file in the image", clip(hdr.Linkname))
+	from, err := a.root.OpenDirNoFollow(path.Dir(target), false)
+	switch {
+	case errors.Is(err, unix.ELOOP):
+		return a.refuse(hdr, "its target's directory %s goes through a symlink", path.Dir(target))
+	case err != nil:
+		return notFile
 	}
-	fi, err := a.root.Lstat(target)
+	defer from.Close()
+	fi, err := from.Lstat(path.Base(target))
 	if err != nil || !fi.Mode().IsRegular() {
-		return a.refuse(hdr, "a hard link to %s, which is not a regular file in the image", clip(hdr.Linkname))
+		return notFile
 	}
-	if target == rel {
-		return nil
+	if path.Clean("/"+target) == path.Join(d.Path(), name) {
+		return nil // a link to itself: already there
 	}
-	if err := a.clearDir(rel); err != nil {
-		return err
-	}
-	return a.root.LinkInRoot(target, rel)
+	return a.replacingDir(d, name, func() error { return d.Link(from, path.Base(target), name) })
 }

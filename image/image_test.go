@@ -27,7 +27,7 @@ var emptyModule = []byte("\x00asm\x01\x00\x00\x00")
 // A module that is a component (version 0x0d, layer 1).
 var componentModule = []byte("\x00asm\x0d\x00\x01\x00")
 
-func newService(t *testing.T, dir string, opts Options) *Service {
+func newService(t testing.TB, dir string, opts Options) *Service {
 	t.Helper()
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		t.Fatal(err)
