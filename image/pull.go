@@ -93,6 +93,18 @@ func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) 
 		opts.PullTimeout = 10 * time.Minute
 	}
 	st.fsDir = filepath.Join(filepath.Dir(contentDir), "image-fs")
+	if err := st.private(); err != nil {
+		return nil, err
+	}
+	r, err := st.reclaim(context.Background())
+	if err != nil {
+		// Leftovers waste disk; they harm nothing else.
+		opts.Logger.Warn("reclaiming what a crash left in the image store", "error", err)
+	}
+	if r != (reclaimed{}) {
+		opts.Logger.Info("reclaimed what a crash left in the image store",
+			"ingests", r.ingests, "blobs", r.blobs, "unpacked trees", r.trees, "bytes", r.bytes)
+	}
 	return &Service{Store: st, opts: opts}, nil
 }
 
@@ -160,9 +172,8 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 		return nil, registryError(ref, err)
 	}
 	p := &pull{s: s, ref: ref, fetcher: fetcher, cs: s.content}
-	defer p.done()
-
 	img, err := p.run(ctx, named, root)
+	p.done(ctx, err)
 	if err != nil {
 		log.Warn("pull failed", "digest", root.Digest, "error", err)
 		return nil, err
@@ -172,9 +183,20 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	return img, nil
 }
 
-func (p *pull) done() {
+// done ends the pull's leases. When the image was refused for what it
+// holds, the blobs it fetched go too, unless an image or another pull
+// holds them: a hostile registry's images do not pile up on disk, pull
+// after refused pull. A pull that failed otherwise (a timeout, the
+// registry going away) keeps them, for its retry to find.
+func (p *pull) done(ctx context.Context, err error) {
 	for _, r := range p.release {
 		r()
+	}
+	if !errdefs.IsInvalidArgument(err) && !errdefs.IsConflict(err) {
+		return
+	}
+	if ferr := p.s.free(context.WithoutCancel(ctx), p.blobs); ferr != nil {
+		p.s.opts.Logger.Warn("free blobs of a refused image", "image", p.ref, "error", ferr)
 	}
 }
 

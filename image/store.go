@@ -371,7 +371,6 @@ func (s *Store) Remove(ctx context.Context, ref string) error {
 // so, when ref no longer names id.
 func (s *Store) remove(ctx context.Context, ref, id string) (bool, error) {
 	var removed *Image
-	var inUse map[digest.Digest]bool
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		now, err := resolveID(tx, ref)
 		if errdefs.IsNotFound(err) {
@@ -392,11 +391,7 @@ func (s *Store) remove(ctx context.Context, ref, id string) (bool, error) {
 				return err
 			}
 		}
-		if err := tx.Bucket(bucketImages).Delete([]byte(id)); err != nil {
-			return err
-		}
-		inUse, err = referencedBlobs(tx)
-		return err
+		return tx.Bucket(bucketImages).Delete([]byte(id))
 	})
 	if errors.Is(err, errMoved) {
 		return false, nil
@@ -408,7 +403,7 @@ func (s *Store) remove(ctx context.Context, ref, id string) (bool, error) {
 		// What cannot be removed now is reclaimed when the daemon starts.
 		os.RemoveAll(dir)
 	}
-	return true, s.free(ctx, removed.Blobs, inUse)
+	return true, s.free(ctx, removed.Blobs)
 }
 
 var errMoved = errors.New("the name moved to another image")
@@ -429,11 +424,22 @@ func referencedBlobs(tx *bolt.Tx) (map[digest.Digest]bool, error) {
 	return inUse, err
 }
 
-// free deletes the blobs of ds that neither an image (inUse) nor a pull
-// under way holds.
-func (s *Store) free(ctx context.Context, ds []digest.Digest, inUse map[digest.Digest]bool) error {
+// free deletes the blobs of ds that neither an image record nor a pull
+// under way holds. What records hold is read with the lease lock held: a
+// pull records its image before it lets go of its leases, so a blob is
+// either in a record this sees or still leased.
+func (s *Store) free(ctx context.Context, ds []digest.Digest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var inUse map[digest.Digest]bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		inUse, err = referencedBlobs(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
 	for _, d := range ds {
 		if inUse[d] || s.leases[d] > 0 {
 			continue
