@@ -44,14 +44,14 @@ func newService(t testing.TB, dir string, opts Options) *Service {
 	return s
 }
 
-func push(t *testing.T, ref string, b *Built) {
+func push(t testing.TB, ref string, b *Built) {
 	t.Helper()
 	if err := Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }
 
-func mustCompat(t *testing.T, module []byte, opts CompatOptions) *Built {
+func mustCompat(t testing.TB, module []byte, opts CompatOptions) *Built {
 	t.Helper()
 	b, err := BuildCompat(module, opts)
 	if err != nil {
@@ -60,7 +60,7 @@ func mustCompat(t *testing.T, module []byte, opts CompatOptions) *Built {
 	return b
 }
 
-func wantErr(t *testing.T, err error, class error, substr string) {
+func wantErr(t testing.TB, err error, class error, substr string) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("no error; want %v containing %q", class, substr)
@@ -149,7 +149,7 @@ func TestPullEachLayout(t *testing.T) {
 	}
 }
 
-func mustGet(t *testing.T, s *Service, ref string) *Image {
+func mustGet(t testing.TB, s *Service, ref string) *Image {
 	t.Helper()
 	img, err := s.Get(ref)
 	if err != nil {
