@@ -381,10 +381,9 @@ func (p *pull) unpack(ctx context.Context, img *Image, m ocispec.Manifest, cfg *
 	if err != nil {
 		return err
 	}
-	if old != nil {
-		if err := sameContent(old, &Image{ID: img.ID, ManifestDigest: img.ManifestDigest, Format: img.Format, Module: old.Module}); err != nil {
-			return err
-		}
+	if old != nil && old.Format != img.Format {
+		// Refused before anything touches the files of the other image.
+		return sameContent(old, img)
 	}
 	_, statErr := os.Stat(dir)
 	unpacked := old != nil && old.Unpacked != nil && statErr == nil
@@ -434,7 +433,8 @@ func (p *pull) unpack(ctx context.Context, img *Image, m ocispec.Manifest, cfg *
 			}
 			// Refused before the files take the ID's place.
 			if old != nil && old.Module.Digest != digestOf(module) {
-				return sameContent(old, &Image{ID: img.ID, ManifestDigest: img.ManifestDigest, Format: img.Format, Module: Module{Digest: digestOf(module)}})
+				img.Module.Digest = digestOf(module)
+				return sameContent(old, img)
 			}
 			return nil
 		}, &st)

@@ -310,9 +310,13 @@ func sameContent(old, img *Image) error {
 	if old.Format == img.Format && old.Module.Digest == img.Module.Digest {
 		return nil
 	}
-	return fmt.Errorf("image ID %s is already %s (a %s image running module %s); manifest %s would make it a %s image running module %s: refusing to merge different images under one ID: %w",
+	running := ""
+	if img.Module.Digest != "" {
+		running = " running module " + img.Module.Digest.String()
+	}
+	return fmt.Errorf("image ID %s is already %s (a %s image running module %s); manifest %s would make it a %s image%s: refusing to merge different images under one ID: %w",
 		img.ID, strings.Join(append(slices.Clone(old.RepoTags), old.RepoDigests...), ", "), old.Format, old.Module.Digest,
-		img.ManifestDigest, img.Format, img.Module.Digest, errdefs.ErrConflict)
+		img.ManifestDigest, img.Format, running, errdefs.ErrConflict)
 }
 
 // dropRef takes ref off image id, leaving the image itself in place.
