@@ -2,7 +2,9 @@ package image
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 
@@ -95,7 +97,7 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 		}
 		return nil
 	})
-	if err != nil {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) { // no blob yet
 		return r, fmt.Errorf("list blobs: %w", err)
 	}
 	for _, info := range orphans {
@@ -107,7 +109,7 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 
 	entries, err := os.ReadDir(s.fsDir)
 	if err != nil {
-		return r, err
+		return r, fmt.Errorf("list unpacked images: %w", err)
 	}
 	for _, e := range entries {
 		if trees[e.Name()] {

@@ -1,7 +1,9 @@
 package image
 
 import (
+	"bytes"
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"slices"
@@ -152,8 +154,12 @@ func TestStoreDirectoriesArePrivate(t *testing.T) {
 		}
 	}
 	push(t, reg+"/ok/app:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", emptyModule), file("etc/motd", []byte("hi")))))
-	s, stop := openService(t, dir, Options{})
+	var logs bytes.Buffer
+	s, stop := openService(t, dir, Options{Logger: slog.New(slog.NewTextHandler(&logs, nil))})
 	defer stop()
+	if logs.Len() != 0 {
+		t.Errorf("a fresh store logged at start-up: %s", logs.String())
+	}
 	img, err := s.Pull(context.Background(), reg+"/ok/app:1", nil)
 	if err != nil {
 		t.Fatal(err)
