@@ -9,94 +9,167 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"io/fs"
 	"path"
+	"path/filepath"
 	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
-// tarEntry is what the module search keeps of one layer entry.
-type tarEntry struct {
-	layer    int
-	typeflag byte
-	linkname string
-	size     int64
+// Config keys the limits are set by, named in the errors they cause.
+const (
+	keyMaxUnpackedSize    = "image.max_unpacked_size"
+	keyMaxUnpackedEntries = "image.max_unpacked_entries"
+	keyMaxModuleSize      = "image.max_module_size"
+)
+
+// budget is what unpacking one image may take, over all its layers. It
+// counts the uncompressed bytes of the layers (tar headers, padding and
+// anything past the tar's end included: everything that is decompressed
+// and hashed) and the bytes of file data written, which a sparse entry can
+// make larger than what it reads; each is held to maxBytes.
+type budget struct {
+	maxBytes, maxEntries int64
+	read, written        int64
+	entries              int64
 }
 
-// findCompatModule locates the module of a compat image in its layers and
-// returns its path in the image and its bytes. The module is the file the
-// entrypoint names (symlinks followed inside the image), else the only
-// .wasm file in the layers. Nothing is written to disk by path, so a
-// hostile tar cannot place files anywhere; entries that climb out of the
-// image root are refused outright.
-func findCompatModule(ctx context.Context, cs content.Provider, layers []ocispec.Descriptor, cfg *ocispec.Image, maxSize int64) (string, []byte, error) {
-	entries := map[string]tarEntry{}
-	// Later layers override earlier ones, so walk them top-down and keep the
-	// first sight of each path.
-	for i := len(layers) - 1; i >= 0; i-- {
-		err := walkLayer(ctx, cs, layers[i], func(name string, hdr *tar.Header, _ io.Reader) (bool, error) {
-			if _, seen := entries[name]; !seen {
-				entries[name] = tarEntry{layer: i, typeflag: hdr.Typeflag, linkname: hdr.Linkname, size: hdr.Size}
-			}
-			return false, nil
-		})
-		if err != nil {
-			return "", nil, err
-		}
-	}
+func (b *budget) sizeError(layer digest.Digest) error {
+	return fmt.Errorf("layer %s: the image's layers unpack to more than %d bytes, the %s limit: %w",
+		layer, b.maxBytes, keyMaxUnpackedSize, errdefs.ErrInvalidArgument)
+}
 
-	target := ""
-	if ep := cfg.Config.Entrypoint; len(ep) > 0 {
-		target = ep[0]
-	} else if cmd := cfg.Config.Cmd; len(cmd) > 0 && strings.HasSuffix(cmd[0], ".wasm") {
-		target = cmd[0]
-	}
-	var modPath string
-	if target != "" {
-		p, err := resolveInImage(entries, absInImage(cfg.Config.WorkingDir, target))
-		if err != nil {
-			return "", nil, err
-		}
-		modPath = p
-	} else {
-		var found []string
-		for name, e := range entries {
-			if strings.HasSuffix(name, ".wasm") && isRegular(e.typeflag) {
-				found = append(found, name)
-			}
-		}
-		if len(found) != 1 {
-			return "", nil, fmt.Errorf("compat image has no entrypoint and %d .wasm files (%s); name the module in the entrypoint: %w",
-				len(found), strings.Join(found, ", "), errdefs.ErrInvalidArgument)
-		}
-		modPath = found[0]
-	}
+// layerStream is a layer's uncompressed bytes as unpacking reads them: it
+// stops, for good, at the budget or when ctx ends, so a decompression bomb
+// is never read further than either allows.
+type layerStream struct {
+	ctx   context.Context
+	r     io.Reader
+	b     *budget
+	layer digest.Digest
+	err   error // what stopped it
+}
 
-	e := entries[modPath]
-	if e.size > maxSize {
-		return "", nil, fmt.Errorf("module %s is %d bytes, over the %d-byte limit (image.max_layer_size): %w", modPath, e.size, maxSize, errdefs.ErrInvalidArgument)
+func (l *layerStream) Read(p []byte) (int, error) {
+	if l.err != nil {
+		return 0, l.err
 	}
-	var module []byte
-	err := walkLayer(ctx, cs, layers[e.layer], func(name string, _ *tar.Header, r io.Reader) (bool, error) {
-		if name != modPath {
-			return false, nil
-		}
-		b, err := io.ReadAll(io.LimitReader(r, maxSize+1))
-		if err != nil {
-			return false, err
-		}
-		module = b
-		return true, nil
-	})
+	if err := l.ctx.Err(); err != nil {
+		l.err = fmt.Errorf("layer %s: %w", l.layer, err)
+		return 0, l.err
+	}
+	n, err := l.r.Read(p)
+	if l.b.read += int64(n); l.b.read > l.b.maxBytes {
+		l.err = l.b.sizeError(l.layer)
+		return 0, l.err
+	}
+	return n, err
+}
+
+// openLayer opens a tar or tar+gzip layer (gzip told by its magic, as
+// containerd's decompression does) as a stream counted against b.
+func openLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, b *budget) (*layerStream, func(), error) {
+	ra, err := cs.ReaderAt(ctx, desc)
 	if err != nil {
-		return "", nil, err
+		return nil, nil, fmt.Errorf("open layer %s: %w", desc.Digest, err)
 	}
-	if module == nil {
-		return "", nil, fmt.Errorf("module %s vanished from layer %s: %w", modPath, layers[e.layer].Digest, errdefs.ErrInvalidArgument)
+	br := bufio.NewReaderSize(content.NewReader(ra), 64<<10)
+	var r io.Reader = br
+	closeAll := func() { ra.Close() }
+	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
+		gz, err := gzip.NewReader(br)
+		if err != nil {
+			ra.Close()
+			return nil, nil, fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
+		}
+		r = gz
+		closeAll = func() { gz.Close(); ra.Close() }
 	}
-	return modPath, module, nil
+	return &layerStream{ctx: ctx, r: r, b: b, layer: desc.Digest}, closeAll, nil
+}
+
+// applyLayer reads one layer, checking that it uncompresses to diffID,
+// and with a non-nil a writes its entries into a's tree. Without one it
+// only checks the layer (an image whose files are already unpacked).
+func applyLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, diffID digest.Digest, a *applier, b *budget) error {
+	ls, done, err := openLayer(ctx, cs, desc, b)
+	if err != nil {
+		return err
+	}
+	defer done()
+	digester := diffID.Algorithm().Digester()
+	r := io.TeeReader(ls, digester.Hash())
+	// stopped gives the budget or the context, when either stopped the
+	// stream, precedence over what the tar reader made of it.
+	stopped := func(err error) error {
+		if ls.err != nil {
+			return ls.err
+		}
+		return err
+	}
+	if a != nil {
+		tr := tar.NewReader(r)
+		for {
+			hdr, err := tr.Next()
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			if err != nil {
+				return stopped(fmt.Errorf("layer %s is not a readable tar: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument))
+			}
+			if b.entries++; b.entries > b.maxEntries {
+				return fmt.Errorf("layer %s: the image's layers hold more than %d entries, the %s limit: %w",
+					desc.Digest, b.maxEntries, keyMaxUnpackedEntries, errdefs.ErrInvalidArgument)
+			}
+			if isRegular(hdr.Typeflag) && hdr.Size > b.maxBytes-b.written {
+				return b.sizeError(desc.Digest)
+			}
+			n, err := a.apply(hdr, tr)
+			b.written += n
+			if err != nil {
+				return stopped(err)
+			}
+		}
+	}
+	// The diff ID covers the whole stream, past the tar's end too.
+	if _, err := io.Copy(io.Discard, r); err != nil {
+		return stopped(fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument))
+	}
+	if got := digester.Digest(); got != diffID {
+		return fmt.Errorf("layer %s uncompresses to %s, not to the diff_id %s its image config names: %w",
+			desc.Digest, got, diffID, errdefs.ErrInvalidArgument)
+	}
+	return nil
+}
+
+// unpackLayers applies a compat image's layers in order into the tree.
+func unpackLayers(ctx context.Context, cs content.Provider, m ocispec.Manifest, cfg *ocispec.Image, tree *inroot.Root, b *budget) error {
+	for i, l := range m.Layers {
+		a := newApplier(tree, l.Digest.String())
+		err := applyLayer(ctx, cs, l, cfg.RootFS.DiffIDs[i], a, b)
+		a.close()
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkLayers checks a compat image's layers against their diff IDs
+// without writing anything.
+func checkLayers(ctx context.Context, cs content.Provider, m ocispec.Manifest, cfg *ocispec.Image, b *budget) error {
+	for i, l := range m.Layers {
+		if err := applyLayer(ctx, cs, l, cfg.RootFS.DiffIDs[i], nil, b); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func isRegular(t byte) bool { return t == tar.TypeReg || t == tar.TypeRegA } //nolint:staticcheck // old tars use TypeRegA
@@ -109,65 +182,6 @@ func absInImage(dir, p string) string {
 	return path.Clean(p)
 }
 
-// resolveInImage follows symlinks inside the image until a regular file.
-func resolveInImage(entries map[string]tarEntry, p string) (string, error) {
-	orig := p
-	for hops := 0; hops < 16; hops++ {
-		e, ok := entries[p]
-		if !ok {
-			return "", fmt.Errorf("the entrypoint names %s, which is not in the image layers: %w", orig, errdefs.ErrInvalidArgument)
-		}
-		switch {
-		case isRegular(e.typeflag):
-			return p, nil
-		case e.typeflag == tar.TypeSymlink:
-			p = absInImage(path.Dir(p), e.linkname)
-		case e.typeflag == tar.TypeLink:
-			p = absInImage("/", e.linkname)
-		default:
-			return "", fmt.Errorf("the entrypoint %s is not a regular file in the image: %w", orig, errdefs.ErrInvalidArgument)
-		}
-	}
-	return "", fmt.Errorf("the entrypoint %s is a symlink loop: %w", orig, errdefs.ErrInvalidArgument)
-}
-
-// walkLayer calls fn for each entry of a tar or tar+gzip layer with the
-// entry's cleaned absolute path, until fn says it is done.
-func walkLayer(ctx context.Context, cs content.Provider, desc ocispec.Descriptor, fn func(name string, hdr *tar.Header, r io.Reader) (done bool, err error)) error {
-	ra, err := cs.ReaderAt(ctx, desc)
-	if err != nil {
-		return fmt.Errorf("open layer %s: %w", desc.Digest, err)
-	}
-	defer ra.Close()
-	br := bufio.NewReader(content.NewReader(ra))
-	var r io.Reader = br
-	if magic, _ := br.Peek(2); bytes.Equal(magic, []byte{0x1f, 0x8b}) {
-		gz, err := gzip.NewReader(br)
-		if err != nil {
-			return fmt.Errorf("layer %s: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
-		}
-		defer gz.Close()
-		r = gz
-	}
-	tr := tar.NewReader(r)
-	for {
-		hdr, err := tr.Next()
-		if errors.Is(err, io.EOF) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("layer %s is not a readable tar: %v: %w", desc.Digest, err, errdefs.ErrInvalidArgument)
-		}
-		if escapesRoot(hdr.Name) || (hdr.Typeflag == tar.TypeLink && escapesRoot(hdr.Linkname)) {
-			return fmt.Errorf("layer %s: entry %q climbs out of the image root: %w", desc.Digest, hdr.Name, errdefs.ErrInvalidArgument)
-		}
-		done, err := fn(path.Clean("/"+hdr.Name), hdr, tr)
-		if err != nil || done {
-			return err
-		}
-	}
-}
-
 // escapesRoot is true for a tar name with a ".." element.
 func escapesRoot(name string) bool {
 	for _, el := range strings.Split(name, "/") {
@@ -176,4 +190,93 @@ func escapesRoot(name string) bool {
 		}
 	}
 	return false
+}
+
+// treeStats is what an unpacked tree takes on disk.
+type treeStats struct {
+	Unpacked
+	// wasm are the first .wasm regular files found, and nWasm how many
+	// there are in all.
+	wasm  []string
+	nWasm int
+}
+
+// statTree measures an unpacked tree (regular file bytes and inodes, hard
+// links counted once) and finds its .wasm files. The tree is the daemon's
+// own, private to it; nothing is followed.
+func statTree(dir string) (treeStats, error) {
+	var st treeStats
+	linked := map[uint64]bool{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 && !fi.IsDir() {
+			if linked[sys.Ino] {
+				return nil
+			}
+			linked[sys.Ino] = true
+		}
+		st.Inodes++
+		if fi.Mode().IsRegular() {
+			st.Bytes += fi.Size()
+			if strings.HasSuffix(p, ".wasm") {
+				if st.nWasm++; len(st.wasm) < 8 {
+					rel, _ := filepath.Rel(dir, p)
+					st.wasm = append(st.wasm, "/"+filepath.ToSlash(rel))
+				}
+			}
+		}
+		return nil
+	})
+	return st, err
+}
+
+// findModule finds the module of a compat image in its unpacked tree: the
+// file the entrypoint names (the image's symlinks followed, inside the
+// tree only), else the only .wasm file of the tree. It returns the
+// module's path in the image and its bytes, at most maxSize of them.
+func findModule(tree *inroot.Root, cfg *ocispec.Image, st treeStats, maxSize int64) (string, []byte, error) {
+	target := ""
+	if ep := cfg.Config.Entrypoint; len(ep) > 0 {
+		target = ep[0]
+	} else if cmd := cfg.Config.Cmd; len(cmd) > 0 && strings.HasSuffix(cmd[0], ".wasm") {
+		target = cmd[0]
+	}
+	if target == "" {
+		if st.nWasm != 1 {
+			more := ""
+			if st.nWasm > len(st.wasm) {
+				more = ", ..."
+			}
+			return "", nil, fmt.Errorf("compat image has no entrypoint and %d .wasm files (%s%s); name the module in the entrypoint: %w",
+				st.nWasm, strings.Join(st.wasm, ", "), more, errdefs.ErrInvalidArgument)
+		}
+		target = st.wasm[0]
+	}
+	want := absInImage(cfg.Config.WorkingDir, target)
+	f, at, err := tree.OpenResolved(want)
+	if err != nil {
+		return "", nil, fmt.Errorf("the entrypoint names %s, which is not a regular file in the image layers: %w", clip(want), errdefs.ErrInvalidArgument)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", nil, err
+	}
+	if fi.Size() > maxSize {
+		return "", nil, fmt.Errorf("module %s is %d bytes, over the %d-byte limit (%s): %w", at, fi.Size(), maxSize, keyMaxModuleSize, errdefs.ErrInvalidArgument)
+	}
+	module, err := io.ReadAll(io.LimitReader(f, maxSize+1))
+	if err != nil {
+		return "", nil, err
+	}
+	if int64(len(module)) > maxSize {
+		return "", nil, fmt.Errorf("module %s is over the %d-byte limit (%s): %w", at, maxSize, keyMaxModuleSize, errdefs.ErrInvalidArgument)
+	}
+	return at, module, nil
 }

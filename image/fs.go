@@ -1,162 +1,150 @@
 package image
 
 import (
-	"archive/tar"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
 	"os"
 	"path"
-	"path/filepath"
-	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
-// Filesystem returns a directory holding the image's files, for image
-// volumes: a compat image's layers applied in order (whiteouts honoured),
-// or an artifact's module alone at /<name>.wasm. Each image is unpacked
-// once; the directory is meant to be mounted read-only.
+// tempPrefix names the directories an unpacking works in, reclaimed at
+// start-up if a crash left one.
+const tempPrefix = ".unpacking-"
+
+// Filesystem returns the directory holding the image's files, for
+// container roots and image volumes: a compat image's layers applied in
+// order (whiteouts honoured), or an artifact's module alone at
+// /<name>.wasm. Compat images are unpacked when pulled; an artifact, an
+// image recorded before that, or one whose directory went missing is
+// unpacked here, once, under the same checks and limits as a pull. The
+// directory is meant to be used read-only.
 func (s *Service) Filesystem(ctx context.Context, img *Image) (string, error) {
-	dir := filepath.Join(s.fsDir, strings.TrimPrefix(img.ID, "sha256:"))
+	dir, err := s.fsPath(img.ID)
+	if err != nil {
+		return "", err
+	}
 	if _, err := os.Stat(dir); err == nil {
 		return dir, nil
 	}
-	_, err, _ := s.unpacks.Do(img.ID, func() (any, error) {
-		if _, err := os.Stat(dir); err == nil {
-			return nil, nil
-		}
-		if err := os.MkdirAll(s.fsDir, 0o755); err != nil {
-			return nil, err
-		}
-		tmp, err := os.MkdirTemp(s.fsDir, ".unpacking-")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(tmp)
-		if err := s.unpack(ctx, img, tmp); err != nil {
-			return nil, err
-		}
-		// Rename last, so a crash never leaves a half-unpacked image.
-		return nil, os.Rename(tmp, dir)
-	})
+	unlock, err := s.ids.lock(ctx, img.ID)
 	if err != nil {
+		return "", err
+	}
+	defer unlock()
+	if _, err := os.Stat(dir); err == nil {
+		return dir, nil
+	}
+	cur, err := s.byID(img.ID)
+	if err != nil {
+		return "", err
+	}
+	if cur == nil {
+		return "", fmt.Errorf("image %s: %w", img.ID, errdefs.ErrNotFound)
+	}
+	if err := s.unpackRecorded(ctx, cur, dir); err != nil {
 		return "", fmt.Errorf("unpack image %s: %w", img.ID, err)
 	}
 	return dir, nil
 }
 
-func (s *Service) unpack(ctx context.Context, img *Image, root string) error {
-	if err := os.Chmod(root, 0o755); err != nil {
-		return err
-	}
-	if img.Format == FormatArtifact {
-		module, err := s.ReadModule(ctx, img)
+// unpackRecorded unpacks a recorded image into dir, with its ID lock held.
+func (s *Service) unpackRecorded(ctx context.Context, img *Image, dir string) error {
+	var st treeStats
+	err := s.unpackInto(dir, func(tree *inroot.Root) error {
+		if img.Format == FormatArtifact {
+			module, err := s.ReadModule(ctx, img)
+			if err != nil {
+				return err
+			}
+			return tree.WriteFile(path.Base(img.Module.Name)+".wasm", module, 0o755)
+		}
+		m, cfg, err := s.readCompat(ctx, img)
 		if err != nil {
 			return err
 		}
-		return os.WriteFile(filepath.Join(root, path.Base(img.Module.Name)+".wasm"), module, 0o755)
-	}
-	b, err := content.ReadBlob(ctx, s.content, ocispec.Descriptor{Digest: img.ManifestDigest})
+		if err := unpackLayers(ctx, s.content, m, cfg, tree, s.budget()); err != nil {
+			return err
+		}
+		if st, err = statTree(tree.Path()); err != nil {
+			return err
+		}
+		_, module, err := findModule(tree, cfg, st, s.opts.MaxModuleSize)
+		if err != nil {
+			return err
+		}
+		// The files must hold the module the image was recorded with.
+		if got := digestOf(module); got != img.Module.Digest {
+			return fmt.Errorf("its layers hold module %s, not the %s it was pulled with: %w", got, img.Module.Digest, errdefs.ErrFailedPrecondition)
+		}
+		return nil
+	}, &st)
 	if err != nil {
 		return err
 	}
+	return s.setUnpacked(img.ID, st.Unpacked)
+}
+
+// readCompat reads back a recorded compat image's manifest and config.
+func (s *Service) readCompat(ctx context.Context, img *Image) (ocispec.Manifest, *ocispec.Image, error) {
 	var m ocispec.Manifest
+	var cfg ocispec.Image
+	b, err := content.ReadBlob(ctx, s.content, ocispec.Descriptor{Digest: img.ManifestDigest})
+	if err != nil {
+		return m, nil, err
+	}
 	if err := json.Unmarshal(b, &m); err != nil {
-		return err
+		return m, nil, fmt.Errorf("manifest %s: %v: %w", img.ManifestDigest, err, errdefs.ErrInvalidArgument)
 	}
-	for _, layer := range m.Layers {
-		if err := walkLayer(ctx, s.content, layer, func(name string, hdr *tar.Header, r io.Reader) (bool, error) {
-			return false, applyEntry(root, name, hdr, r)
-		}); err != nil {
-			return err
-		}
+	if b, err = content.ReadBlob(ctx, s.content, m.Config); err != nil {
+		return m, nil, err
 	}
-	return nil
+	if err := json.Unmarshal(b, &cfg); err != nil {
+		return m, nil, fmt.Errorf("config %s: %v: %w", m.Config.Digest, err, errdefs.ErrInvalidArgument)
+	}
+	return m, &cfg, checkDiffIDs(img.ID, m, &cfg)
 }
 
-// applyEntry writes one layer entry under root. Entries never reach
-// outside root: names climbing out are refused by walkLayer, and no entry
-// is written through a symlink an earlier entry made.
-func applyEntry(root, name string, hdr *tar.Header, r io.Reader) error {
-	rel := strings.TrimPrefix(name, "/")
-	if rel == "" {
-		return nil
-	}
-	dir, base := path.Dir(rel), path.Base(rel)
-	if err := noSymlinkIn(root, dir); err != nil {
+// unpackInto fills dir by fill, crash-safely: in a temporary directory
+// beside it, renamed into place last, so that dir either holds all of an
+// image or does not exist. A dir already there is replaced. Unless fill
+// measured the tree into st already, unpackInto does.
+func (s *Store) unpackInto(dir string, fill func(tree *inroot.Root) error, st *treeStats) error {
+	if err := os.MkdirAll(s.fsDir, 0o700); err != nil {
 		return err
 	}
-	target := filepath.Join(root, filepath.FromSlash(rel))
-	switch {
-	case base == ".wh..wh..opq": // an opaque directory: drop what lower layers put there
-		entries, _ := os.ReadDir(filepath.Dir(target))
-		for _, e := range entries {
-			os.RemoveAll(filepath.Join(filepath.Dir(target), e.Name()))
-		}
-		return nil
-	case strings.HasPrefix(base, ".wh."):
-		return os.RemoveAll(filepath.Join(filepath.Dir(target), strings.TrimPrefix(base, ".wh.")))
-	}
-	if err := os.MkdirAll(filepath.Dir(target), 0o755); err != nil {
+	tmp, err := os.MkdirTemp(s.fsDir, tempPrefix)
+	if err != nil {
 		return err
 	}
-	mode := os.FileMode(hdr.Mode) & os.ModePerm
-	switch hdr.Typeflag {
-	case tar.TypeDir:
-		if fi, err := os.Lstat(target); err == nil && !fi.IsDir() {
-			os.Remove(target)
-		}
-		if err := os.MkdirAll(target, 0o755); err != nil {
-			return err
-		}
-		return os.Chmod(target, mode|0o100)
-	case tar.TypeReg, tar.TypeRegA: //nolint:staticcheck // old tars use TypeRegA
-		os.RemoveAll(target)
-		f, err := os.OpenFile(target, os.O_CREATE|os.O_WRONLY|os.O_EXCL, mode)
-		if err != nil {
-			return err
-		}
-		if _, err := io.Copy(f, r); err != nil {
-			f.Close()
-			return err
-		}
-		return f.Close()
-	case tar.TypeSymlink:
-		os.RemoveAll(target)
-		return os.Symlink(hdr.Linkname, target)
-	case tar.TypeLink:
-		if err := noSymlinkIn(root, path.Dir(strings.TrimPrefix(path.Clean("/"+hdr.Linkname), "/"))); err != nil {
-			return err
-		}
-		os.RemoveAll(target)
-		return os.Link(filepath.Join(root, filepath.FromSlash(path.Clean("/"+hdr.Linkname))), target)
+	defer os.RemoveAll(tmp)
+	tree, err := inroot.Open(tmp)
+	if err != nil {
+		return err
 	}
-	return nil // devices, fifos: nothing a Wasm module can use
-}
-
-// noSymlinkIn refuses a relative directory whose path, under root, passes
-// through a symlink.
-func noSymlinkIn(root, dir string) error {
-	p := root
-	for _, el := range strings.Split(dir, "/") {
-		if el == "" || el == "." {
-			continue
-		}
-		p = filepath.Join(p, el)
-		fi, err := os.Lstat(p)
-		if os.IsNotExist(err) {
-			return nil
-		}
-		if err != nil {
+	defer tree.Close()
+	if err := fill(tree); err != nil {
+		return err
+	}
+	// The tree is a container's "/"; image-fs keeps others out.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		return err
+	}
+	if st.Inodes == 0 {
+		if *st, err = statTree(tmp); err != nil {
 			return err
 		}
-		if fi.Mode()&os.ModeSymlink != 0 {
-			return fmt.Errorf("layer entry under %s goes through a symlink: %w", dir, errdefs.ErrInvalidArgument)
-		}
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp, dir); err != nil {
+		return err
 	}
 	return nil
 }

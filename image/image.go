@@ -30,10 +30,16 @@ type Image struct {
 	RepoDigests    []string      `json:"repoDigests,omitempty"`
 	ManifestDigest digest.Digest `json:"manifestDigest"`
 	Format         Format        `json:"format"`
-	// Size is the bytes the image holds in the content store.
+	// Size is the bytes the image takes on disk: its blobs in the content
+	// store and, once unpacked, its files (Unpacked.Bytes).
 	Size int64 `json:"size"`
 	// Blobs are every content digest the image holds, for garbage collection.
 	Blobs []digest.Digest `json:"blobs"`
+	// Unpacked is what the image's unpacked files take: a compat image's
+	// from its pull on, an artifact's once it is used as an image volume;
+	// nil before (and for images recorded before unpacking moved to pull
+	// time, until their files are next asked for).
+	Unpacked *Unpacked `json:"unpacked,omitempty"`
 
 	Module Module `json:"module"`
 
@@ -56,6 +62,13 @@ type Module struct {
 	// command: the module's path in a compat image, the repository's last
 	// path element for an artifact.
 	Name string `json:"name"`
+}
+
+// Unpacked is the disk an image's unpacked files take: the bytes of its
+// regular files and its inodes, hard links counted once.
+type Unpacked struct {
+	Bytes  int64 `json:"bytes"`
+	Inodes int64 `json:"inodes"`
 }
 
 // Auth is the registry credential for one pull, from PullImageRequest.Auth.

@@ -15,6 +15,7 @@ import (
 	"testing"
 
 	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
@@ -26,8 +27,11 @@ var emptyModule = []byte("\x00asm\x01\x00\x00\x00")
 // A module that is a component (version 0x0d, layer 1).
 var componentModule = []byte("\x00asm\x0d\x00\x01\x00")
 
-func newService(t *testing.T, dir string, opts Options) *Service {
+func newService(t testing.TB, dir string, opts Options) *Service {
 	t.Helper()
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
 	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -40,14 +44,14 @@ func newService(t *testing.T, dir string, opts Options) *Service {
 	return s
 }
 
-func push(t *testing.T, ref string, b *Built) {
+func push(t testing.TB, ref string, b *Built) {
 	t.Helper()
 	if err := Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }
 
-func mustCompat(t *testing.T, module []byte, opts CompatOptions) *Built {
+func mustCompat(t testing.TB, module []byte, opts CompatOptions) *Built {
 	t.Helper()
 	b, err := BuildCompat(module, opts)
 	if err != nil {
@@ -56,7 +60,7 @@ func mustCompat(t *testing.T, module []byte, opts CompatOptions) *Built {
 	return b
 }
 
-func wantErr(t *testing.T, err error, class error, substr string) {
+func wantErr(t testing.TB, err error, class error, substr string) {
 	t.Helper()
 	if err == nil {
 		t.Fatalf("no error; want %v containing %q", class, substr)
@@ -145,7 +149,7 @@ func TestPullEachLayout(t *testing.T) {
 	}
 }
 
-func mustGet(t *testing.T, s *Service, ref string) *Image {
+func mustGet(t testing.TB, s *Service, ref string) *Image {
 	t.Helper()
 	img, err := s.Get(ref)
 	if err != nil {
@@ -178,11 +182,7 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 	tw.Write(emptyModule)
 	tw.Close()
 	gz.Close()
-	evil := &Built{}
-	ecfg := evil.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}, Config: ocispec.ImageConfig{Entrypoint: []string{"/module.wasm"}}})
-	elayer := evil.Add(ocispec.MediaTypeImageLayerGzip, tb.Bytes())
-	evil.SetManifest(ocispec.MediaTypeImageManifest, ecfg, []ocispec.Descriptor{elayer}, nil)
-	push(t, reg+"/bad/traversal:1", evil)
+	push(t, reg+"/bad/traversal:1", imageOf(wasmConfig("/module.wasm", digest.FromBytes(mustGunzip(tb.Bytes()))), crafted{blob: tb.Bytes()}))
 
 	for _, tc := range []struct {
 		ref   string

@@ -124,3 +124,20 @@ func classify(ref string, m ocispec.Manifest, configJSON []byte) (Format, *ocisp
 	}
 	return FormatCompat, &cfg, nil
 }
+
+// checkDiffIDs refuses a compat image whose config does not name one
+// uncompressed digest (rootfs.diff_ids) per layer: each layer is checked
+// against its own as it is read, so that the config, and with it the image
+// ID, pins the files the image holds.
+func checkDiffIDs(ref string, m ocispec.Manifest, cfg *ocispec.Image) error {
+	if n := len(cfg.RootFS.DiffIDs); n != len(m.Layers) {
+		return fmt.Errorf("%s: image config %s lists %d rootfs.diff_ids for %d layers: %w",
+			ref, m.Config.Digest, n, len(m.Layers), errdefs.ErrInvalidArgument)
+	}
+	for i, d := range cfg.RootFS.DiffIDs {
+		if err := d.Validate(); err != nil {
+			return fmt.Errorf("%s: image config %s: diff_id %d %q: %v: %w", ref, m.Config.Digest, i, d, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}

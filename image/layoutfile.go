@@ -175,8 +175,8 @@ func (s *Service) Import(ctx context.Context, ref string, l *Layout) (*Image, er
 	}
 	root.Annotations = nil
 	p := &pull{s: s, ref: named.String(), fetcher: l, cs: s.content}
-	defer p.done()
 	img, err := p.run(ctx, named, root)
+	p.done(ctx, err)
 	if err != nil {
 		return nil, err
 	}

@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"path"
 	"path/filepath"
 	"strings"
@@ -18,6 +20,7 @@ import (
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wasmcri/wasmcri/internal/inroot"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/singleflight"
 )
@@ -28,9 +31,19 @@ const maxMetadataSize = 4 << 20
 // Options configure a Service.
 type Options struct {
 	Registry RegistryOptions
-	// MaxLayerSize refuses larger blobs and modules before storing them.
+	// MaxLayerSize refuses larger blobs before storing them.
 	MaxLayerSize int64
-	// PullTimeout bounds one pull.
+	// MaxModuleSize refuses larger WebAssembly modules; 0 is MaxLayerSize.
+	MaxModuleSize int64
+	// MaxUnpackedSize bounds what one compat image's layers unpack to: the
+	// bytes of its uncompressed layers, summed (and the file data they
+	// write). Larger images are refused; 0 is DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
+	// MaxUnpackedEntries bounds the entries (files, directories, links,
+	// whiteouts) of one compat image's layers, summed; 0 is
+	// DefaultMaxUnpackedEntries.
+	MaxUnpackedEntries int64
+	// PullTimeout bounds one pull, unpacking included.
 	PullTimeout time.Duration
 	// Validate checks a module fully (e.g. wasmtime's validator) before
 	// the image is recorded; nil checks the header only.
@@ -38,18 +51,24 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
+// Defaults of the unpacking limits.
+const (
+	DefaultMaxUnpackedSize    = 4 << 30
+	DefaultMaxUnpackedEntries = 200_000
+)
+
 // Service is the image side of the runtime: pulls into the Store and
 // answers lookups from it.
 type Service struct {
 	*Store
 	opts  Options
 	pulls singleflight.Group
-	// fsDir holds unpacked image filesystems, for image volumes.
-	fsDir   string
-	unpacks singleflight.Group
 }
 
-// NewService opens the image store under contentDir with metadata in db.
+// NewService opens the image store under contentDir with metadata in db,
+// unpacked images in image-fs beside it. Before anything is served it
+// makes both directories private to the daemon and reclaims what a crash
+// can leave behind (see reclaim).
 func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) {
 	st, err := NewStore(db, contentDir)
 	if err != nil {
@@ -61,11 +80,37 @@ func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) 
 	if opts.MaxLayerSize <= 0 {
 		opts.MaxLayerSize = 512 << 20
 	}
+	if opts.MaxModuleSize <= 0 {
+		opts.MaxModuleSize = opts.MaxLayerSize
+	}
+	if opts.MaxUnpackedSize <= 0 {
+		opts.MaxUnpackedSize = DefaultMaxUnpackedSize
+	}
+	if opts.MaxUnpackedEntries <= 0 {
+		opts.MaxUnpackedEntries = DefaultMaxUnpackedEntries
+	}
 	if opts.PullTimeout <= 0 {
 		opts.PullTimeout = 10 * time.Minute
 	}
 	st.fsDir = filepath.Join(filepath.Dir(contentDir), "image-fs")
-	return &Service{Store: st, opts: opts, fsDir: st.fsDir}, nil
+	if err := st.private(); err != nil {
+		return nil, err
+	}
+	r, err := st.reclaim(context.Background())
+	if err != nil {
+		// Leftovers waste disk; they harm nothing else.
+		opts.Logger.Warn("reclaiming what a crash left in the image store", "error", err)
+	}
+	if r != (reclaimed{}) {
+		opts.Logger.Info("reclaimed what a crash left in the image store",
+			"ingests", r.ingests, "blobs", r.blobs, "unpacked trees", r.trees, "bytes", r.bytes)
+	}
+	return &Service{Store: st, opts: opts}, nil
+}
+
+// budget is a fresh unpacking budget under the service's limits.
+func (s *Service) budget() *budget {
+	return &budget{maxBytes: s.opts.MaxUnpackedSize, maxEntries: s.opts.MaxUnpackedEntries}
 }
 
 // Pull fetches ref from its registry, checks that it is a Wasm image in a
@@ -104,6 +149,7 @@ type pull struct {
 	fetcher remotes.Fetcher
 	cs      content.Store
 	blobs   []digest.Digest
+	sizes   map[digest.Digest]int64
 	size    int64
 	release []func()
 }
@@ -126,9 +172,8 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 		return nil, registryError(ref, err)
 	}
 	p := &pull{s: s, ref: ref, fetcher: fetcher, cs: s.content}
-	defer p.done()
-
 	img, err := p.run(ctx, named, root)
+	p.done(ctx, err)
 	if err != nil {
 		log.Warn("pull failed", "digest", root.Digest, "error", err)
 		return nil, err
@@ -138,9 +183,20 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	return img, nil
 }
 
-func (p *pull) done() {
+// done ends the pull's leases. When the image was refused for what it
+// holds, the blobs it fetched go too, unless an image or another pull
+// holds them: a hostile registry's images do not pile up on disk, pull
+// after refused pull. A pull that failed otherwise (a timeout, the
+// registry going away) keeps them, for its retry to find.
+func (p *pull) done(ctx context.Context, err error) {
 	for _, r := range p.release {
 		r()
+	}
+	if !errdefs.IsInvalidArgument(err) && !errdefs.IsConflict(err) {
+		return
+	}
+	if ferr := p.s.free(context.WithoutCancel(ctx), p.blobs); ferr != nil {
+		p.s.opts.Logger.Warn("free blobs of a refused image", "image", p.ref, "error", ferr)
 	}
 }
 
@@ -176,6 +232,10 @@ func (p *pull) keep(d digest.Digest, size int64) {
 		}
 	}
 	p.blobs = append(p.blobs, d)
+	if p.sizes == nil {
+		p.sizes = map[digest.Digest]int64{}
+	}
+	p.sizes[d] = size
 	p.size += size
 	p.release = append(p.release, p.s.lease(d))
 }
@@ -216,6 +276,21 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 	if err != nil {
 		return nil, err
 	}
+	if format == FormatCompat {
+		if err := checkDiffIDs(p.ref, m, cfg); err != nil {
+			return nil, err
+		}
+		// Compressed layers no smaller than the unpacked limit (give or
+		// take gzip's framing) are refused before they are downloaded.
+		var total int64
+		for _, l := range m.Layers {
+			total += max(l.Size, 0)
+		}
+		if limit := p.s.opts.MaxUnpackedSize; total > limit+limit/64+1<<20 {
+			return nil, fmt.Errorf("%s: its layers are %d bytes compressed, more than they may unpack to (%d bytes, the %s limit): %w",
+				p.ref, total, limit, keyMaxUnpackedSize, errdefs.ErrInvalidArgument)
+		}
+	}
 	for _, l := range m.Layers {
 		if _, err := p.fetch(ctx, l, p.s.opts.MaxLayerSize, false); err != nil {
 			return nil, err
@@ -234,44 +309,152 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 		img.RepoTags = []string{named.Name() + ":" + tagged.Tag()}
 	}
 
-	var module []byte
 	switch format {
 	case FormatArtifact:
 		layer := m.Layers[0]
-		if module, err = content.ReadBlob(ctx, p.cs, layer); err != nil {
+		if layer.Size > p.s.opts.MaxModuleSize {
+			return nil, fmt.Errorf("%s: module %s is %d bytes, over the %d-byte limit (%s): %w",
+				p.ref, layer.Digest, layer.Size, p.s.opts.MaxModuleSize, keyMaxModuleSize, errdefs.ErrInvalidArgument)
+		}
+		module, err := content.ReadBlob(ctx, p.cs, layer)
+		if err != nil {
+			return nil, err
+		}
+		if err := p.checkModule(module); err != nil {
 			return nil, err
 		}
 		img.Module = Module{Digest: layer.Digest, Size: layer.Size, Name: path.Base(reference.Path(named))}
 	case FormatCompat:
-		modPath, mod, err := findCompatModule(ctx, p.cs, m.Layers, cfg, p.s.opts.MaxLayerSize)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", p.ref, err)
-		}
-		module = mod
-		img.Module = Module{Digest: digest.FromBytes(mod), Size: int64(len(mod)), Name: modPath}
 		c := cfg.Config
 		img.Entrypoint, img.Cmd, img.Env, img.WorkingDir, img.User, img.Labels = c.Entrypoint, c.Cmd, c.Env, c.WorkingDir, c.User, c.Labels
-	}
-	if err := checkModuleHeader(p.ref, module); err != nil {
-		return nil, err
-	}
-	if p.s.opts.Validate != nil {
-		if err := p.s.opts.Validate(module); err != nil {
-			return nil, fmt.Errorf("%s: the module is not valid WebAssembly: %s: %w", p.ref, firstLine(err.Error()), errdefs.ErrInvalidArgument)
+		unlock, err := p.s.ids.lock(ctx, img.ID)
+		if err != nil {
+			return nil, p.stopped(err)
 		}
-	}
-	if format == FormatCompat {
-		// The extracted module is content of its own, so containers load it
-		// without reading the layer again.
-		desc := ocispec.Descriptor{MediaType: MediaTypeWasmLayer, Digest: img.Module.Digest, Size: img.Module.Size}
-		p.keep(desc.Digest, desc.Size)
-		if err := content.WriteBlob(ctx, p.cs, "module-"+desc.Digest.Encoded(), bytes.NewReader(module), desc); err != nil && !errdefs.IsAlreadyExists(err) {
-			return nil, fmt.Errorf("%s: store module: %w", p.ref, err)
+		defer unlock()
+		if err := p.unpack(ctx, img, m, cfg); err != nil {
+			return nil, p.stopped(err)
 		}
 	}
 	img.Blobs, img.Size = p.blobs, p.size
-	return p.s.record(img)
+	if img.Unpacked != nil {
+		img.Size += img.Unpacked.Bytes
+	}
+	return p.s.record(img, p.sizes)
 }
+
+// checkModule refuses what is not a WebAssembly module wasmcri can run.
+func (p *pull) checkModule(module []byte) error {
+	if err := checkModuleHeader(p.ref, module); err != nil {
+		return err
+	}
+	if p.s.opts.Validate != nil {
+		if err := p.s.opts.Validate(module); err != nil {
+			return fmt.Errorf("%s: the module is not valid WebAssembly: %s: %w", p.ref, firstLine(err.Error()), errdefs.ErrInvalidArgument)
+		}
+	}
+	return nil
+}
+
+// stopped words an error of the pull's own context as a pull timeout or
+// cancellation, and names the image in any other.
+func (p *pull) stopped(err error) error {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
+		return registryError(p.ref, err)
+	}
+	return fmt.Errorf("%s: %w", p.ref, err)
+}
+
+// unpack gives a compat image its files and finds its module in them,
+// with the image ID's lock held. Its layers are checked against their diff
+// IDs and unpacked, within the limits, into the image's directory, unless
+// a recorded image of the same ID has them there already: then the layers
+// are only checked (or not even that, for the very manifest it was pulled
+// with), since one config names one set of uncompressed layers.
+func (p *pull) unpack(ctx context.Context, img *Image, m ocispec.Manifest, cfg *ocispec.Image) error {
+	s := p.s
+	dir, err := s.fsPath(img.ID)
+	if err != nil {
+		return err
+	}
+	old, err := s.byID(img.ID)
+	if err != nil {
+		return err
+	}
+	if old != nil && old.Format != img.Format {
+		// Refused before anything touches the files of the other image.
+		return sameContent(old, img)
+	}
+	_, statErr := os.Stat(dir)
+	unpacked := old != nil && old.Unpacked != nil && statErr == nil
+
+	if unpacked && old.ManifestDigest == img.ManifestDigest {
+		if _, err := s.content.Info(ctx, old.Module.Digest); err == nil {
+			img.Module, img.Unpacked = old.Module, old.Unpacked
+			p.keep(old.Module.Digest, old.Module.Size)
+			return nil
+		}
+	}
+
+	var modPath string
+	var module []byte
+	if unpacked {
+		if err := checkLayers(ctx, s.content, m, cfg, s.budget()); err != nil {
+			return err
+		}
+		tree, err := inroot.Open(dir)
+		if err != nil {
+			return err
+		}
+		defer tree.Close()
+		st, err := statTree(dir)
+		if err != nil {
+			return err
+		}
+		if modPath, module, err = findModule(tree, cfg, st, s.opts.MaxModuleSize); err != nil {
+			return err
+		}
+		img.Unpacked = old.Unpacked
+	} else {
+		var st treeStats
+		err := s.unpackInto(dir, func(tree *inroot.Root) error {
+			if err := unpackLayers(ctx, s.content, m, cfg, tree, s.budget()); err != nil {
+				return err
+			}
+			var err error
+			if st, err = statTree(tree.Path()); err != nil {
+				return err
+			}
+			if modPath, module, err = findModule(tree, cfg, st, s.opts.MaxModuleSize); err != nil {
+				return err
+			}
+			if err := p.checkModule(module); err != nil {
+				return err
+			}
+			// Refused before the files take the ID's place.
+			if old != nil && old.Module.Digest != digestOf(module) {
+				img.Module.Digest = digestOf(module)
+				return sameContent(old, img)
+			}
+			return nil
+		}, &st)
+		if err != nil {
+			return err
+		}
+		img.Unpacked = &st.Unpacked
+	}
+	img.Module = Module{Digest: digestOf(module), Size: int64(len(module)), Name: modPath}
+	// The module is content of its own, so containers load it without
+	// reading the layers or the files again.
+	desc := ocispec.Descriptor{MediaType: MediaTypeWasmLayer, Digest: img.Module.Digest, Size: img.Module.Size}
+	p.keep(desc.Digest, desc.Size)
+	if err := content.WriteBlob(ctx, p.cs, "module-"+desc.Digest.Encoded(), bytes.NewReader(module), desc); err != nil && !errdefs.IsAlreadyExists(err) {
+		return fmt.Errorf("store module: %w", err)
+	}
+	return nil
+}
+
+func digestOf(b []byte) digest.Digest { return digest.FromBytes(b) }
 
 // imageID is the config digest, as containerd's, for compat images. Wasm
 // artifacts are identified by their manifest instead: their configs can be

@@ -3,6 +3,7 @@ package image
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io/fs"
 	"os"
@@ -37,8 +38,11 @@ type Store struct {
 	// another image never deletes content a pull has just fetched.
 	mu     sync.Mutex
 	leases map[digest.Digest]int
-	// fsDir holds images unpacked for image volumes, by image ID.
+	// fsDir holds images' unpacked files, a directory per image ID.
 	fsDir string
+	// ids serializes what writes one image ID's record and files: a pull
+	// unpacking and recording it, Filesystem unpacking it, Remove.
+	ids idLocks
 }
 
 // NewStore opens the store with content under contentDir and metadata in db.
@@ -58,7 +62,97 @@ func NewStore(db *bolt.DB, contentDir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init image metadata: %w", err)
 	}
-	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}}, nil
+	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}, ids: idLocks{m: map[string]*idLock{}}}, nil
+}
+
+// idLocks are per-image-ID locks that a waiter can give up on.
+type idLocks struct {
+	mu sync.Mutex
+	m  map[string]*idLock
+}
+
+type idLock struct {
+	ch   chan struct{}
+	refs int
+}
+
+// lock takes id's lock, or fails when ctx ends first.
+func (l *idLocks) lock(ctx context.Context, id string) (unlock func(), err error) {
+	l.mu.Lock()
+	e := l.m[id]
+	if e == nil {
+		e = &idLock{ch: make(chan struct{}, 1)}
+		l.m[id] = e
+	}
+	e.refs++
+	l.mu.Unlock()
+	drop := func() {
+		l.mu.Lock()
+		if e.refs--; e.refs == 0 {
+			delete(l.m, id)
+		}
+		l.mu.Unlock()
+	}
+	select {
+	case e.ch <- struct{}{}:
+		return func() { <-e.ch; drop() }, nil
+	case <-ctx.Done():
+		drop()
+		return nil, ctx.Err()
+	}
+}
+
+// fsPath is the directory holding image id's unpacked files.
+func (s *Store) fsPath(id string) (string, error) {
+	name, err := fsName(id)
+	if err != nil {
+		return "", err
+	}
+	return filepath.Join(s.fsDir, name), nil
+}
+
+// fsName is an image's directory name in fsDir: the hex of a sha256 ID,
+// "algorithm-hex" of another.
+func fsName(id string) (string, error) {
+	d, err := digest.Parse(id)
+	if err != nil {
+		return "", fmt.Errorf("image ID %q: %v: %w", id, err, errdefs.ErrInvalidArgument)
+	}
+	if d.Algorithm() == digest.SHA256 {
+		return d.Encoded(), nil
+	}
+	return d.Algorithm().String() + "-" + d.Encoded(), nil
+}
+
+// byID returns the image recorded under id, or nil.
+func (s *Store) byID(id string) (*Image, error) {
+	var img *Image
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		img, err = getImage(tx, id)
+		if errdefs.IsNotFound(err) {
+			img, err = nil, nil
+		}
+		return err
+	})
+	return img, err
+}
+
+// setUnpacked records that image id's files are unpacked, counting them
+// in its size, unless it is gone or already counted them.
+func (s *Store) setUnpacked(id string, u Unpacked) error {
+	return s.db.Update(func(tx *bolt.Tx) error {
+		img, err := getImage(tx, id)
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		if err != nil || img.Unpacked != nil {
+			return err
+		}
+		img.Unpacked = &u
+		img.Size += u.Bytes
+		return putImage(tx, img)
+	})
 }
 
 // Content is the content store blobs are fetched into.
@@ -158,17 +252,37 @@ func (s *Store) List() ([]*Image, error) {
 }
 
 // record stores img under its tags and digests. A tag that named another
-// image moves to this one, as a re-pulled tag does in containerd.
-func (s *Store) record(img *Image) (*Image, error) {
+// image moves to this one, as a re-pulled tag does in containerd. sizes are
+// the bytes of img's blobs.
+//
+// An image already recorded under img.ID gains img's names and blobs (the
+// same image pulled through another manifest, e.g. with other compression)
+// only when it runs the same module: different contents are never merged
+// under one ID, so that every name runs the module its own manifest
+// references.
+func (s *Store) record(img *Image, sizes map[digest.Digest]int64) (*Image, error) {
 	var saved *Image
 	err := s.db.Update(func(tx *bolt.Tx) error {
 		refs := tx.Bucket(bucketRefs)
 		merged := img
 		if old, err := getImage(tx, img.ID); err == nil {
+			if err := sameContent(old, img); err != nil {
+				return err
+			}
 			merged = old
 			merged.RepoTags = union(old.RepoTags, img.RepoTags)
 			merged.RepoDigests = union(old.RepoDigests, img.RepoDigests)
 			merged.PulledAt = img.PulledAt
+			if merged.Unpacked == nil && img.Unpacked != nil {
+				merged.Unpacked = img.Unpacked
+				merged.Size += img.Unpacked.Bytes
+			}
+			for _, d := range img.Blobs {
+				if !slices.Contains(merged.Blobs, d) {
+					merged.Blobs = append(merged.Blobs, d)
+					merged.Size += sizes[d]
+				}
+			}
 		}
 		for _, ref := range append(slices.Clone(img.RepoTags), img.RepoDigests...) {
 			prev := refs.Get([]byte(ref))
@@ -185,6 +299,24 @@ func (s *Store) record(img *Image) (*Image, error) {
 		return putImage(tx, merged)
 	})
 	return saved, err
+}
+
+// sameContent refuses to record img under the ID of an image with another
+// module (or layout). Compat images share an ID only when their configs,
+// and so the diff IDs their layers are checked against, are byte-identical:
+// then they hold the same files. What is left is a blob that is both an
+// artifact's manifest and a compat image's config, or a bug.
+func sameContent(old, img *Image) error {
+	if old.Format == img.Format && old.Module.Digest == img.Module.Digest {
+		return nil
+	}
+	running := ""
+	if img.Module.Digest != "" {
+		running = " running module " + img.Module.Digest.String()
+	}
+	return fmt.Errorf("image ID %s is already %s (a %s image running module %s); manifest %s would make it a %s image%s: refusing to merge different images under one ID: %w",
+		img.ID, strings.Join(append(slices.Clone(old.RepoTags), old.RepoDigests...), ", "), old.Format, old.Module.Digest,
+		img.ManifestDigest, img.Format, running, errdefs.ErrConflict)
 }
 
 // dropRef takes ref off image id, leaving the image itself in place.
@@ -209,19 +341,50 @@ func union(a, b []string) []string {
 	return out
 }
 
-// Remove deletes the image ref names, with all its tags and digests, and
-// frees content no other image uses. Removing an absent image is not an
-// error (CRI RemoveImage is idempotent).
+// Remove deletes the image ref names, with all its tags and digests, its
+// unpacked files, and frees content no other image uses. Removing an
+// absent image is not an error (CRI RemoveImage is idempotent).
 func (s *Store) Remove(ctx context.Context, ref string) error {
-	var removed *Image
-	var inUse map[digest.Digest]bool
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		id, err := resolveID(tx, ref)
+	for {
+		var id string
+		err := s.db.View(func(tx *bolt.Tx) error {
+			var err error
+			id, err = resolveID(tx, ref)
+			return err
+		})
 		if errdefs.IsNotFound(err) {
 			return nil
 		}
 		if err != nil {
 			return err
+		}
+		unlock, err := s.ids.lock(ctx, id)
+		if err != nil {
+			return err
+		}
+		done, err := s.remove(ctx, ref, id)
+		unlock()
+		if done || err != nil {
+			return err
+		}
+		// ref was moved to another image meanwhile: remove that one.
+	}
+}
+
+// remove is Remove with image id's lock held. It does nothing, and says
+// so, when ref no longer names id.
+func (s *Store) remove(ctx context.Context, ref, id string) (bool, error) {
+	var removed *Image
+	err := s.db.Update(func(tx *bolt.Tx) error {
+		now, err := resolveID(tx, ref)
+		if errdefs.IsNotFound(err) {
+			return nil
+		}
+		if err != nil {
+			return err
+		}
+		if now != id {
+			return errMoved
 		}
 		if removed, err = getImage(tx, id); err != nil {
 			return err
@@ -232,35 +395,61 @@ func (s *Store) Remove(ctx context.Context, ref string) error {
 				return err
 			}
 		}
-		if err := tx.Bucket(bucketImages).Delete([]byte(id)); err != nil {
+		return tx.Bucket(bucketImages).Delete([]byte(id))
+	})
+	if errors.Is(err, errMoved) {
+		return false, nil
+	}
+	if err != nil || removed == nil {
+		return true, err
+	}
+	if dir, err := s.fsPath(removed.ID); err == nil {
+		// What cannot be removed now is reclaimed when the daemon starts.
+		os.RemoveAll(dir)
+	}
+	return true, s.free(ctx, removed.Blobs)
+}
+
+var errMoved = errors.New("the name moved to another image")
+
+// referencedBlobs are the blobs some image record holds.
+func referencedBlobs(tx *bolt.Tx) (map[digest.Digest]bool, error) {
+	inUse := map[digest.Digest]bool{}
+	err := tx.Bucket(bucketImages).ForEach(func(k, _ []byte) error {
+		other, err := getImage(tx, string(k))
+		if err != nil {
 			return err
 		}
-		inUse = map[digest.Digest]bool{}
-		return tx.Bucket(bucketImages).ForEach(func(k, _ []byte) error {
-			other, err := getImage(tx, string(k))
-			if err != nil {
-				return err
-			}
-			for _, d := range other.Blobs {
-				inUse[d] = true
-			}
-			return nil
-		})
+		for _, d := range other.Blobs {
+			inUse[d] = true
+		}
+		return nil
 	})
-	if err != nil || removed == nil {
-		return err
-	}
-	if s.fsDir != "" {
-		os.RemoveAll(filepath.Join(s.fsDir, strings.TrimPrefix(removed.ID, "sha256:")))
-	}
+	return inUse, err
+}
+
+// free deletes the blobs of ds that neither an image record nor a pull
+// under way holds. What records hold is read with the lease lock held: a
+// pull records its image before it lets go of its leases, so a blob is
+// either in a record this sees or still leased.
+func (s *Store) free(ctx context.Context, ds []digest.Digest) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	for _, d := range removed.Blobs {
+	var inUse map[digest.Digest]bool
+	err := s.db.View(func(tx *bolt.Tx) error {
+		var err error
+		inUse, err = referencedBlobs(tx)
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	for _, d := range ds {
 		if inUse[d] || s.leases[d] > 0 {
 			continue
 		}
 		if err := s.content.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
-			return fmt.Errorf("free blob %s of image %s: %w", d, removed.ID, err)
+			return fmt.Errorf("free blob %s: %w", d, err)
 		}
 	}
 	return nil
@@ -289,16 +478,18 @@ func (s *Store) ReadModule(ctx context.Context, img *Image) ([]byte, error) {
 	return content.ReadBlob(ctx, s.content, ocispec.Descriptor{Digest: img.Module.Digest, Size: img.Module.Size})
 }
 
-// Usage is the disk the image store takes: bytes and inodes under its
-// content directory.
+// Usage is the disk the image store takes: bytes and inodes of its
+// content directory and of the images' unpacked files.
 type Usage struct {
 	Mountpoint string
 	Bytes      uint64
 	Inodes     uint64
 }
 
-// Usage walks the content directory. It is called every few seconds by
-// kubelet's image GC, on a directory holding one file per blob.
+// Usage walks the content directory, a file per blob, and adds what the
+// image records say their unpacked files take (walking those would cost
+// a stat per file of every image, and kubelet's image GC asks every few
+// seconds).
 func (s *Store) Usage() (Usage, error) {
 	u := Usage{Mountpoint: s.contentDir}
 	err := filepath.WalkDir(s.contentDir, func(_ string, d fs.DirEntry, err error) error {
@@ -316,5 +507,15 @@ func (s *Store) Usage() (Usage, error) {
 		}
 		return nil
 	})
+	if err != nil {
+		return u, err
+	}
+	imgs, err := s.List()
+	for _, img := range imgs {
+		if img.Unpacked != nil {
+			u.Bytes += uint64(img.Unpacked.Bytes)
+			u.Inodes += uint64(img.Unpacked.Inodes)
+		}
+	}
 	return u, err
 }

@@ -21,8 +21,10 @@ import (
 	"os"
 	"path"
 	"strconv"
+	"strings"
 
 	pathrs "github.com/cyphar/filepath-securejoin/pathrs-lite"
+	"github.com/cyphar/filepath-securejoin/pathrs-lite/procfs"
 	"golang.org/x/sys/unix"
 )
 
@@ -348,4 +350,306 @@ func (r *Root) Chmod(rel string, mode os.FileMode) error {
 	// fchmod does not take O_PATH descriptors; the /proc link of one does
 	// reach the very inode it pins.
 	return os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode.Perm())
+}
+
+// OpenResolved opens the regular file rel names for reading, following
+// symlinks (the final one too) as if the root were "/": every link, however
+// absolute or however many "..", resolves inside the root. It returns the
+// file with its path in the root ("/bin/app.wasm"). Anything but a regular
+// file where the resolution ends is refused without opening it, so a FIFO
+// never blocks the caller.
+func (r *Root) OpenResolved(rel string) (*os.File, string, error) {
+	h, err := pathrs.OpenatInRoot(r.dir, rel)
+	if err != nil {
+		return nil, "", fmt.Errorf("resolve %s in %s: %w", rel, r.path, err)
+	}
+	defer h.Close()
+	fi, err := h.Stat()
+	if err != nil {
+		return nil, "", err
+	}
+	if !fi.Mode().IsRegular() {
+		return nil, "", fmt.Errorf("%s in %s is not a regular file (%s)", rel, r.path, fi.Mode().Type())
+	}
+	inRoot, err := r.pathOf(h)
+	if err != nil {
+		return nil, "", err
+	}
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_NONBLOCK|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, "", fmt.Errorf("open %s in %s: %w", rel, r.path, err)
+	}
+	return f, inRoot, nil
+}
+
+// pathOf is where handle h, opened in the root, sits in it.
+func (r *Root) pathOf(h *os.File) (string, error) {
+	rootPath, err := procfs.ProcSelfFdReadlink(r.dir)
+	if err != nil {
+		return "", err
+	}
+	p, err := procfs.ProcSelfFdReadlink(h)
+	if err != nil {
+		return "", err
+	}
+	if p == rootPath {
+		return "/", nil
+	}
+	if rootPath == "/" {
+		return p, nil
+	}
+	rest, ok := strings.CutPrefix(p, rootPath+"/")
+	if !ok {
+		// Cannot happen for a handle resolved in the root, unless the
+		// tree was moved out from under it meanwhile.
+		return "", fmt.Errorf("%s is not under %s", p, rootPath)
+	}
+	return "/" + rest, nil
+}
+
+// ReadDirNames lists directory rel, resolved in the root.
+func (r *Root) ReadDirNames(rel string) ([]string, error) {
+	h, err := r.OpenDir(rel)
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	d, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("list %s in %s: %w", rel, r.path, err)
+	}
+	defer d.Close()
+	return d.Readdirnames(-1)
+}
+
+// NoSymlink fails, with an error wrapping unix.ELOOP, when rel passes
+// through a symlink: when any of its components that exist, the last one
+// included, is a symlink. Components are opened one by one from the root
+// without following anything, so the check itself never leaves the tree;
+// a missing component ends it (nothing below it exists yet).
+func (r *Root) NoSymlink(rel string) error {
+	cur, err := unix.Dup(int(r.dir.Fd()))
+	if err != nil {
+		return err
+	}
+	defer func() { unix.Close(cur) }()
+	for _, el := range strings.Split(path.Clean("/"+rel), "/") {
+		if el == "" {
+			continue
+		}
+		next, err := unix.Openat(cur, el, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) {
+			return nil
+		}
+		if err != nil {
+			return fmt.Errorf("%s in %s: %w", rel, r.path, err)
+		}
+		unix.Close(cur)
+		cur = next
+		var st unix.Stat_t
+		if err := unix.Fstat(cur, &st); err != nil {
+			return err
+		}
+		switch st.Mode & unix.S_IFMT {
+		case unix.S_IFLNK:
+			return fmt.Errorf("%s in %s goes through the symlink %s: %w", rel, r.path, el, unix.ELOOP)
+		case unix.S_IFDIR:
+		default:
+			// A file in the middle: nothing can be below it, and
+			// whatever asks will fail with ENOTDIR on its own.
+			return nil
+		}
+	}
+	return nil
+}
+
+// Dir is an open directory of a root, for operations on its direct
+// children by name: a single path element, never "." or "..", and never
+// followed if it is a symlink. The handle pins the directory: renames or
+// symlink swaps in the tree cannot redirect it.
+type Dir struct {
+	f   *os.File // O_RDONLY|O_DIRECTORY
+	rel string
+	r   *Root
+}
+
+// OpenDirNoFollow opens directory rel by walking it from the root one
+// component at a time without following any symlink: a symlink anywhere on
+// the path is an error wrapping unix.ELOOP, whatever it points at. With
+// create, missing directories are made with mode 0o755 (a non-directory
+// in the way is unix.ENOTDIR).
+func (r *Root) OpenDirNoFollow(rel string, create bool) (*Dir, error) {
+	clean := path.Clean("/" + rel)
+	cur, err := unix.Openat(int(r.dir.Fd()), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	for _, el := range strings.Split(clean, "/") {
+		if el == "" {
+			continue
+		}
+		next, err := unix.Openat(cur, el, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+		if errors.Is(err, unix.ENOENT) && create {
+			if err = unix.Mkdirat(cur, el, 0o755); err == nil || errors.Is(err, unix.EEXIST) {
+				next, err = unix.Openat(cur, el, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+			}
+		}
+		if errors.Is(err, unix.ELOOP) || errors.Is(err, unix.ENOTDIR) {
+			// O_NOFOLLOW|O_DIRECTORY fails ENOTDIR on a symlink on some
+			// kernels and ELOOP on others: tell the two apart.
+			var st unix.Stat_t
+			if unix.Fstatat(cur, el, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = unix.ELOOP
+			} else {
+				err = unix.ENOTDIR
+			}
+		}
+		unix.Close(cur)
+		if err != nil {
+			return nil, fmt.Errorf("%s in %s: at %s: %w", rel, r.path, el, err)
+		}
+		cur = next
+	}
+	return &Dir{f: os.NewFile(uintptr(cur), path.Join(r.path, clean)), rel: clean, r: r}, nil
+}
+
+// Close releases the directory.
+func (d *Dir) Close() error { return d.f.Close() }
+
+// Path is the directory's path in the root, for messages.
+func (d *Dir) Path() string { return d.rel }
+
+func (d *Dir) fd() int { return int(d.f.Fd()) }
+
+func (d *Dir) child(name string) error {
+	if name == "" || name == "." || name == ".." || strings.ContainsRune(name, '/') {
+		return fmt.Errorf("%q in %s is not a name in a directory: %w", name, d.rel, unix.EINVAL)
+	}
+	return nil
+}
+
+func (d *Dir) errorf(op, name string, err error) error {
+	return fmt.Errorf("%s %s in %s: %w", op, path.Join(d.rel, name), d.r.path, err)
+}
+
+// Lstat describes child name, not following it.
+func (d *Dir) Lstat(name string) (fs.FileInfo, error) {
+	if err := d.child(name); err != nil {
+		return nil, err
+	}
+	return lstatAt(d.f, name)
+}
+
+// Create makes a new regular file name with exactly mode, replacing any
+// non-directory there (a symlink is replaced, never written through).
+func (d *Dir) Create(name string, mode os.FileMode) (*os.File, error) {
+	if err := d.child(name); err != nil {
+		return nil, err
+	}
+	if err := replaceable(d.f, name); err != nil {
+		return nil, d.errorf("create", name, err)
+	}
+	fd, err := unix.Openat(d.fd(), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode.Perm()))
+	if err != nil {
+		return nil, d.errorf("create", name, err)
+	}
+	f := os.NewFile(uintptr(fd), path.Join(d.r.path, d.rel, name))
+	if err := unix.Fchmod(fd, uint32(mode.Perm())); err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Mkdir makes directory name with exactly mode; anything already there
+// is unix.EEXIST.
+func (d *Dir) Mkdir(name string, mode os.FileMode) error {
+	if err := d.child(name); err != nil {
+		return err
+	}
+	if err := unix.Mkdirat(d.fd(), name, 0o700); err != nil {
+		return d.errorf("mkdir", name, err)
+	}
+	return d.Chmod(name, mode)
+}
+
+// Chmod sets the permission bits of child name, refusing a symlink.
+func (d *Dir) Chmod(name string, mode os.FileMode) error {
+	if err := d.child(name); err != nil {
+		return err
+	}
+	fd, err := unix.Openat(d.fd(), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return d.errorf("chmod", name, err)
+	}
+	defer unix.Close(fd)
+	var st unix.Stat_t
+	if err := unix.Fstat(fd, &st); err != nil {
+		return err
+	}
+	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
+		return d.errorf("chmod", name, unix.ELOOP)
+	}
+	return os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode.Perm())
+}
+
+// Symlink makes symlink name pointing at target (never resolved here),
+// replacing any non-directory there.
+func (d *Dir) Symlink(target, name string) error {
+	if err := d.child(name); err != nil {
+		return err
+	}
+	if err := replaceable(d.f, name); err != nil {
+		return d.errorf("symlink", name, err)
+	}
+	if err := unix.Symlinkat(target, d.fd(), name); err != nil {
+		return d.errorf("symlink", name, err)
+	}
+	return nil
+}
+
+// Link hard-links the regular file fromName of directory from to name,
+// replacing any non-directory there. Anything but a regular file at
+// fromName is refused: a link to a symlink would be the symlink again.
+func (d *Dir) Link(from *Dir, fromName, name string) error {
+	if err := from.child(fromName); err != nil {
+		return err
+	}
+	if err := d.child(name); err != nil {
+		return err
+	}
+	var st unix.Stat_t
+	if err := unix.Fstatat(from.fd(), fromName, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
+		return from.errorf("link", fromName, err)
+	}
+	if st.Mode&unix.S_IFMT != unix.S_IFREG {
+		return from.errorf("link", fromName, fmt.Errorf("not a regular file: %w", unix.EINVAL))
+	}
+	if err := replaceable(d.f, name); err != nil {
+		return d.errorf("link", name, err)
+	}
+	if err := unix.Linkat(from.fd(), fromName, d.fd(), name, 0); err != nil {
+		return d.errorf("link", name, err)
+	}
+	return nil
+}
+
+// RemoveAll removes child name and, if it is a directory, everything
+// below it, following nothing. An absent name is not an error.
+func (d *Dir) RemoveAll(name string) error {
+	if err := d.child(name); err != nil {
+		return err
+	}
+	return os.RemoveAll("/proc/self/fd/" + strconv.Itoa(d.fd()) + "/" + name)
+}
+
+// Names lists the directory.
+func (d *Dir) Names() ([]string, error) {
+	fd, err := unix.Openat(d.fd(), ".", unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, err
+	}
+	f := os.NewFile(uintptr(fd), d.rel)
+	defer f.Close()
+	return f.Readdirnames(-1)
 }

@@ -1,9 +1,11 @@
 package inroot
 
 import (
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"syscall"
@@ -28,8 +30,8 @@ func hostile(t *testing.T) (*Root, string) {
 		t.Fatal(err)
 	}
 	links := map[string]string{
-		"abs":        canary,                 // absolute, to the host path
-		"rel":        "../canary",            // relative, climbing out
+		"abs":        canary,                  // absolute, to the host path
+		"rel":        "../canary",             // relative, climbing out
 		"sub/deep":   "../../../../../canary", // climbing far out
 		"file":       filepath.Join(canary, "secret"),
 		"rel-file":   "../canary/secret",
@@ -227,3 +229,212 @@ func TestCreateKeepsExactMode(t *testing.T) {
 }
 
 func itoa(fd uintptr) string { return strconv.FormatUint(uint64(fd), 10) }
+
+// OpenResolved follows links, the final one too, but only ever to files in
+// the root: the links planted to the host resolve to the root's own paths.
+func TestOpenResolvedStaysInRoot(t *testing.T) {
+	r, canary := hostile(t)
+	// Nothing in the root yet where the links lead: every one fails, none
+	// reads the host file.
+	for _, rel := range []string{"file", "rel-file", "abs/secret", "rel/secret", "sub/deep/secret", "sub/loop-a", "sub", "missing"} {
+		if f, _, err := r.OpenResolved(rel); err == nil {
+			b, _ := io.ReadAll(f)
+			f.Close()
+			t.Fatalf("%s opened: %q", rel, b)
+		}
+	}
+	// Give the relative links their in-root target: they reach it, and
+	// report where it is in the root.
+	if err := r.WriteFile("canary/secret", []byte("in root"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"rel-file", "rel/secret", "sub/deep/secret", "/../../canary/secret"} {
+		f, at, err := r.OpenResolved(rel)
+		if err != nil {
+			t.Fatalf("%s: %v", rel, err)
+		}
+		b, _ := io.ReadAll(f)
+		f.Close()
+		if string(b) != "in root" || at != "/canary/secret" {
+			t.Fatalf("%s resolved to %s holding %q", rel, at, b)
+		}
+	}
+	if err := syscall.Mkfifo(filepath.Join(r.Path(), "fifo"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if err := r.Symlink("/fifo", "to-fifo"); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := r.OpenResolved("to-fifo"); err == nil {
+		t.Fatal("opened a FIFO as a regular file")
+	}
+	untouched(t, canary)
+}
+
+func TestReadDirNamesStaysInRoot(t *testing.T) {
+	r, canary := hostile(t)
+	if names, err := r.ReadDirNames("abs"); err == nil {
+		t.Fatalf("listed the host directory through an absolute symlink: %v", names)
+	}
+	if names, err := r.ReadDirNames("rel"); err == nil {
+		t.Fatalf("listed through a link climbing out: %v", names)
+	}
+	if err := r.WriteFile("canary/mine", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, rel := range []string{"rel", "sub/deep", "canary"} {
+		names, err := r.ReadDirNames(rel)
+		if err != nil || len(names) != 1 || names[0] != "mine" {
+			t.Fatalf("%s lists %v, %v; want the root's own canary/mine", rel, names, err)
+		}
+	}
+	untouched(t, canary)
+}
+
+func TestNoSymlink(t *testing.T) {
+	r, canary := hostile(t)
+	for _, rel := range []string{"abs", "abs/x", "rel/x/y", "sub/deep", "sub/deep/x", "file", "sub/loop-a/x", "/../rel/x"} {
+		if err := r.NoSymlink(rel); !errors.Is(err, syscall.ELOOP) {
+			t.Errorf("%s: %v, want ELOOP", rel, err)
+		}
+	}
+	for _, rel := range []string{"", "/", "sub", "sub/missing/x", "missing", "/../sub"} {
+		if err := r.NoSymlink(rel); err != nil {
+			t.Errorf("%s: %v", rel, err)
+		}
+	}
+	untouched(t, canary)
+}
+
+// OpenDirNoFollow refuses every path through a link, wherever it points,
+// and creates nothing beyond one.
+func TestOpenDirNoFollowRefusesLinks(t *testing.T) {
+	r, canary := hostile(t)
+	for _, rel := range []string{"abs", "rel", "abs/x", "rel/x/y", "sub/deep", "sub/deep/x", "sub/loop-a", "/../rel/new"} {
+		for _, create := range []bool{false, true} {
+			d, err := r.OpenDirNoFollow(rel, create)
+			if err == nil {
+				d.Close()
+				t.Fatalf("%s (create %v) opened", rel, create)
+			}
+			if !errors.Is(err, syscall.ELOOP) {
+				t.Fatalf("%s (create %v): %v, want ELOOP", rel, create, err)
+			}
+		}
+	}
+	if _, err := r.OpenDirNoFollow("file/x", true); !errors.Is(err, syscall.ELOOP) {
+		t.Fatalf("through a file symlink: %v", err)
+	}
+	if err := r.WriteFile("plain", nil, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := r.OpenDirNoFollow("plain/x", true); !errors.Is(err, syscall.ENOTDIR) {
+		t.Fatalf("through a file: %v", err)
+	}
+	d, err := r.OpenDirNoFollow("/made/here/../deeper", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.Close()
+	if fi, err := os.Lstat(filepath.Join(r.Path(), "made", "deeper")); err != nil || !fi.IsDir() {
+		t.Fatalf("missing directories not made: %v %v", fi, err)
+	}
+	if _, err := os.Lstat(filepath.Join(r.Path(), "canary")); !os.IsNotExist(err) {
+		t.Fatalf("something was made where a link led: %v", err)
+	}
+	untouched(t, canary)
+}
+
+// A Dir's operations act on its children themselves: symlinks among them
+// are replaced, removed or refused, never followed.
+func TestDirChildrenAreNeverFollowed(t *testing.T) {
+	r, canary := hostile(t)
+	d, err := r.OpenDirNoFollow("/", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	sub, err := r.OpenDirNoFollow("sub", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Close()
+	for _, name := range []string{"..", ".", "", "a/b"} {
+		if _, err := d.Create(name, 0o644); err == nil {
+			t.Fatalf("created %q", name)
+		}
+		if err := d.RemoveAll(name); err == nil {
+			t.Fatalf("removed %q", name)
+		}
+	}
+	if err := d.Chmod("file", 0o777); !errors.Is(err, syscall.ELOOP) {
+		t.Fatalf("chmod of a symlink: %v", err)
+	}
+	if err := d.Mkdir("abs", 0o755); !errors.Is(err, syscall.EEXIST) {
+		t.Fatalf("mkdir over a symlink: %v", err)
+	}
+	if err := d.Link(d, "file", "hard"); err == nil {
+		t.Fatal("hard-linked a symlink")
+	}
+	if err := sub.Link(d, "rel", "hard"); err == nil {
+		t.Fatal("hard-linked a symlink to a directory")
+	}
+	for _, name := range []string{"file", "rel-file"} {
+		f, err := d.Create(name, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		f.Write([]byte("mine"))
+		f.Close()
+		if fi, err := d.Lstat(name); err != nil || !fi.Mode().IsRegular() || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("%s: %v %v", name, fi, err)
+		}
+	}
+	if err := sub.Link(d, "file", "hard"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Symlink("/etc/shadow", "abs"); err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Mkdir("dir", 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if fi, _ := d.Lstat("dir"); !fi.IsDir() || fi.Mode().Perm() != 0o750 {
+		t.Fatalf("dir mode %v", fi.Mode())
+	}
+	for _, name := range []string{"rel", "abs"} {
+		if err := d.RemoveAll(name); err != nil {
+			t.Fatal(err)
+		}
+	}
+	names, err := sub.Names()
+	if err != nil || !slices.Contains(names, "hard") || !slices.Contains(names, "deep") {
+		t.Fatalf("sub lists %v, %v", names, err)
+	}
+	untouched(t, canary)
+}
+
+// A Dir stays on its directory when the tree is rearranged under it.
+func TestDirIsPinned(t *testing.T) {
+	r, canary := hostile(t)
+	d, err := r.OpenDirNoFollow("data", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	if err := os.Rename(filepath.Join(r.Path(), "data"), filepath.Join(r.Path(), "moved")); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(canary, filepath.Join(r.Path(), "data")); err != nil {
+		t.Fatal(err)
+	}
+	f, err := d.Create("new", 0o644)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Close()
+	if _, err := os.Stat(filepath.Join(r.Path(), "moved", "new")); err != nil {
+		t.Fatalf("the Dir did not stay on its directory: %v", err)
+	}
+	untouched(t, canary)
+}
