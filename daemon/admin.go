@@ -70,6 +70,9 @@ func httpStatus(err error) int {
 		return http.StatusBadRequest
 	case errdefs.IsNotFound(err):
 		return http.StatusNotFound
+	case errdefs.IsConflict(err), errdefs.IsFailedPrecondition(err):
+		// Another image already holds this ID with other contents.
+		return http.StatusConflict
 	}
 	return http.StatusInternalServerError
 }
