@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
@@ -142,9 +143,22 @@ func (m *Manager) makeRoot(ctx context.Context, c *Container, img *image.Image, 
 	}
 	defer root.Close()
 	if err := m.populateRoot(ctx, img, root); err != nil {
-		return err
+		return rootError(img, err)
 	}
-	return prepareRoot(root, c.WorkingDir, sb)
+	return rootError(img, prepareRoot(root, c.WorkingDir, sb))
+}
+
+// rootError tells a failure the image caused from the daemon's own: a
+// path the daemon must create that the image's files block (a symlink
+// leading nowhere inside the root, a loop, a directory where a file goes)
+// is refused as the image's fault, naming the path.
+func rootError(img *image.Image, err error) error {
+	for _, errno := range []syscall.Errno{syscall.ENOTDIR, syscall.ELOOP, syscall.EISDIR} {
+		if errors.Is(err, errno) {
+			return fmt.Errorf("image %s cannot make a container root (its symlinks are resolved inside the root, never out of it): %w: %w", img.ID, err, errdefs.ErrInvalidArgument)
+		}
+	}
+	return err
 }
 
 // digestRef is the image's repo digest, else its ID.
