@@ -3,7 +3,6 @@ package wasm
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"runtime"
 	"strings"
@@ -55,7 +54,11 @@ type Result struct {
 	// OOM is set when the instance failed at its memory limit.
 	OOM bool
 	// Trap is the trap message when the module trapped.
-	Trap       string
+	Trap string
+	// StartError says why the module could not be instantiated when Start
+	// had already returned (exit code 128): the caller reports it as a
+	// failure to start, not as the module's own.
+	StartError string
 	FinishedAt time.Time
 }
 
@@ -105,13 +108,23 @@ type Instance struct {
 	cpuFinal bool
 }
 
-// Start instantiates the compiled module under WASI and runs its _start
-// in the background. Link errors (unknown imports, no _start) are returned
-// here, before anything runs.
+// Start starts an instance of the compiled module under WASI and returns
+// it before any of the module's code runs: instantiation (which runs the
+// module's start section, if it has one) and then _start happen on the
+// instance's own thread, under its CPU cap and reachable by Stop from the
+// moment Start returns. Start itself only prepares what runs no guest
+// code: the engine, the store, WASI, and the check that linking will
+// succeed. Link errors (unknown imports, imports of the wrong type, no
+// _start) are returned here; anything that fails later, instantiation
+// included, is the instance's Result.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	ld, err := r.acquire(c)
 	if err != nil {
 		return nil, err
+	}
+	if ld.linkErr != nil {
+		r.release(ld)
+		return nil, ld.linkErr
 	}
 	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits}
 	inst.pendingMemoryLimit.Store(-1)
@@ -127,7 +140,9 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 			r.release(ld)
 		}
 	}()
-	// Any epoch increment (only Stop makes one) interrupts running code.
+	// Any epoch increment (only Stop makes one) interrupts running code,
+	// the start section's included: the deadline is set before anything
+	// runs.
 	store.SetEpochDeadline(1)
 	if spec.Limits.MemoryBytes > 0 {
 		store.Limiter(spec.Limits.MemoryBytes, -1, -1, -1, -1)
@@ -144,63 +159,110 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	store.SetWasi(wasi)
 	inst.stdin = sio.stdin
 
-	instance, err := ld.linker.Instantiate(store, ld.module)
-	if err != nil {
-		return nil, fmt.Errorf("instantiate: %s", firstLine(err.Error()))
-	}
-	start := instance.GetFunc(store, "_start")
-	if start == nil {
-		return nil, errors.New("the module exports no _start function: it is not a WASI command")
-	}
-	memory := func() int64 {
-		if m := instance.GetExport(store, "memory"); m != nil && m.Memory() != nil {
-			return int64(m.Memory().DataSize(store))
-		}
-		return 0
-	}
-	inst.noteMemory(memory())
-
 	copied := sio.start()
 	started := make(chan error, 1)
-	go func() {
-		// The instance owns this thread for its life: its CPU clock is the
-		// instance's CPU time and its cgroup the instance's CPU cap. The
-		// thread is never unlocked, so it ends with the instance.
-		runtime.LockOSThread()
-		inst.mu.Lock()
-		inst.tid = unix.Gettid()
-		err := inst.cpu.apply(inst.id, inst.tid, inst.limits)
-		inst.mu.Unlock()
-		started <- err
-
-		_, runErr := start.Call(store)
-		finalMemory := memory()
-		inst.noteMemory(finalMemory)
-		res := inst.resultOf(runErr, finalMemory)
-		inst.mu.Lock()
-		inst.final, inst.cpuFinal = inst.liveStatsLocked(), true
-		inst.memory.Store(0)
-		inst.mu.Unlock()
-		inst.cpu.release(inst.id, inst.tid)
-		// Closing the store closes wasmtime's ends of the pipes, so the
-		// copies see EOF once everything written has been read.
-		store.Close()
-		sio.stdin.close()
-		copied.Wait()
-		res.FinishedAt = time.Now()
-		inst.mu.Lock()
-		inst.result = res
-		inst.finished = true
-		inst.mu.Unlock()
-		// Stop can no longer reach the engine: another instance may have it.
-		r.release(ld)
-		close(inst.done)
-	}()
+	go inst.run(r, ld, sio, copied, started)
 	if err := <-started; err != nil {
 		// CPU caps are best effort: the runtime reports why it has none.
 		r.opts.Logger.Warn("CPU limit not applied", "instance", spec.ID, "error", err)
 	}
 	return inst, nil
+}
+
+// run is the instance's thread: it instantiates the module, runs _start,
+// and records how it ended.
+func (i *Instance) run(r *Runtime, ld *loaded, sio *stdio, copied *sync.WaitGroup, started chan<- error) {
+	// The instance owns this thread for its life: its CPU clock is the
+	// instance's CPU time and its cgroup the instance's CPU cap. The
+	// thread is never unlocked, so it ends with the instance.
+	runtime.LockOSThread()
+	i.mu.Lock()
+	i.tid = unix.Gettid()
+	err := i.cpu.apply(i.id, i.tid, i.limits)
+	i.mu.Unlock()
+	started <- err
+	if hook := r.beforeInstantiate; hook != nil {
+		hook(i)
+	}
+
+	res := i.execute(ld)
+	i.mu.Lock()
+	i.final, i.cpuFinal = i.liveStatsLocked(), true
+	i.memory.Store(0)
+	i.mu.Unlock()
+	i.cpu.release(i.id, i.tid)
+	// Closing the store closes wasmtime's ends of the pipes, so the
+	// copies see EOF once everything written has been read.
+	i.store.Close()
+	sio.stdin.close()
+	copied.Wait()
+	res.FinishedAt = time.Now()
+	i.mu.Lock()
+	i.result = res
+	i.finished = true
+	i.mu.Unlock()
+	// Stop can no longer reach the engine: another instance may have it.
+	r.release(ld)
+	close(i.done)
+}
+
+// execute instantiates the module and calls its _start, unless the
+// instance was stopped first.
+func (i *Instance) execute(ld *loaded) Result {
+	select {
+	case <-i.stop:
+		// Stopped before anything ran: nothing will.
+		return Result{ExitCode: 137, Stopped: true}
+	default:
+	}
+	instance, err := ld.linker.Instantiate(i.store, ld.module)
+	if err != nil {
+		return i.instantiationResult(err)
+	}
+	memory := func() int64 {
+		if m := instance.GetExport(i.store, "memory"); m != nil && m.Memory() != nil {
+			return int64(m.Memory().DataSize(i.store))
+		}
+		return 0
+	}
+	i.noteMemory(memory())
+	_, runErr := instance.GetFunc(i.store, "_start").Call(i.store)
+	finalMemory := memory()
+	i.noteMemory(finalMemory)
+	return i.resultOf(runErr, finalMemory)
+}
+
+// instantiationResult is how an instance ends whose instantiation failed:
+// its start section exited, trapped or was stopped, as _start may; or
+// wasmtime refused to make it, which Start's link check did not foresee.
+func (i *Instance) instantiationResult(err error) Result {
+	i.mu.Lock()
+	stopped := i.stopped
+	i.mu.Unlock()
+	var trap *wasmtime.Trap
+	switch {
+	case stopped || isExit(err) || errors.As(err, &trap):
+		return i.resultOf(err, 0)
+	case isLimitError(err):
+		// The module's initial memories or tables do not fit its limits.
+		return Result{ExitCode: 137, OOM: true, Trap: trapMessage(err.Error())}
+	}
+	return Result{ExitCode: 128, StartError: "instantiate: " + trapMessage(err.Error())}
+}
+
+// limitErrors are how wasmtime's store limiter refuses to instantiate: an
+// initial memory or table over the per-memory or per-table limit, or more
+// instances, memories or tables than the store allows.
+var limitErrors = []string{"exceeds memory limits", "exceeds table limits", "resource limit exceeded"}
+
+func isLimitError(err error) bool {
+	msg := err.Error()
+	for _, s := range limitErrors {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
 }
 
 // onHostCall runs at each of the instance's poll_oneoff calls, on the

@@ -10,6 +10,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -57,6 +58,9 @@ type Runtime struct {
 	idle   map[string][]*loaded
 	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
 	CPUCapsUnavailable error
+	// beforeInstantiate, when set (by tests), runs on each instance's
+	// thread after Start has returned and before instantiation.
+	beforeInstantiate func(*Instance)
 }
 
 // NewRuntime keeps compiled modules under cacheDir.
@@ -194,6 +198,9 @@ type loaded struct {
 	engine *wasmtime.Engine
 	module *wasmtime.Module
 	linker *wasmtime.Linker
+	// linkErr is why the module cannot be instantiated with this linker,
+	// found once at load.
+	linkErr error
 }
 
 // maxIdlePerModule bounds the engines kept for later instances of one
@@ -253,7 +260,66 @@ func (r *Runtime) load(c Compiled) (*loaded, error) {
 		ld.close()
 		return nil, err
 	}
+	ld.linkErr = checkLink(engine, linker, mod)
 	return ld, nil
+}
+
+// checkLink tells whether instantiating module with linker can succeed as
+// far as linking goes, without instantiating it (which would run its start
+// section): every import must be defined by the linker with the type the
+// module expects, and _start must be an exported func () -> ().
+func checkLink(engine *wasmtime.Engine, linker *wasmtime.Linker, module *wasmtime.Module) error {
+	// Looking up a linker's definitions takes a store; this one runs nothing.
+	store := wasmtime.NewStore(engine)
+	defer store.Close()
+	for _, imp := range module.Imports() {
+		name := ""
+		if n := imp.Name(); n != nil {
+			name = *n
+		}
+		def := linker.Get(store, imp.Module(), name)
+		if def == nil {
+			return fmt.Errorf("instantiate: unknown import: `%s::%s` has not been defined", imp.Module(), name)
+		}
+		want, have := describeExtern(imp.Type()), describeExtern(def.Type(store))
+		if want != have {
+			return fmt.Errorf("instantiate: incompatible import type for `%s::%s`: the module expects %s, the runtime provides %s", imp.Module(), name, want, have)
+		}
+	}
+	for _, exp := range module.Exports() {
+		if exp.Name() != "_start" {
+			continue
+		}
+		if d := describeExtern(exp.Type()); d != "func () -> ()" {
+			return fmt.Errorf("the module's _start is %s, not a func () -> (): it is not a WASI command", d)
+		}
+		return nil
+	}
+	return errors.New("the module exports no _start function: it is not a WASI command")
+}
+
+// describeExtern writes an extern type out for comparison and messages.
+// Functions are compared by value kinds, all the runtime's imports are.
+func describeExtern(t *wasmtime.ExternType) string {
+	switch {
+	case t.FuncType() != nil:
+		ft := t.FuncType()
+		kinds := func(vs []*wasmtime.ValType) string {
+			s := make([]string, len(vs))
+			for i, v := range vs {
+				s[i] = v.Kind().String()
+			}
+			return strings.Join(s, ", ")
+		}
+		return "func (" + kinds(ft.Params()) + ") -> (" + kinds(ft.Results()) + ")"
+	case t.MemoryType() != nil:
+		return "a memory"
+	case t.TableType() != nil:
+		return "a table"
+	case t.GlobalType() != nil:
+		return "a global"
+	}
+	return "an extern of unknown kind"
 }
 
 func firstLine(s string) string {
