@@ -91,10 +91,12 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 
 // engineConfig is the one configuration every engine uses; compiled
 // artifacts are only loadable by an engine configured the same way.
-func (r *Runtime) engineConfig() *wasmtime.Config {
+func (r *Runtime) engineConfig() *wasmtime.Config { return engineConfig(r.opts.MaxWasmStack) }
+
+func engineConfig(maxWasmStack int) *wasmtime.Config {
 	cfg := wasmtime.NewConfig()
 	cfg.SetEpochInterruption(true)
-	cfg.SetMaxWasmStack(r.opts.MaxWasmStack)
+	cfg.SetMaxWasmStack(maxWasmStack)
 	return cfg
 }
 
