@@ -23,7 +23,8 @@ type Dir struct {
 
 // Limits bound an instance's resources.
 type Limits struct {
-	// MemoryBytes bounds each linear memory; 0 is no limit.
+	// MemoryBytes bounds the sum of the instance's linear memories and
+	// tables (see limits.go); 0 is the runtime's DefaultMemoryLimit.
 	MemoryBytes int64
 	// CPUQuota and CPUPeriod (microseconds) cap CPU time per period, as
 	// CFS does; a quota of 0 or less is no cap.
@@ -67,8 +68,10 @@ type Stats struct {
 	// CPU is the CPU time the instance's thread has used; User and System
 	// split it (at the kernel's 10ms accounting granularity).
 	CPU, User, System time.Duration
-	// MemoryBytes is the size of its linear memory, as of its last host
-	// call (poll_oneoff) or its start; MaxMemoryBytes the largest seen.
+	// MemoryBytes is the size of all its linear memories and tables (at
+	// tableElementBytes per element), exported or not, as of its last
+	// host call (poll_oneoff) or its start; MaxMemoryBytes the largest
+	// seen.
 	MemoryBytes, MaxMemoryBytes int64
 	// CFS is the CPU cap's accounting, zero without a cap.
 	CFS CFSStats
@@ -87,6 +90,17 @@ type Instance struct {
 	stdin  *stdinPipe
 	cpu    *cpuController
 	id     string
+	// shape is the module's number of memories and tables; defaultLimit
+	// the memory limit of an instance given none.
+	shape        moduleShape
+	defaultLimit int64
+
+	// The instance's memories and tables, and their sizes as last
+	// measured: only its own thread touches them (the store is not safe
+	// for concurrent use).
+	memories []*wasmtime.Memory
+	tables   []*wasmtime.Table
+	measured footprint
 
 	memory    atomic.Int64
 	maxMemory atomic.Int64
@@ -126,7 +140,8 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		r.release(ld)
 		return nil, ld.linkErr
 	}
-	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits}
+	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits,
+		shape: ld.shape, defaultLimit: max(r.opts.DefaultMemoryLimit, 0)}
 	inst.pendingMemoryLimit.Store(-1)
 	store := wasmtime.NewStoreWithData(ld.engine, inst)
 	inst.store = store
@@ -144,12 +159,10 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	// the start section's included: the deadline is set before anything
 	// runs.
 	store.SetEpochDeadline(1)
-	if spec.Limits.MemoryBytes > 0 {
-		store.Limiter(spec.Limits.MemoryBytes, -1, -1, -1, -1)
-	}
+	inst.storeLimits(spec.Limits.MemoryBytes).apply(store)
 
 	inst.origin = time.Now()
-	if spec.Limits.MemoryBytes > 0 && spec.Stderr != nil {
+	if spec.Stderr != nil {
 		spec.Stderr = &oomWatch{w: spec.Stderr, said: &inst.oomSaid}
 	}
 	var wasi *wasmtime.WasiConfig
@@ -219,17 +232,51 @@ func (i *Instance) execute(ld *loaded) Result {
 	if err != nil {
 		return i.instantiationResult(err)
 	}
-	memory := func() int64 {
-		if m := instance.GetExport(i.store, "memory"); m != nil && m.Memory() != nil {
-			return int64(m.Memory().DataSize(i.store))
-		}
-		return 0
-	}
-	i.noteMemory(memory())
+	i.bind(instance)
+	i.measure(i.store)
 	_, runErr := instance.GetFunc(i.store, "_start").Call(i.store)
-	finalMemory := memory()
-	i.noteMemory(finalMemory)
-	return i.resultOf(runErr, finalMemory)
+	i.measure(i.store)
+	return i.resultOf(runErr)
+}
+
+// bind finds the instance's memories and tables by their reserved exports.
+func (i *Instance) bind(instance *wasmtime.Instance) {
+	for k := range i.shape.memories {
+		if e := instance.GetExport(i.store, reservedMemoryName(k)); e != nil && e.Memory() != nil {
+			i.memories = append(i.memories, e.Memory())
+		}
+	}
+	for k := range i.shape.tables {
+		if e := instance.GetExport(i.store, reservedTableName(k)); e != nil && e.Table() != nil {
+			i.tables = append(i.tables, e.Table())
+		}
+	}
+	i.measured = footprint{memories: make([]int64, len(i.memories)), tables: make([]int64, len(i.tables))}
+}
+
+// measure reads the sizes of the instance's memories and tables; only on
+// its own thread, with s its store or the caller of a host function.
+func (i *Instance) measure(s wasmtime.Storelike) {
+	for k, m := range i.memories {
+		i.measured.memories[k] = int64(m.DataSize(s))
+	}
+	for k, t := range i.tables {
+		i.measured.tables[k] = int64(t.Size(s))
+	}
+	i.noteMemory(i.measured.total())
+}
+
+// storeLimits are the limiter's knobs for a memory limit of limit bytes
+// (0: the default).
+func (i *Instance) storeLimits(limit int64) storeLimits {
+	return limitsFor(i.effectiveLimit(limit), i.shape)
+}
+
+func (i *Instance) effectiveLimit(limit int64) int64 {
+	if limit > 0 {
+		return limit
+	}
+	return i.defaultLimit
 }
 
 // instantiationResult is how an instance ends whose instantiation failed:
@@ -242,7 +289,7 @@ func (i *Instance) instantiationResult(err error) Result {
 	var trap *wasmtime.Trap
 	switch {
 	case stopped || isExit(err) || errors.As(err, &trap):
-		return i.resultOf(err, 0)
+		return i.resultOf(err)
 	case isLimitError(err):
 		// The module's initial memories or tables do not fit its limits.
 		return Result{ExitCode: 137, OOM: true, Trap: trapMessage(err.Error())}
@@ -270,11 +317,9 @@ func isLimitError(err error) bool {
 // to change its memory limit.
 func (i *Instance) onHostCall(caller *wasmtime.Caller) {
 	if limit := i.pendingMemoryLimit.Swap(-1); limit >= 0 {
-		i.store.Limiter(limitOrNone(limit), -1, -1, -1, -1)
+		i.storeLimits(limit).apply(i.store)
 	}
-	if m := caller.GetExport("memory"); m != nil && m.Memory() != nil {
-		i.noteMemory(int64(m.Memory().DataSize(caller)))
-	}
+	i.measure(caller)
 }
 
 func (i *Instance) noteMemory(n int64) {
@@ -287,27 +332,21 @@ func (i *Instance) noteMemory(n int64) {
 	}
 }
 
-// limitOrNone turns 0 into wasmtime's "no limit" (-1).
-func limitOrNone(n int64) int64 {
-	if n <= 0 {
-		return -1
-	}
-	return n
-}
-
 // oomMargin is how close to its limit a failed instance's memory must be
 // to call the failure an out-of-memory kill. wasmtime's limiter makes a
-// denied memory.grow return -1 without telling the host (its C API has no
-// callback), so the evidence is indirect: the size the memory reached (Go's
-// allocator fails within 1 MiB of the limit when growing step by step), or
-// the language runtime saying so on stderr (one large allocation fails far
-// below the limit); see oomWatch.
+// denied memory.grow or table.grow return -1 without telling the host (its
+// C API has no callback), so the evidence is indirect: the size a memory
+// or table, or all of them, reached (Go's allocator fails within 1 MiB of
+// the limit when growing step by step), or the language runtime saying so
+// on stderr (one large allocation fails far below the limit); see oomWatch
+// and footprint.atLimit.
 func oomMargin(limit int64) int64 { return min(limit/8, 8<<20) }
 
-// resultOf turns the outcome of _start into an exit code, as a process's.
-func (i *Instance) resultOf(err error, finalMemory int64) Result {
+// resultOf turns the outcome of _start (or of the start section) into an
+// exit code, as a process's.
+func (i *Instance) resultOf(err error) Result {
 	i.mu.Lock()
-	stopped, limit := i.stopped, i.limits.MemoryBytes
+	stopped, limit := i.stopped, i.effectiveLimit(i.limits.MemoryBytes)
 	i.mu.Unlock()
 	if err == nil {
 		return Result{ExitCode: 0}
@@ -323,7 +362,7 @@ func (i *Instance) resultOf(err error, finalMemory int64) Result {
 	case stopped && res.ExitCode != 0 && !isExit(err):
 		// Killed from outside, reported as a SIGKILLed process is.
 		return Result{ExitCode: 137, Stopped: true}
-	case res.ExitCode != 0 && limit > 0 && (finalMemory+oomMargin(limit) >= limit || i.oomSaid.Load()):
+	case res.ExitCode != 0 && limit > 0 && (i.measured.atLimit(limit, i.shape) || i.oomSaid.Load()):
 		// As the kernel's OOM killer would: SIGKILL, exit code 137.
 		return Result{ExitCode: 137, OOM: true, Trap: trapOf(err)}
 	case isExit(err):
@@ -406,8 +445,9 @@ func (i *Instance) liveStatsLocked() Stats {
 }
 
 // SetLimits changes a running instance's limits: the CPU cap at once, the
-// memory limit at the instance's next host call (wasmtime's limiter may
-// only be changed from the thread that runs the store).
+// memory limit (all the limiter's knobs, recomputed) at the instance's
+// next host call (wasmtime's limiter may only be changed from the thread
+// that runs the store).
 func (i *Instance) SetLimits(l Limits) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()

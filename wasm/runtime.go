@@ -24,6 +24,11 @@ import (
 // A test keeps it equal to go.mod.
 const WasmtimeVersion = "39.0.1"
 
+// cacheFormat names what the runtime does to a module before compiling
+// it (exportMemoriesAndTables) and how it configures engines: artifacts of
+// another format are kept apart.
+const cacheFormat = "wasmcri2"
+
 func init() {
 	// Without this every wasmtime error text carries a Rust backtrace.
 	if os.Getenv("RUST_LIB_BACKTRACE") == "" {
@@ -38,7 +43,14 @@ type Options struct {
 	// CgroupName is the cgroup, under the daemon's own in the cpu
 	// hierarchy, that holds capped instances (default "wasmcri").
 	CgroupName string
-	Logger     *slog.Logger
+	// DefaultMemoryLimit is the memory limit, in bytes, of an instance
+	// whose Limits set none: it bounds the sum of its memories and tables
+	// as Limits.MemoryBytes does. 0 leaves sizes to wasmtime's defaults (a
+	// 32-bit memory can reach 4 GiB; a 64-bit memory or a table has no
+	// bound); the numbers of instances, memories and tables are bounded
+	// either way.
+	DefaultMemoryLimit int64
+	Logger             *slog.Logger
 }
 
 // Runtime compiles modules and starts instances. Each instance gets an
@@ -74,10 +86,13 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	if opts.CgroupName == "" {
 		opts.CgroupName = "wasmcri"
 	}
-	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion)
+	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion+"-"+cacheFormat)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create module cache: %w", err)
 	}
+	// Artifacts of this wasmtime compiled before the reserved exports
+	// existed cannot be limited: they are of no use any more.
+	os.RemoveAll(filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion))
 	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
@@ -97,6 +112,9 @@ func engineConfig(maxWasmStack int) *wasmtime.Config {
 	cfg := wasmtime.NewConfig()
 	cfg.SetEpochInterruption(true)
 	cfg.SetMaxWasmStack(maxWasmStack)
+	// Shared memories escape the store limiter (they may be grown from
+	// other threads), and WASI preview1 has no threads to share them with.
+	cfg.SetWasmThreads(false)
 	return cfg
 }
 
@@ -161,7 +179,13 @@ func (r *Runtime) compile(d digest.Digest, path string, load func() ([]byte, err
 		return fmt.Errorf("module content is %s, expected %s", got, d)
 	}
 	start := time.Now()
-	mod, err := wasmtime.NewModule(r.compiler, b)
+	// Compiled with every memory and table exported; the cache key stays
+	// the digest of the module as given.
+	instrumented, _, err := exportMemoriesAndTables(b)
+	if err != nil {
+		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, err)
+	}
+	mod, err := wasmtime.NewModule(r.compiler, instrumented)
 	if err != nil {
 		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, firstLine(err.Error()))
 	}
@@ -200,6 +224,8 @@ type loaded struct {
 	engine *wasmtime.Engine
 	module *wasmtime.Module
 	linker *wasmtime.Linker
+	// shape is the number of memories and tables of the module.
+	shape moduleShape
 	// linkErr is why the module cannot be instantiated with this linker,
 	// found once at load.
 	linkErr error
@@ -261,6 +287,11 @@ func (r *Runtime) load(c Compiled) (*loaded, error) {
 	if err := definePollOneoff(linker); err != nil {
 		ld.close()
 		return nil, err
+	}
+	if ld.shape, err = shapeOf(mod); err != nil {
+		ld.close()
+		os.Remove(c.Path)
+		return nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %w", c.Digest, err)
 	}
 	ld.linkErr = checkLink(engine, linker, mod)
 	return ld, nil
