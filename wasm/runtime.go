@@ -50,7 +50,29 @@ type Options struct {
 	// bound); the numbers of instances, memories and tables are bounded
 	// either way.
 	DefaultMemoryLimit int64
+	// MaxModuleSize refuses (with ErrInvalidModule) larger modules in
+	// Validate and Prepare, before compiling. 0 is DefaultMaxModuleSize,
+	// a negative value no limit.
+	MaxModuleSize int64
+	// CompileTimeout bounds the time of one compilation, after which its
+	// process is killed. 0 is DefaultCompileTimeout, negative none.
+	CompileTimeout time.Duration
+	// CompileMemoryLimit bounds the memory (RLIMIT_DATA) the compiler
+	// process may take beyond what it starts with. 0 is
+	// DefaultCompileMemoryLimit, negative none.
+	CompileMemoryLimit int64
 	Logger             *slog.Logger
+}
+
+// orDefault is v, or def when v is 0; a negative v (no limit) is 0.
+func orDefault[T int64 | time.Duration](v, def T) T {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }
 
 // Runtime compiles modules and starts instances. Each instance gets an
@@ -63,6 +85,9 @@ type Runtime struct {
 	// compiler compiles and validates; it never runs code.
 	compiler *wasmtime.Engine
 	compiles singleflight.Group
+	// waiters are the callers of each compilation in flight, by path.
+	waitersMu sync.Mutex
+	waiters   map[string]*compileWaiters
 	// cpu caps instance threads; nil where no cgroup controller is usable.
 	cpu *cpuController
 	// idle keeps loaded engines between instances, by compiled file.
@@ -86,6 +111,9 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	if opts.CgroupName == "" {
 		opts.CgroupName = "wasmcri"
 	}
+	opts.MaxModuleSize = orDefault(opts.MaxModuleSize, DefaultMaxModuleSize)
+	opts.CompileTimeout = orDefault(opts.CompileTimeout, DefaultCompileTimeout)
+	opts.CompileMemoryLimit = orDefault(opts.CompileMemoryLimit, DefaultCompileMemoryLimit)
 	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion+"-"+cacheFormat)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create module cache: %w", err)
@@ -93,7 +121,7 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	// Artifacts of this wasmtime compiled before the reserved exports
 	// existed cannot be limited: they are of no use any more.
 	os.RemoveAll(filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion))
-	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}}
+	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}, waiters: map[string]*compileWaiters{}}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
 	if r.CPUCapsUnavailable != nil {
@@ -131,8 +159,17 @@ func (r *Runtime) Close() {
 	r.compiler.Close()
 }
 
-// Validate checks that b is a valid core module for this wasmtime.
+// Validate checks that b is a valid core module for this wasmtime, that
+// Prepare will take: not over MaxModuleSize, not using the reserved export
+// names. It runs in the daemon (wasmtime's validator is linear in the
+// module's size); compilation does not.
 func (r *Runtime) Validate(b []byte) error {
+	if max := r.opts.MaxModuleSize; max > 0 && int64(len(b)) > max {
+		return fmt.Errorf("%d bytes, over max_module_size %d", len(b), max)
+	}
+	if _, err := parseModule(b); err != nil {
+		return err
+	}
 	return wasmtime.ModuleValidate(r.compiler, b)
 }
 
@@ -145,8 +182,11 @@ type Compiled struct {
 }
 
 // Prepare returns the cached compiled form of the module with digest d,
-// compiling it from load() on a miss. Concurrent callers for one module
-// share one compilation.
+// compiling it from load() on a miss, in a child process under the
+// compile limits (see compile.go). Concurrent callers for one module share
+// one compilation; it is abandoned (its process killed) when every one of
+// them has given up (ctx ended), and Prepare returns when its own ctx
+// ends.
 func (r *Runtime) Prepare(ctx context.Context, d digest.Digest, load func() ([]byte, error)) (Compiled, error) {
 	if err := d.Validate(); err != nil {
 		return Compiled{}, fmt.Errorf("module digest %q: %w", d, err)
@@ -155,64 +195,57 @@ func (r *Runtime) Prepare(ctx context.Context, d digest.Digest, load func() ([]b
 	if _, err := os.Stat(path); err == nil {
 		return Compiled{Digest: d, Path: path}, nil
 	}
-	v, err, _ := r.compiles.Do(path, func() (any, error) {
+	f := r.joinCompile(ctx, path)
+	defer r.leaveCompile(path, f)
+	ch := r.compiles.DoChan(path, func() (any, error) {
 		if _, err := os.Stat(path); err == nil {
 			return false, nil
 		}
-		return true, r.compile(d, path, load)
+		return true, r.compile(f.ctx, d, path, load)
 	})
-	if err != nil {
-		return Compiled{}, err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return Compiled{}, res.Err
+		}
+		return Compiled{Digest: d, Path: path, Fresh: res.Val.(bool)}, nil
+	case <-ctx.Done():
+		return Compiled{}, fmt.Errorf("compile of module %s: %w", d, ctx.Err())
 	}
-	return Compiled{Digest: d, Path: path, Fresh: v.(bool)}, nil
+}
+
+// compileWaiters is the context of one compilation: it ends when the last
+// caller waiting for it has left.
+type compileWaiters struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	n      int
+}
+
+func (r *Runtime) joinCompile(ctx context.Context, path string) *compileWaiters {
+	r.waitersMu.Lock()
+	defer r.waitersMu.Unlock()
+	f := r.waiters[path]
+	if f == nil {
+		f = &compileWaiters{}
+		f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
+		r.waiters[path] = f
+	}
+	f.n++
+	return f
+}
+
+func (r *Runtime) leaveCompile(path string, f *compileWaiters) {
+	r.waitersMu.Lock()
+	defer r.waitersMu.Unlock()
+	if f.n--; f.n == 0 {
+		f.cancel()
+		delete(r.waiters, path)
+	}
 }
 
 // ErrInvalidModule wraps compile failures of the module itself.
 var ErrInvalidModule = errors.New("invalid WebAssembly module")
-
-func (r *Runtime) compile(d digest.Digest, path string, load func() ([]byte, error)) error {
-	b, err := load()
-	if err != nil {
-		return fmt.Errorf("load module %s: %w", d, err)
-	}
-	if got := digest.FromBytes(b); got != d {
-		return fmt.Errorf("module content is %s, expected %s", got, d)
-	}
-	start := time.Now()
-	// Compiled with every memory and table exported; the cache key stays
-	// the digest of the module as given.
-	instrumented, _, err := exportMemoriesAndTables(b)
-	if err != nil {
-		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, err)
-	}
-	mod, err := wasmtime.NewModule(r.compiler, instrumented)
-	if err != nil {
-		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, firstLine(err.Error()))
-	}
-	defer mod.Close()
-	ser, err := mod.Serialize()
-	if err != nil {
-		return fmt.Errorf("serialize module %s: %w", d, err)
-	}
-	// Write then rename, so a crash never leaves a torn file in the cache.
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".compiling-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(ser); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	r.opts.Logger.Info("compiled module", "digest", d, "bytes", len(b), "compiled_bytes", len(ser), "duration", time.Since(start).Round(time.Millisecond))
-	return nil
-}
 
 // loaded is an engine with a compiled module deserialized into it and WASI
 // linked: all an instance needs but its store. An instance has one to
