@@ -182,6 +182,9 @@ func (r *Runtime) compile(ctx context.Context, d digest.Digest, path string, loa
 	if err != nil {
 		return err
 	}
+	if st.Size() == 0 {
+		return fmt.Errorf("compile of module %s: the compiler process wrote nothing", d)
+	}
 	if err := os.Rename(tmp.Name(), path); err != nil {
 		return err
 	}

@@ -205,6 +205,9 @@ func TestStartSectionOutcomesAreResults(t *testing.T) {
 			func(res Result) bool { return res.ExitCode == 1 && strings.Contains(res.Trap, "out of bounds") }},
 		{"initial memory over the limit", `(module (memory (export "memory") 100) (func (export "_start")))`, Limits{MemoryBytes: 1 << 20},
 			func(res Result) bool { return res.OOM && res.ExitCode == 137 && res.StartError == "" }},
+		// 1 MiB leaves the table 64 KiB: 8192 elements.
+		{"initial table over the limit", `(module (memory (export "memory") 1) (table 10000 funcref) (func (export "_start")))`, Limits{MemoryBytes: 1 << 20},
+			func(res Result) bool { return res.OOM && res.ExitCode == 137 && strings.Contains(res.Trap, "table") }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, tc.wat)), Spec{Args: []string{"x"}, Limits: tc.limits}, 10*time.Second)
