@@ -24,6 +24,8 @@ type CRILog struct {
 	path string
 	f    *os.File
 	refs int
+	// maxLine is MaxLogLine (tests make it smaller).
+	maxLine int
 }
 
 // OpenCRILog opens (appending) the log file at path.
@@ -35,7 +37,7 @@ func OpenCRILog(path string) (*CRILog, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CRILog{path: path, f: f}, nil
+	return &CRILog{path: path, f: f, maxLine: MaxLogLine}, nil
 }
 
 // Reopen starts a new file at the log's path, as kubelet asks after it has
@@ -105,6 +107,8 @@ type LogStream struct {
 	log     *CRILog
 	name    string
 	pending []byte
+	// partial says the last record written was a P: a line is open.
+	partial bool
 	closed  bool
 }
 
@@ -121,7 +125,7 @@ func (s *LogStream) Write(p []byte) (int, error) {
 			break
 		}
 		line := p[:i]
-		if len(s.pending) > 0 {
+		if len(s.pending) > 0 || s.partial {
 			line = append(s.pending, line...)
 			s.pending = s.pending[:0]
 		}
@@ -129,29 +133,35 @@ func (s *LogStream) Write(p []byte) (int, error) {
 		p = p[i+1:]
 	}
 	// A line that is still growing past the limit goes out in pieces.
-	for len(s.pending) >= MaxLogLine {
-		s.log.write(s.name, true, s.pending[:MaxLogLine])
-		s.pending = append(s.pending[:0], s.pending[MaxLogLine:]...)
+	max := s.log.maxLine
+	for len(s.pending) >= max {
+		s.log.write(s.name, true, s.pending[:max])
+		s.partial = true
+		s.pending = append(s.pending[:0], s.pending[max:]...)
 	}
 	return n, nil
 }
 
 // emit writes a complete line, split into partial records when too long.
 func (s *LogStream) emit(line []byte) {
-	for len(line) > MaxLogLine {
-		s.log.write(s.name, true, line[:MaxLogLine])
-		line = line[MaxLogLine:]
+	max := s.log.maxLine
+	for len(line) > max {
+		s.log.write(s.name, true, line[:max])
+		line = line[max:]
 	}
 	s.log.write(s.name, false, line)
+	s.partial = false
 }
 
-// Close writes an unterminated last line as a full record.
+// Close writes an unterminated last line as a full record, and ends a
+// line left open by partial records (one that filled them exactly) with
+// an empty one, so no P record is left without its F.
 func (s *LogStream) Close() error {
 	if s.closed {
 		return nil
 	}
 	s.closed = true
-	if len(s.pending) > 0 {
+	if len(s.pending) > 0 || s.partial {
 		s.emit(s.pending)
 		s.pending = nil
 	}

@@ -3,7 +3,6 @@ package wasm
 import (
 	"bytes"
 	"errors"
-	"fmt"
 	"io"
 	"runtime"
 	"strings"
@@ -24,7 +23,8 @@ type Dir struct {
 
 // Limits bound an instance's resources.
 type Limits struct {
-	// MemoryBytes bounds each linear memory; 0 is no limit.
+	// MemoryBytes bounds the sum of the instance's linear memories and
+	// tables (see limits.go); 0 is the runtime's DefaultMemoryLimit.
 	MemoryBytes int64
 	// CPUQuota and CPUPeriod (microseconds) cap CPU time per period, as
 	// CFS does; a quota of 0 or less is no cap.
@@ -55,7 +55,11 @@ type Result struct {
 	// OOM is set when the instance failed at its memory limit.
 	OOM bool
 	// Trap is the trap message when the module trapped.
-	Trap       string
+	Trap string
+	// StartError says why the module could not be instantiated when Start
+	// had already returned (exit code 128): the caller reports it as a
+	// failure to start, not as the module's own.
+	StartError string
 	FinishedAt time.Time
 }
 
@@ -64,8 +68,10 @@ type Stats struct {
 	// CPU is the CPU time the instance's thread has used; User and System
 	// split it (at the kernel's 10ms accounting granularity).
 	CPU, User, System time.Duration
-	// MemoryBytes is the size of its linear memory, as of its last host
-	// call (poll_oneoff) or its start; MaxMemoryBytes the largest seen.
+	// MemoryBytes is the size of all its linear memories and tables (at
+	// tableElementBytes per element), exported or not, as of its last
+	// host call (poll_oneoff) or its start; MaxMemoryBytes the largest
+	// seen.
 	MemoryBytes, MaxMemoryBytes int64
 	// CFS is the CPU cap's accounting, zero without a cap.
 	CFS CFSStats
@@ -84,6 +90,17 @@ type Instance struct {
 	stdin  *stdinPipe
 	cpu    *cpuController
 	id     string
+	// shape is the module's number of memories and tables; defaultLimit
+	// the memory limit of an instance given none.
+	shape        moduleShape
+	defaultLimit int64
+
+	// The instance's memories and tables, and their sizes as last
+	// measured: only its own thread touches them (the store is not safe
+	// for concurrent use).
+	memories []*wasmtime.Memory
+	tables   []*wasmtime.Table
+	measured footprint
 
 	memory    atomic.Int64
 	maxMemory atomic.Int64
@@ -105,15 +122,26 @@ type Instance struct {
 	cpuFinal bool
 }
 
-// Start instantiates the compiled module under WASI and runs its _start
-// in the background. Link errors (unknown imports, no _start) are returned
-// here, before anything runs.
+// Start starts an instance of the compiled module under WASI and returns
+// it before any of the module's code runs: instantiation (which runs the
+// module's start section, if it has one) and then _start happen on the
+// instance's own thread, under its CPU cap and reachable by Stop from the
+// moment Start returns. Start itself only prepares what runs no guest
+// code: the engine, the store, WASI, and the check that linking will
+// succeed. Link errors (unknown imports, imports of the wrong type, no
+// _start) are returned here; anything that fails later, instantiation
+// included, is the instance's Result.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	ld, err := r.acquire(c)
 	if err != nil {
 		return nil, err
 	}
-	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits}
+	if ld.linkErr != nil {
+		r.release(ld)
+		return nil, ld.linkErr
+	}
+	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits,
+		shape: ld.shape, defaultLimit: max(r.opts.DefaultMemoryLimit, 0)}
 	inst.pendingMemoryLimit.Store(-1)
 	store := wasmtime.NewStoreWithData(ld.engine, inst)
 	inst.store = store
@@ -127,14 +155,14 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 			r.release(ld)
 		}
 	}()
-	// Any epoch increment (only Stop makes one) interrupts running code.
+	// Any epoch increment (only Stop makes one) interrupts running code,
+	// the start section's included: the deadline is set before anything
+	// runs.
 	store.SetEpochDeadline(1)
-	if spec.Limits.MemoryBytes > 0 {
-		store.Limiter(spec.Limits.MemoryBytes, -1, -1, -1, -1)
-	}
+	inst.storeLimits(spec.Limits.MemoryBytes).apply(store)
 
 	inst.origin = time.Now()
-	if spec.Limits.MemoryBytes > 0 && spec.Stderr != nil {
+	if spec.Stderr != nil {
 		spec.Stderr = &oomWatch{w: spec.Stderr, said: &inst.oomSaid}
 	}
 	var wasi *wasmtime.WasiConfig
@@ -144,58 +172,9 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	store.SetWasi(wasi)
 	inst.stdin = sio.stdin
 
-	instance, err := ld.linker.Instantiate(store, ld.module)
-	if err != nil {
-		return nil, fmt.Errorf("instantiate: %s", firstLine(err.Error()))
-	}
-	start := instance.GetFunc(store, "_start")
-	if start == nil {
-		return nil, errors.New("the module exports no _start function: it is not a WASI command")
-	}
-	memory := func() int64 {
-		if m := instance.GetExport(store, "memory"); m != nil && m.Memory() != nil {
-			return int64(m.Memory().DataSize(store))
-		}
-		return 0
-	}
-	inst.noteMemory(memory())
-
 	copied := sio.start()
 	started := make(chan error, 1)
-	go func() {
-		// The instance owns this thread for its life: its CPU clock is the
-		// instance's CPU time and its cgroup the instance's CPU cap. The
-		// thread is never unlocked, so it ends with the instance.
-		runtime.LockOSThread()
-		inst.mu.Lock()
-		inst.tid = unix.Gettid()
-		err := inst.cpu.apply(inst.id, inst.tid, inst.limits)
-		inst.mu.Unlock()
-		started <- err
-
-		_, runErr := start.Call(store)
-		finalMemory := memory()
-		inst.noteMemory(finalMemory)
-		res := inst.resultOf(runErr, finalMemory)
-		inst.mu.Lock()
-		inst.final, inst.cpuFinal = inst.liveStatsLocked(), true
-		inst.memory.Store(0)
-		inst.mu.Unlock()
-		inst.cpu.release(inst.id, inst.tid)
-		// Closing the store closes wasmtime's ends of the pipes, so the
-		// copies see EOF once everything written has been read.
-		store.Close()
-		sio.stdin.close()
-		copied.Wait()
-		res.FinishedAt = time.Now()
-		inst.mu.Lock()
-		inst.result = res
-		inst.finished = true
-		inst.mu.Unlock()
-		// Stop can no longer reach the engine: another instance may have it.
-		r.release(ld)
-		close(inst.done)
-	}()
+	go inst.run(r, ld, sio, copied, started)
 	if err := <-started; err != nil {
 		// CPU caps are best effort: the runtime reports why it has none.
 		r.opts.Logger.Warn("CPU limit not applied", "instance", spec.ID, "error", err)
@@ -203,16 +182,144 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	return inst, nil
 }
 
+// run is the instance's thread: it instantiates the module, runs _start,
+// and records how it ended.
+func (i *Instance) run(r *Runtime, ld *loaded, sio *stdio, copied *sync.WaitGroup, started chan<- error) {
+	// The instance owns this thread for its life: its CPU clock is the
+	// instance's CPU time and its cgroup the instance's CPU cap. The
+	// thread is never unlocked, so it ends with the instance.
+	runtime.LockOSThread()
+	i.mu.Lock()
+	i.tid = unix.Gettid()
+	err := i.cpu.apply(i.id, i.tid, i.limits)
+	i.mu.Unlock()
+	started <- err
+	if hook := r.beforeInstantiate; hook != nil {
+		hook(i)
+	}
+
+	res := i.execute(ld)
+	i.mu.Lock()
+	i.final, i.cpuFinal = i.liveStatsLocked(), true
+	i.memory.Store(0)
+	i.mu.Unlock()
+	i.cpu.release(i.id, i.tid)
+	// Closing the store closes wasmtime's ends of the pipes, so the
+	// copies see EOF once everything written has been read.
+	i.store.Close()
+	sio.stdin.close()
+	copied.Wait()
+	res.FinishedAt = time.Now()
+	i.mu.Lock()
+	i.result = res
+	i.finished = true
+	i.mu.Unlock()
+	// Stop can no longer reach the engine: another instance may have it.
+	r.release(ld)
+	close(i.done)
+}
+
+// execute instantiates the module and calls its _start, unless the
+// instance was stopped first.
+func (i *Instance) execute(ld *loaded) Result {
+	select {
+	case <-i.stop:
+		// Stopped before anything ran: nothing will.
+		return Result{ExitCode: 137, Stopped: true}
+	default:
+	}
+	instance, err := ld.linker.Instantiate(i.store, ld.module)
+	if err != nil {
+		return i.instantiationResult(err)
+	}
+	i.bind(instance)
+	i.measure(i.store)
+	_, runErr := instance.GetFunc(i.store, "_start").Call(i.store)
+	i.measure(i.store)
+	return i.resultOf(runErr)
+}
+
+// bind finds the instance's memories and tables by their reserved exports.
+func (i *Instance) bind(instance *wasmtime.Instance) {
+	for k := range i.shape.memories {
+		if e := instance.GetExport(i.store, reservedMemoryName(k)); e != nil && e.Memory() != nil {
+			i.memories = append(i.memories, e.Memory())
+		}
+	}
+	for k := range i.shape.tables {
+		if e := instance.GetExport(i.store, reservedTableName(k)); e != nil && e.Table() != nil {
+			i.tables = append(i.tables, e.Table())
+		}
+	}
+	i.measured = footprint{memories: make([]int64, len(i.memories)), tables: make([]int64, len(i.tables))}
+}
+
+// measure reads the sizes of the instance's memories and tables; only on
+// its own thread, with s its store or the caller of a host function.
+func (i *Instance) measure(s wasmtime.Storelike) {
+	for k, m := range i.memories {
+		i.measured.memories[k] = int64(m.DataSize(s))
+	}
+	for k, t := range i.tables {
+		i.measured.tables[k] = int64(t.Size(s))
+	}
+	i.noteMemory(i.measured.total())
+}
+
+// storeLimits are the limiter's knobs for a memory limit of limit bytes
+// (0: the default).
+func (i *Instance) storeLimits(limit int64) storeLimits {
+	return limitsFor(i.effectiveLimit(limit), i.shape)
+}
+
+func (i *Instance) effectiveLimit(limit int64) int64 {
+	if limit > 0 {
+		return limit
+	}
+	return i.defaultLimit
+}
+
+// instantiationResult is how an instance ends whose instantiation failed:
+// its start section exited, trapped or was stopped, as _start may; or
+// wasmtime refused to make it, which Start's link check did not foresee.
+func (i *Instance) instantiationResult(err error) Result {
+	i.mu.Lock()
+	stopped := i.stopped
+	i.mu.Unlock()
+	var trap *wasmtime.Trap
+	switch {
+	case stopped || isExit(err) || errors.As(err, &trap):
+		return i.resultOf(err)
+	case isLimitError(err):
+		// The module's initial memories or tables do not fit its limits.
+		return Result{ExitCode: 137, OOM: true, Trap: trapMessage(err.Error())}
+	}
+	return Result{ExitCode: 128, StartError: "instantiate: " + trapMessage(err.Error())}
+}
+
+// limitErrors are how wasmtime's store limiter refuses to instantiate: an
+// initial memory or table over the per-memory or per-table limit, or more
+// instances, memories or tables than the store allows.
+var limitErrors = []string{"exceeds memory limits", "exceeds table limits", "resource limit exceeded"}
+
+func isLimitError(err error) bool {
+	msg := err.Error()
+	for _, s := range limitErrors {
+		if strings.Contains(msg, s) {
+			return true
+		}
+	}
+	return false
+}
+
 // onHostCall runs at each of the instance's poll_oneoff calls, on the
 // thread that owns its store: the safe moment to read its memory size and
 // to change its memory limit.
 func (i *Instance) onHostCall(caller *wasmtime.Caller) {
 	if limit := i.pendingMemoryLimit.Swap(-1); limit >= 0 {
-		i.store.Limiter(limitOrNone(limit), -1, -1, -1, -1)
+		i.storeLimits(limit).apply(i.store)
 	}
-	if m := caller.GetExport("memory"); m != nil && m.Memory() != nil {
-		i.noteMemory(int64(m.Memory().DataSize(caller)))
-	}
+	i.measure(caller)
 }
 
 func (i *Instance) noteMemory(n int64) {
@@ -225,27 +332,21 @@ func (i *Instance) noteMemory(n int64) {
 	}
 }
 
-// limitOrNone turns 0 into wasmtime's "no limit" (-1).
-func limitOrNone(n int64) int64 {
-	if n <= 0 {
-		return -1
-	}
-	return n
-}
-
 // oomMargin is how close to its limit a failed instance's memory must be
 // to call the failure an out-of-memory kill. wasmtime's limiter makes a
-// denied memory.grow return -1 without telling the host (its C API has no
-// callback), so the evidence is indirect: the size the memory reached (Go's
-// allocator fails within 1 MiB of the limit when growing step by step), or
-// the language runtime saying so on stderr (one large allocation fails far
-// below the limit); see oomWatch.
+// denied memory.grow or table.grow return -1 without telling the host (its
+// C API has no callback), so the evidence is indirect: the size a memory
+// or table, or all of them, reached (Go's allocator fails within 1 MiB of
+// the limit when growing step by step), or the language runtime saying so
+// on stderr (one large allocation fails far below the limit); see oomWatch
+// and footprint.atLimit.
 func oomMargin(limit int64) int64 { return min(limit/8, 8<<20) }
 
-// resultOf turns the outcome of _start into an exit code, as a process's.
-func (i *Instance) resultOf(err error, finalMemory int64) Result {
+// resultOf turns the outcome of _start (or of the start section) into an
+// exit code, as a process's.
+func (i *Instance) resultOf(err error) Result {
 	i.mu.Lock()
-	stopped, limit := i.stopped, i.limits.MemoryBytes
+	stopped, limit := i.stopped, i.effectiveLimit(i.limits.MemoryBytes)
 	i.mu.Unlock()
 	if err == nil {
 		return Result{ExitCode: 0}
@@ -261,7 +362,7 @@ func (i *Instance) resultOf(err error, finalMemory int64) Result {
 	case stopped && res.ExitCode != 0 && !isExit(err):
 		// Killed from outside, reported as a SIGKILLed process is.
 		return Result{ExitCode: 137, Stopped: true}
-	case res.ExitCode != 0 && limit > 0 && (finalMemory+oomMargin(limit) >= limit || i.oomSaid.Load()):
+	case res.ExitCode != 0 && limit > 0 && (i.measured.atLimit(limit, i.shape) || i.oomSaid.Load()):
 		// As the kernel's OOM killer would: SIGKILL, exit code 137.
 		return Result{ExitCode: 137, OOM: true, Trap: trapOf(err)}
 	case isExit(err):
@@ -344,8 +445,9 @@ func (i *Instance) liveStatsLocked() Stats {
 }
 
 // SetLimits changes a running instance's limits: the CPU cap at once, the
-// memory limit at the instance's next host call (wasmtime's limiter may
-// only be changed from the thread that runs the store).
+// memory limit (all the limiter's knobs, recomputed) at the instance's
+// next host call (wasmtime's limiter may only be changed from the thread
+// that runs the store).
 func (i *Instance) SetLimits(l Limits) error {
 	i.mu.Lock()
 	defer i.mu.Unlock()

@@ -1,6 +1,8 @@
 // Package wasm runs WebAssembly modules on wasmtime: it compiles each module
-// once into an on-disk cache, and runs instances under WASI preview1 with
-// their output in CRI log files and a stop that interrupts only them.
+// once into an on-disk cache (in a child process, under time and memory
+// limits), and runs instances under WASI preview1 with their output in CRI
+// log files, a memory limit that bounds all their memories and tables, and
+// a stop that interrupts only them, from the moment they are started.
 package wasm
 
 import (
@@ -10,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"time"
 
@@ -22,6 +25,11 @@ import (
 // are cached per version because wasmtime refuses another's artifacts.
 // A test keeps it equal to go.mod.
 const WasmtimeVersion = "39.0.1"
+
+// cacheFormat names what the runtime does to a module before compiling
+// it (exportMemoriesAndTables) and how it configures engines: artifacts of
+// another format are kept apart.
+const cacheFormat = "wasmcri2"
 
 func init() {
 	// Without this every wasmtime error text carries a Rust backtrace.
@@ -37,7 +45,36 @@ type Options struct {
 	// CgroupName is the cgroup, under the daemon's own in the cpu
 	// hierarchy, that holds capped instances (default "wasmcri").
 	CgroupName string
-	Logger     *slog.Logger
+	// DefaultMemoryLimit is the memory limit, in bytes, of an instance
+	// whose Limits set none: it bounds the sum of its memories and tables
+	// as Limits.MemoryBytes does. 0 leaves sizes to wasmtime's defaults (a
+	// 32-bit memory can reach 4 GiB; a 64-bit memory or a table has no
+	// bound); the numbers of instances, memories and tables are bounded
+	// either way.
+	DefaultMemoryLimit int64
+	// MaxModuleSize refuses (with ErrInvalidModule) larger modules in
+	// Validate and Prepare, before compiling. 0 is DefaultMaxModuleSize,
+	// a negative value no limit.
+	MaxModuleSize int64
+	// CompileTimeout bounds the time of one compilation, after which its
+	// process is killed. 0 is DefaultCompileTimeout, negative none.
+	CompileTimeout time.Duration
+	// CompileMemoryLimit bounds the memory (RLIMIT_DATA) the compiler
+	// process may take beyond what it starts with. 0 is
+	// DefaultCompileMemoryLimit, negative none.
+	CompileMemoryLimit int64
+	Logger             *slog.Logger
+}
+
+// orDefault is v, or def when v is 0; a negative v (no limit) is 0.
+func orDefault[T int64 | time.Duration](v, def T) T {
+	switch {
+	case v == 0:
+		return def
+	case v < 0:
+		return 0
+	}
+	return v
 }
 
 // Runtime compiles modules and starts instances. Each instance gets an
@@ -50,6 +87,9 @@ type Runtime struct {
 	// compiler compiles and validates; it never runs code.
 	compiler *wasmtime.Engine
 	compiles singleflight.Group
+	// waiters are the callers of each compilation in flight, by path.
+	waitersMu sync.Mutex
+	waiters   map[string]*compileWaiters
 	// cpu caps instance threads; nil where no cgroup controller is usable.
 	cpu *cpuController
 	// idle keeps loaded engines between instances, by compiled file.
@@ -57,6 +97,9 @@ type Runtime struct {
 	idle   map[string][]*loaded
 	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
 	CPUCapsUnavailable error
+	// beforeInstantiate, when set (by tests), runs on each instance's
+	// thread after Start has returned and before instantiation.
+	beforeInstantiate func(*Instance)
 }
 
 // NewRuntime keeps compiled modules under cacheDir.
@@ -70,11 +113,17 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	if opts.CgroupName == "" {
 		opts.CgroupName = "wasmcri"
 	}
-	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion)
+	opts.MaxModuleSize = orDefault(opts.MaxModuleSize, DefaultMaxModuleSize)
+	opts.CompileTimeout = orDefault(opts.CompileTimeout, DefaultCompileTimeout)
+	opts.CompileMemoryLimit = orDefault(opts.CompileMemoryLimit, DefaultCompileMemoryLimit)
+	dir := filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion+"-"+cacheFormat)
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, fmt.Errorf("create module cache: %w", err)
 	}
-	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}}
+	// Artifacts of this wasmtime compiled before the reserved exports
+	// existed cannot be limited: they are of no use any more.
+	os.RemoveAll(filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion))
+	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}, waiters: map[string]*compileWaiters{}}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
 	if r.CPUCapsUnavailable != nil {
@@ -87,10 +136,15 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 
 // engineConfig is the one configuration every engine uses; compiled
 // artifacts are only loadable by an engine configured the same way.
-func (r *Runtime) engineConfig() *wasmtime.Config {
+func (r *Runtime) engineConfig() *wasmtime.Config { return engineConfig(r.opts.MaxWasmStack) }
+
+func engineConfig(maxWasmStack int) *wasmtime.Config {
 	cfg := wasmtime.NewConfig()
 	cfg.SetEpochInterruption(true)
-	cfg.SetMaxWasmStack(r.opts.MaxWasmStack)
+	cfg.SetMaxWasmStack(maxWasmStack)
+	// Shared memories escape the store limiter (they may be grown from
+	// other threads), and WASI preview1 has no threads to share them with.
+	cfg.SetWasmThreads(false)
 	return cfg
 }
 
@@ -107,8 +161,17 @@ func (r *Runtime) Close() {
 	r.compiler.Close()
 }
 
-// Validate checks that b is a valid core module for this wasmtime.
+// Validate checks that b is a valid core module for this wasmtime, that
+// Prepare will take: not over MaxModuleSize, not using the reserved export
+// names. It runs in the daemon (wasmtime's validator is linear in the
+// module's size); compilation does not.
 func (r *Runtime) Validate(b []byte) error {
+	if max := r.opts.MaxModuleSize; max > 0 && int64(len(b)) > max {
+		return fmt.Errorf("%d bytes, over max_module_size %d", len(b), max)
+	}
+	if _, err := parseModule(b); err != nil {
+		return err
+	}
 	return wasmtime.ModuleValidate(r.compiler, b)
 }
 
@@ -121,8 +184,11 @@ type Compiled struct {
 }
 
 // Prepare returns the cached compiled form of the module with digest d,
-// compiling it from load() on a miss. Concurrent callers for one module
-// share one compilation.
+// compiling it from load() on a miss, in a child process under the
+// compile limits (see compile.go). Concurrent callers for one module share
+// one compilation; it is abandoned (its process killed) when every one of
+// them has given up (ctx ended), and Prepare returns when its own ctx
+// ends.
 func (r *Runtime) Prepare(ctx context.Context, d digest.Digest, load func() ([]byte, error)) (Compiled, error) {
 	if err := d.Validate(); err != nil {
 		return Compiled{}, fmt.Errorf("module digest %q: %w", d, err)
@@ -131,58 +197,57 @@ func (r *Runtime) Prepare(ctx context.Context, d digest.Digest, load func() ([]b
 	if _, err := os.Stat(path); err == nil {
 		return Compiled{Digest: d, Path: path}, nil
 	}
-	v, err, _ := r.compiles.Do(path, func() (any, error) {
+	f := r.joinCompile(ctx, path)
+	defer r.leaveCompile(path, f)
+	ch := r.compiles.DoChan(path, func() (any, error) {
 		if _, err := os.Stat(path); err == nil {
 			return false, nil
 		}
-		return true, r.compile(d, path, load)
+		return true, r.compile(f.ctx, d, path, load)
 	})
-	if err != nil {
-		return Compiled{}, err
+	select {
+	case res := <-ch:
+		if res.Err != nil {
+			return Compiled{}, res.Err
+		}
+		return Compiled{Digest: d, Path: path, Fresh: res.Val.(bool)}, nil
+	case <-ctx.Done():
+		return Compiled{}, fmt.Errorf("compile of module %s: %w", d, ctx.Err())
 	}
-	return Compiled{Digest: d, Path: path, Fresh: v.(bool)}, nil
+}
+
+// compileWaiters is the context of one compilation: it ends when the last
+// caller waiting for it has left.
+type compileWaiters struct {
+	ctx    context.Context
+	cancel context.CancelFunc
+	n      int
+}
+
+func (r *Runtime) joinCompile(ctx context.Context, path string) *compileWaiters {
+	r.waitersMu.Lock()
+	defer r.waitersMu.Unlock()
+	f := r.waiters[path]
+	if f == nil {
+		f = &compileWaiters{}
+		f.ctx, f.cancel = context.WithCancel(context.WithoutCancel(ctx))
+		r.waiters[path] = f
+	}
+	f.n++
+	return f
+}
+
+func (r *Runtime) leaveCompile(path string, f *compileWaiters) {
+	r.waitersMu.Lock()
+	defer r.waitersMu.Unlock()
+	if f.n--; f.n == 0 {
+		f.cancel()
+		delete(r.waiters, path)
+	}
 }
 
 // ErrInvalidModule wraps compile failures of the module itself.
 var ErrInvalidModule = errors.New("invalid WebAssembly module")
-
-func (r *Runtime) compile(d digest.Digest, path string, load func() ([]byte, error)) error {
-	b, err := load()
-	if err != nil {
-		return fmt.Errorf("load module %s: %w", d, err)
-	}
-	if got := digest.FromBytes(b); got != d {
-		return fmt.Errorf("module content is %s, expected %s", got, d)
-	}
-	start := time.Now()
-	mod, err := wasmtime.NewModule(r.compiler, b)
-	if err != nil {
-		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, firstLine(err.Error()))
-	}
-	defer mod.Close()
-	ser, err := mod.Serialize()
-	if err != nil {
-		return fmt.Errorf("serialize module %s: %w", d, err)
-	}
-	// Write then rename, so a crash never leaves a torn file in the cache.
-	tmp, err := os.CreateTemp(filepath.Dir(path), ".compiling-*")
-	if err != nil {
-		return err
-	}
-	defer os.Remove(tmp.Name())
-	if _, err := tmp.Write(ser); err != nil {
-		tmp.Close()
-		return err
-	}
-	if err := tmp.Close(); err != nil {
-		return err
-	}
-	if err := os.Rename(tmp.Name(), path); err != nil {
-		return err
-	}
-	r.opts.Logger.Info("compiled module", "digest", d, "bytes", len(b), "compiled_bytes", len(ser), "duration", time.Since(start).Round(time.Millisecond))
-	return nil
-}
 
 // loaded is an engine with a compiled module deserialized into it and WASI
 // linked: all an instance needs but its store. An instance has one to
@@ -194,6 +259,11 @@ type loaded struct {
 	engine *wasmtime.Engine
 	module *wasmtime.Module
 	linker *wasmtime.Linker
+	// shape is the number of memories and tables of the module.
+	shape moduleShape
+	// linkErr is why the module cannot be instantiated with this linker,
+	// found once at load.
+	linkErr error
 }
 
 // maxIdlePerModule bounds the engines kept for later instances of one
@@ -253,7 +323,71 @@ func (r *Runtime) load(c Compiled) (*loaded, error) {
 		ld.close()
 		return nil, err
 	}
+	if ld.shape, err = shapeOf(mod); err != nil {
+		ld.close()
+		os.Remove(c.Path)
+		return nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %w", c.Digest, err)
+	}
+	ld.linkErr = checkLink(engine, linker, mod)
 	return ld, nil
+}
+
+// checkLink tells whether instantiating module with linker can succeed as
+// far as linking goes, without instantiating it (which would run its start
+// section): every import must be defined by the linker with the type the
+// module expects, and _start must be an exported func () -> ().
+func checkLink(engine *wasmtime.Engine, linker *wasmtime.Linker, module *wasmtime.Module) error {
+	// Looking up a linker's definitions takes a store; this one runs nothing.
+	store := wasmtime.NewStore(engine)
+	defer store.Close()
+	for _, imp := range module.Imports() {
+		name := ""
+		if n := imp.Name(); n != nil {
+			name = *n
+		}
+		def := linker.Get(store, imp.Module(), name)
+		if def == nil {
+			return fmt.Errorf("instantiate: unknown import: `%s::%s` has not been defined", imp.Module(), name)
+		}
+		want, have := describeExtern(imp.Type()), describeExtern(def.Type(store))
+		if want != have {
+			return fmt.Errorf("instantiate: incompatible import type for `%s::%s`: the module expects %s, the runtime provides %s", imp.Module(), name, want, have)
+		}
+	}
+	for _, exp := range module.Exports() {
+		if exp.Name() != "_start" {
+			continue
+		}
+		if d := describeExtern(exp.Type()); d != "func () -> ()" {
+			return fmt.Errorf("the module's _start is %s, not a func () -> (): it is not a WASI command", d)
+		}
+		return nil
+	}
+	return errors.New("the module exports no _start function: it is not a WASI command")
+}
+
+// describeExtern writes an extern type out for comparison and messages.
+// Functions are compared by value kinds, all the runtime's imports are.
+func describeExtern(t *wasmtime.ExternType) string {
+	switch {
+	case t.FuncType() != nil:
+		ft := t.FuncType()
+		kinds := func(vs []*wasmtime.ValType) string {
+			s := make([]string, len(vs))
+			for i, v := range vs {
+				s[i] = v.Kind().String()
+			}
+			return strings.Join(s, ", ")
+		}
+		return "func (" + kinds(ft.Params()) + ") -> (" + kinds(ft.Results()) + ")"
+	case t.MemoryType() != nil:
+		return "a memory"
+	case t.TableType() != nil:
+		return "a table"
+	case t.GlobalType() != nil:
+		return "a global"
+	}
+	return "an extern of unknown kind"
 }
 
 func firstLine(s string) string {

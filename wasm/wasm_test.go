@@ -255,6 +255,18 @@ func TestStartRefusesWhatCannotRun(t *testing.T) {
 	for name, tc := range map[string]struct{ wat, says string }{
 		"no _start":      {testmodule.NoStart, "_start"},
 		"unknown import": {testmodule.UnknownImport, "launch_missiles"},
+		"import of the wrong type": {`(module
+  (import "wasi_snapshot_preview1" "fd_write" (func (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")))`, "incompatible import type for `wasi_snapshot_preview1::fd_write`"},
+		"import of a memory":     {`(module (import "env" "memory" (memory 1)) (func (export "_start")))`, "env::memory"},
+		"_start with parameters": {`(module (memory (export "memory") 1) (func (export "_start") (param i32)))`, "not a func () -> ()"},
+		// Refused before its start section could run.
+		"unknown import and a start section": {`(module
+  (import "env" "launch_missiles" (func))
+  (func $spin (loop (br 0)))
+  (start $spin)
+  (func (export "_start")))`, "launch_missiles"},
 	} {
 		module := testmodule.Wat(t, tc.wat)
 		_, err := r.Start(prepare(t, r, module), Spec{})
