@@ -99,6 +99,17 @@ type RuntimeConfig struct {
 	// CgroupDriver is what RuntimeConfig tells kubelet: "cgroupfs" or
 	// "systemd". wasmcri keeps its own cgroups under the daemon's.
 	CgroupDriver string `toml:"cgroup_driver"`
+	// DefaultMemoryLimit bounds, in bytes, all the memories and tables of
+	// a container whose config sets no memory limit. Every instance lives
+	// in the daemon, so an unbounded one could get the daemon (and every
+	// pod) OOM-killed; 0 leaves such containers unbounded.
+	DefaultMemoryLimit int64 `toml:"default_memory_limit"`
+	// CompileTimeout bounds one module's compilation (in a child process,
+	// killed past it), as a Go duration.
+	CompileTimeout Duration `toml:"compile_timeout"`
+	// CompileMemoryLimit bounds, in bytes, the memory one compilation may
+	// take (the compiler process's data size rlimit).
+	CompileMemoryLimit int64 `toml:"compile_memory_limit"`
 }
 
 // ImageConfig configures pulling and storing images.
@@ -106,8 +117,18 @@ type ImageConfig struct {
 	// MaxLayerSize refuses any blob (compressed layer or extracted module)
 	// larger than this many bytes before it is stored.
 	MaxLayerSize int64 `toml:"max_layer_size"`
-	// PullTimeout bounds one PullImage call, as a Go duration ("5m").
+	// PullTimeout bounds one PullImage call, unpacking included, as a Go
+	// duration ("5m").
 	PullTimeout Duration `toml:"pull_timeout"`
+	// MaxModuleSize refuses larger WebAssembly modules, at pull and
+	// before compiling.
+	MaxModuleSize int64 `toml:"max_module_size"`
+	// MaxUnpackedSize refuses a compat image whose layers unpack to more
+	// bytes than this (a small gzip layer can hold gigabytes).
+	MaxUnpackedSize int64 `toml:"max_unpacked_size"`
+	// MaxUnpackedEntries refuses a compat image whose layers hold more
+	// entries (files, directories, links, whiteouts) than this.
+	MaxUnpackedEntries int64 `toml:"max_unpacked_entries"`
 }
 
 // RegistryConfig configures registry access.
@@ -134,12 +155,18 @@ func Default() *Config {
 			MaxRecvMessageSize: 16 << 20,
 			MaxSendMessageSize: 16 << 20,
 		},
-		Stream:  StreamConfig{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration{4 * time.Hour}},
-		Log:     LogConfig{Level: "info", Format: "text"},
-		Runtime: RuntimeConfig{Handlers: []string{DefaultRuntimeHandler}, MaxWasmStack: 1 << 20, CgroupDriver: "cgroupfs"},
+		Stream: StreamConfig{Address: "127.0.0.1", Port: "0", IdleTimeout: Duration{4 * time.Hour}},
+		Log:    LogConfig{Level: "info", Format: "text"},
+		Runtime: RuntimeConfig{
+			Handlers: []string{DefaultRuntimeHandler}, MaxWasmStack: 1 << 20, CgroupDriver: "cgroupfs",
+			DefaultMemoryLimit: 4 << 30, CompileTimeout: Duration{2 * time.Minute}, CompileMemoryLimit: 2 << 30,
+		},
 		Image: ImageConfig{
-			MaxLayerSize: 512 << 20,
-			PullTimeout:  Duration{10 * time.Minute},
+			MaxLayerSize:       512 << 20,
+			PullTimeout:        Duration{10 * time.Minute},
+			MaxModuleSize:      128 << 20,
+			MaxUnpackedSize:    1 << 30,
+			MaxUnpackedEntries: 100_000,
 		},
 		Registry: RegistryConfig{PlainHTTP: []string{}},
 	}
@@ -253,8 +280,22 @@ func (c *Config) Validate() error {
 	if c.Runtime.MaxWasmStack < 64<<10 {
 		return bad("runtime.max_wasm_stack", "%d is below 65536 bytes", c.Runtime.MaxWasmStack)
 	}
-	if c.Image.MaxLayerSize <= 0 {
-		return bad("image.max_layer_size", "%d must be positive", c.Image.MaxLayerSize)
+	if c.Runtime.DefaultMemoryLimit < 0 {
+		return bad("runtime.default_memory_limit", "%d must not be negative (0 is no default limit)", c.Runtime.DefaultMemoryLimit)
+	}
+	if c.Runtime.CompileTimeout.Duration <= 0 {
+		return bad("runtime.compile_timeout", "%s must be positive", c.Runtime.CompileTimeout)
+	}
+	if c.Runtime.CompileMemoryLimit < 64<<20 {
+		return bad("runtime.compile_memory_limit", "%d is below 67108864 bytes (64 MiB)", c.Runtime.CompileMemoryLimit)
+	}
+	for key, v := range map[string]int64{
+		"image.max_layer_size": c.Image.MaxLayerSize, "image.max_module_size": c.Image.MaxModuleSize,
+		"image.max_unpacked_size": c.Image.MaxUnpackedSize, "image.max_unpacked_entries": c.Image.MaxUnpackedEntries,
+	} {
+		if v <= 0 {
+			return bad(key, "%d must be positive", v)
+		}
 	}
 	if c.Image.PullTimeout.Duration <= 0 {
 		return bad("image.pull_timeout", "%s must be positive", c.Image.PullTimeout)

@@ -79,15 +79,25 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	}
 	d.synced.Add(1)
 	go d.syncState()
-	if d.runtime, err = wasm.NewRuntime(filepath.Join(cfg.Root, "modules"), wasm.Options{MaxWasmStack: cfg.Runtime.MaxWasmStack, Logger: log}); err != nil {
+	if d.runtime, err = wasm.NewRuntime(filepath.Join(cfg.Root, "modules"), wasm.Options{
+		MaxWasmStack:       cfg.Runtime.MaxWasmStack,
+		DefaultMemoryLimit: cfg.Runtime.DefaultMemoryLimit,
+		MaxModuleSize:      cfg.Image.MaxModuleSize,
+		CompileTimeout:     cfg.Runtime.CompileTimeout.Duration,
+		CompileMemoryLimit: cfg.Runtime.CompileMemoryLimit,
+		Logger:             log,
+	}); err != nil {
 		return nil, err
 	}
 	d.Images, err = image.NewService(d.db, filepath.Join(cfg.Root, "content"), image.Options{
-		Registry:     image.RegistryOptions{PlainHTTP: cfg.Registry.PlainHTTP, ConfigPath: cfg.Registry.ConfigPath, DockerConfig: cfg.Registry.DockerConfig},
-		MaxLayerSize: cfg.Image.MaxLayerSize,
-		PullTimeout:  cfg.Image.PullTimeout.Duration,
-		Validate:     d.runtime.Validate,
-		Logger:       log,
+		Registry:           image.RegistryOptions{PlainHTTP: cfg.Registry.PlainHTTP, ConfigPath: cfg.Registry.ConfigPath, DockerConfig: cfg.Registry.DockerConfig},
+		MaxLayerSize:       cfg.Image.MaxLayerSize,
+		MaxModuleSize:      cfg.Image.MaxModuleSize,
+		MaxUnpackedSize:    cfg.Image.MaxUnpackedSize,
+		MaxUnpackedEntries: cfg.Image.MaxUnpackedEntries,
+		PullTimeout:        cfg.Image.PullTimeout.Duration,
+		Validate:           d.runtime.Validate,
+		Logger:             log,
 	})
 	if err != nil {
 		return nil, err

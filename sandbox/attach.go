@@ -91,4 +91,3 @@ func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout
 type writerFunc func([]byte) (int, error)
 
 func (f writerFunc) Write(p []byte) (int, error) { return f(p) }
-

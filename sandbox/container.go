@@ -358,8 +358,13 @@ func (m *Manager) watch(c *Container, r *run) {
 	c.ExitCode = res.ExitCode
 	c.CPU = cpu
 	switch {
-	case res.OOM:
+	case res.OOM && c.Resources.MemoryLimitBytes > 0:
 		c.Reason, c.Message = ReasonOOMKilled, fmt.Sprintf("memory limit of %d bytes reached: %s", c.Resources.MemoryLimitBytes, res.Trap)
+	case res.OOM:
+		c.Reason, c.Message = ReasonOOMKilled, "the node's default memory limit (runtime.default_memory_limit) reached: "+res.Trap
+	case res.StartError != "":
+		// The module's instantiation failed after Start had returned.
+		c.Reason, c.Message = ReasonStartError, res.StartError
 	case res.Stopped && m.shuttingDown:
 		c.Reason, c.Message = ReasonDaemonRestarted, "wasmcri was shut down while the container was running"
 	case res.Stopped:

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"context"
+	"errors"
 	"io"
 	"os"
 	"path/filepath"
@@ -313,14 +314,20 @@ func TestCRIInputRefusals(t *testing.T) {
 	}
 
 	containers := map[string]func(*runtimeapi.ContainerConfig){
-		"metadata.name":   func(c *runtimeapi.ContainerConfig) { c.Metadata.Name = "x/y" },
-		"args[1]":         func(c *runtimeapi.ContainerConfig) { c.Args = []string{"ok", "n\x00ul"} },
-		"command[0]":      func(c *runtimeapi.ContainerConfig) { c.Command = []string{"\xff\xfe"} },
-		"envs[1] (BAD)":   func(c *runtimeapi.ContainerConfig) { c.Envs = append(c.Envs, &runtimeapi.KeyValue{Key: "BAD", Value: []byte("\xc3\x28")}) },
-		"envs[1] key":     func(c *runtimeapi.ContainerConfig) { c.Envs = append(c.Envs, &runtimeapi.KeyValue{Key: "A=B", Value: []byte("x")}) },
-		"envs[1] (NUL)":   func(c *runtimeapi.ContainerConfig) { c.Envs = append(c.Envs, &runtimeapi.KeyValue{Key: "NUL", Value: []byte("a\x00b")}) },
-		"working_dir":     func(c *runtimeapi.ContainerConfig) { c.WorkingDir = "/tmp\x00/x" },
-		"log_path":        func(c *runtimeapi.ContainerConfig) { c.LogPath = "../../../etc/cron.d/job" },
+		"metadata.name": func(c *runtimeapi.ContainerConfig) { c.Metadata.Name = "x/y" },
+		"args[1]":       func(c *runtimeapi.ContainerConfig) { c.Args = []string{"ok", "n\x00ul"} },
+		"command[0]":    func(c *runtimeapi.ContainerConfig) { c.Command = []string{"\xff\xfe"} },
+		"envs[1] (BAD)": func(c *runtimeapi.ContainerConfig) {
+			c.Envs = append(c.Envs, &runtimeapi.KeyValue{Key: "BAD", Value: []byte("\xc3\x28")})
+		},
+		"envs[1] key": func(c *runtimeapi.ContainerConfig) {
+			c.Envs = append(c.Envs, &runtimeapi.KeyValue{Key: "A=B", Value: []byte("x")})
+		},
+		"envs[1] (NUL)": func(c *runtimeapi.ContainerConfig) {
+			c.Envs = append(c.Envs, &runtimeapi.KeyValue{Key: "NUL", Value: []byte("a\x00b")})
+		},
+		"working_dir": func(c *runtimeapi.ContainerConfig) { c.WorkingDir = "/tmp\x00/x" },
+		"log_path":    func(c *runtimeapi.ContainerConfig) { c.LogPath = "../../../etc/cron.d/job" },
 		"mounts[0].host_path": func(c *runtimeapi.ContainerConfig) {
 			c.Mounts = []*runtimeapi.Mount{{ContainerPath: "/x", HostPath: "/tmp\x00"}}
 		},
@@ -546,5 +553,77 @@ func TestCrashLeftoversReclaimed(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(filepath.Join(root, "sandboxes")); len(entries) != 0 {
 		t.Errorf("sandbox directories after start-up: %v", entries)
+	}
+}
+
+// A module whose start section loops forever is stoppable from the moment
+// its container starts: StartContainer returns, exec's timeout ends an
+// exec of it, StopContainer and RemoveContainer end it.
+func TestStartSectionLoopIsStoppable(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("startspin", testmodule.Wat(t, testmodule.StartSpin))
+	sb := e.sandbox("startspin")
+	ctx := context.Background()
+	c := e.container(sb, "spinner", img)
+	started := make(chan error, 1)
+	go func() { started <- e.m.StartContainer(ctx, c.ID) }()
+	select {
+	case err := <-started:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("StartContainer never returned: the start section runs before the instance is registered")
+	}
+	if got, _ := e.m.Container(c.ID); got.State != ContainerRunning {
+		t.Fatalf("state %s", got.State)
+	}
+	execDone := make(chan error, 1)
+	go func() {
+		_, _, _, err := e.m.ExecSync(ctx, c.ID, []string{"x"}, 1, 1<<10)
+		execDone <- err
+	}()
+	select {
+	case err := <-execDone:
+		if !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("exec past its timeout: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("an exec whose start section loops outlived its timeout")
+	}
+	if err := e.m.StopContainer(c.ID, 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := e.m.Container(c.ID); got.State != ContainerExited || got.ExitCode != 137 {
+		t.Fatalf("after stop: %s, exit %d (%s)", got.State, got.ExitCode, got.Reason)
+	}
+	if err := e.m.RemoveContainer(c.ID); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// Table and memory bombs under a container's limit end that container
+// OOMKilled; its neighbour runs on.
+func TestMemoryBombsEndOOMKilled(t *testing.T) {
+	e := newEnv(t)
+	neighbourImg := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("bombs")
+	neighbour := e.start(sb, ctrConfig("neighbour", neighbourImg, "sleep-forever"))
+	for name, wat := range map[string]string{
+		"table":          testmodule.TableBomb,
+		"many-memories":  testmodule.ManyMemories(40, 1),
+		"initial-memory": testmodule.ManyMemories(8, 160), // 80 MiB at instantiation
+	} {
+		img := e.image("bomb-"+name, testmodule.Wat(t, wat))
+		cfg := ctrConfig(name, img)
+		cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 64 << 20}}
+		c := e.start(sb, cfg)
+		got := e.waitExited(c.ID, 30*time.Second)
+		if got.Reason != ReasonOOMKilled || got.ExitCode != 137 {
+			t.Errorf("%s bomb under 64 MiB: %s, exit %d: %s", name, got.Reason, got.ExitCode, got.Message)
+		}
+	}
+	if got, _ := e.m.Container(neighbour.ID); got.State != ContainerRunning {
+		t.Fatalf("the neighbour is %s", got.State)
 	}
 }

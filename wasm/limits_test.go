@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -9,17 +8,6 @@ import (
 	"github.com/bytecodealliance/wasmtime-go/v39"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
-
-// tableBomb grows a (not exported) table until table.grow fails, then
-// traps: each element costs the host 8 bytes of heap, none of them linear
-// memory.
-const tableBomb = `(module
-  (memory (export "memory") 1)
-  (table 1 funcref)
-  (func (export "_start")
-    (loop $grow
-      (br_if $grow (i32.ne (table.grow (ref.null func) (i32.const 65536)) (i32.const -1))))
-    unreachable))`
 
 func newRuntimeWith(t *testing.T, opts Options) *Runtime {
 	t.Helper()
@@ -44,7 +32,7 @@ func TestTableBombStopsAtItsShare(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := newRuntimeWith(t, tc.opts)
-			inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, tableBomb)), Spec{Limits: tc.limits}, 10*time.Second)
+			inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, testmodule.TableBomb)), Spec{Limits: tc.limits}, 10*time.Second)
 			res := wait(t, inst, 20*time.Second)
 			if !res.OOM || res.ExitCode != 137 {
 				t.Fatalf("result = %+v", res)
@@ -78,27 +66,11 @@ func TestStatsCountHiddenMemoriesAndTables(t *testing.T) {
 	wait(t, inst, 5*time.Second)
 }
 
-// manyMemories has n memories of initial pages each; _start grows each
-// one page at a time until it fails, then traps.
-func manyMemories(n, initial int) string {
-	var b strings.Builder
-	b.WriteString("(module\n")
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&b, "  (memory %d)\n", initial)
-	}
-	b.WriteString("  (func (export \"_start\")\n")
-	for i := 0; i < n; i++ {
-		fmt.Fprintf(&b, "    (loop $g%d (br_if $g%d (i32.ne (memory.grow %d (i32.const 1)) (i32.const -1))))\n", i, i, i)
-	}
-	b.WriteString("    unreachable))")
-	return b.String()
-}
-
 func TestManyMemoriesShareTheLimit(t *testing.T) {
 	const limit = 64 << 20
 	r := newRuntime(t, t.TempDir())
 
-	inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, manyMemories(50, 1))), Spec{Limits: Limits{MemoryBytes: limit}}, 10*time.Second)
+	inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, testmodule.ManyMemories(50, 1))), Spec{Limits: Limits{MemoryBytes: limit}}, 10*time.Second)
 	res := wait(t, inst, 20*time.Second)
 	if !res.OOM || res.ExitCode != 137 {
 		t.Fatalf("growing 50 memories: result = %+v", res)
@@ -110,7 +82,7 @@ func TestManyMemoriesShareTheLimit(t *testing.T) {
 
 	// Initial sizes that only fit under 50 times the limit do not
 	// instantiate.
-	inst = startWithin(t, r, prepare(t, r, testmodule.Wat(t, manyMemories(50, 32))), Spec{Limits: Limits{MemoryBytes: limit}}, 10*time.Second)
+	inst = startWithin(t, r, prepare(t, r, testmodule.Wat(t, testmodule.ManyMemories(50, 32))), Spec{Limits: Limits{MemoryBytes: limit}}, 10*time.Second)
 	res = wait(t, inst, 20*time.Second)
 	if !res.OOM || res.ExitCode != 137 || !strings.Contains(res.Trap, "memory") {
 		t.Fatalf("50 memories of 2 MiB under 64 MiB: result = %+v", res)

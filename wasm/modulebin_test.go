@@ -153,7 +153,7 @@ func FuzzExportMemoriesAndTables(f *testing.F) {
 	for _, m := range shapeModules {
 		f.Add(testmodule.Wat(f, m.wat))
 	}
-	for _, wat := range []string{testmodule.Trap, testmodule.Spin, testmodule.Print, testmodule.NoStart, testmodule.UnknownImport, startSpin, startPrintThenSpin, warmupWAT} {
+	for _, wat := range []string{testmodule.Trap, testmodule.Spin, testmodule.Print, testmodule.NoStart, testmodule.UnknownImport, testmodule.StartSpin, startPrintThenSpin, warmupWAT} {
 		f.Add(testmodule.Wat(f, wat))
 	}
 	engine := wasmtime.NewEngineWithConfig(engineConfig(1 << 20))

@@ -13,14 +13,6 @@ import (
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
-// startSpin is a WASI command whose start section loops forever: its
-// instantiation never returns.
-const startSpin = `(module
-  (memory (export "memory") 1)
-  (func $spin (loop (br 0)))
-  (start $spin)
-  (func (export "_start")))`
-
 // startPrintThenSpin's start section writes "start ran" to stdout, then
 // loops forever.
 const startPrintThenSpin = `(module
@@ -96,7 +88,7 @@ func pollUntil(t *testing.T, within time.Duration, what string, cond func() bool
 
 func TestStartSectionThatNeverReturnsIsStoppable(t *testing.T) {
 	r := newRuntime(t, t.TempDir())
-	c := prepare(t, r, testmodule.Wat(t, startSpin))
+	c := prepare(t, r, testmodule.Wat(t, testmodule.StartSpin))
 	inst := startWithin(t, r, c, Spec{Args: []string{"spin"}}, 10*time.Second)
 	// Running: its thread burns CPU in the start section.
 	pollUntil(t, 10*time.Second, "start section using CPU", func() bool { return inst.Stats().CPU > 20*time.Millisecond })
@@ -157,7 +149,7 @@ func TestCPUCapAppliesToStartSection(t *testing.T) {
 	if r.CPUCapsUnavailable != nil {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
-	c := prepare(t, r, testmodule.Wat(t, startSpin))
+	c := prepare(t, r, testmodule.Wat(t, testmodule.StartSpin))
 	capped := startWithin(t, r, c, Spec{ID: "capped-" + t.Name(), Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}}, 10*time.Second)
 	free := startWithin(t, r, c, Spec{ID: "free-" + t.Name()}, 10*time.Second)
 	c0, f0 := capped.Stats().CPU, free.Stats().CPU

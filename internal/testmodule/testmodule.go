@@ -3,10 +3,12 @@
 package testmodule
 
 import (
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 
@@ -105,3 +107,38 @@ const UnknownImport = `(module
   (import "env" "launch_missiles" (func))
   (memory (export "memory") 1)
   (func (export "_start") call 0))`
+
+// StartSpin is a WASI command whose start section loops forever: its
+// instantiation never returns.
+const StartSpin = `(module
+  (memory (export "memory") 1)
+  (func $spin (loop (br 0)))
+  (start $spin)
+  (func (export "_start")))`
+
+// TableBomb grows a (not exported) table until table.grow fails, then
+// traps: each element costs the host 8 bytes of heap, none of them linear
+// memory.
+const TableBomb = `(module
+  (memory (export "memory") 1)
+  (table 1 funcref)
+  (func (export "_start")
+    (loop $grow
+      (br_if $grow (i32.ne (table.grow (ref.null func) (i32.const 65536)) (i32.const -1))))
+    unreachable))`
+
+// ManyMemories defines n memories of initial pages each (multi-memory) and
+// grows each until memory.grow fails, then traps.
+func ManyMemories(n, initial int) string {
+	var b strings.Builder
+	b.WriteString("(module\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "  (memory %d)\n", initial)
+	}
+	b.WriteString("  (func (export \"_start\")\n")
+	for i := 0; i < n; i++ {
+		fmt.Fprintf(&b, "    (loop $g%d (br_if $g%d (i32.ne (memory.grow %d (i32.const 1)) (i32.const -1))))\n", i, i, i)
+	}
+	b.WriteString("    unreachable))")
+	return b.String()
+}
