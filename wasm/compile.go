@@ -164,6 +164,12 @@ func (r *Runtime) compile(ctx context.Context, d digest.Digest, path string, loa
 	if got := digest.FromBytes(b); got != d {
 		return fmt.Errorf("module content is %s, expected %s", got, d)
 	}
+	select {
+	case r.compileSlots <- struct{}{}:
+		defer func() { <-r.compileSlots }()
+	case <-ctx.Done():
+		return fmt.Errorf("compile of module %s: %w", d, ctx.Err())
+	}
 	start := time.Now()
 	// Write then rename, so a crash never leaves a torn file in the cache.
 	tmp, err := os.CreateTemp(filepath.Dir(path), ".compiling-*")

@@ -280,3 +280,22 @@ func BenchmarkCompileTiny(b *testing.B) {
 		}
 	})
 }
+
+// A compile cut short by a crash leaves its temporary file; the next
+// start-up removes it and keeps the finished artifacts.
+func TestCrashLeftoverCompilesReclaimed(t *testing.T) {
+	cache := t.TempDir()
+	r := newRuntime(t, cache)
+	c := prepare(t, r, testmodule.Wat(t, testmodule.Print))
+	leftover := filepath.Join(filepath.Dir(c.Path), ".compiling-123456")
+	if err := os.WriteFile(leftover, []byte("half an artifact"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	newRuntime(t, cache)
+	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
+		t.Fatalf("leftover compile kept: %v", err)
+	}
+	if _, err := os.Stat(c.Path); err != nil {
+		t.Fatalf("finished artifact removed: %v", err)
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strings"
 	"sync"
 	"time"
@@ -100,6 +101,10 @@ type Runtime struct {
 	// beforeInstantiate, when set (by tests), runs on each instance's
 	// thread after Start has returned and before instantiation.
 	beforeInstantiate func(*Instance)
+	// compileSlots bounds the compiler processes running at once: each
+	// may take compile_memory_limit, and distinct hostile modules would
+	// otherwise multiply it.
+	compileSlots chan struct{}
 }
 
 // NewRuntime keeps compiled modules under cacheDir.
@@ -123,7 +128,14 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 	// Artifacts of this wasmtime compiled before the reserved exports
 	// existed cannot be limited: they are of no use any more.
 	os.RemoveAll(filepath.Join(cacheDir, "wasmtime-"+WasmtimeVersion))
-	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}, waiters: map[string]*compileWaiters{}}
+	// Compiles a crash cut short left their temporary files.
+	if leftovers, err := filepath.Glob(filepath.Join(dir, ".compiling-*")); err == nil {
+		for _, f := range leftovers {
+			os.Remove(f)
+		}
+	}
+	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}, waiters: map[string]*compileWaiters{},
+		compileSlots: make(chan struct{}, max(runtime.NumCPU(), 1))}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
 	if r.CPUCapsUnavailable != nil {
