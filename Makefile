@@ -26,7 +26,7 @@ RUN_DIR ?= $(CURDIR)/_output
 
 export RUST_LIB_BACKTRACE = 0
 
-.PHONY: all build run demo test unit integration conformance lint tools clean bench bench-deps
+.PHONY: all build run demo test unit integration conformance fuzz lint tools clean bench bench-deps
 
 all: build
 
@@ -72,6 +72,23 @@ integration: $(TOOLS)
 ## test: everything CI runs
 test: lint $(TOOLS)
 	$(TOOL_ENV) $(GO) test -race -count=1 -timeout 30m ./...
+
+# Every fuzz target, as package:Name; `make fuzz` fails if one is missing.
+FUZZ_TARGETS := ./config:FuzzParse \
+  ./image:FuzzUnpackLayers ./image:FuzzApplyEntries ./image:FuzzManifest ./image:FuzzImportLayout \
+  ./wasm:FuzzExportMemoriesAndTables ./wasm:FuzzCRILogStream
+FUZZTIME ?= 10s
+
+## fuzz: each fuzz target for FUZZTIME (their seed corpora also run in `make test`);
+## a crasher found is written under the package's testdata/fuzz: keep it as a test case
+fuzz:
+	@for f in $$(grep -rhoE '^func Fuzz[A-Za-z0-9_]+' --include='*_test.go' . | sed 's/^func //'); do \
+	  echo " $(FUZZ_TARGETS) " | grep -q ":$$f " || { echo "fuzz target $$f is not in FUZZ_TARGETS"; exit 1; }; \
+	done
+	@set -e; for t in $(FUZZ_TARGETS); do \
+	  echo "== fuzz $$t for $(FUZZTIME)"; \
+	  $(GO) test $${t%%:*} -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s; \
+	done
 
 ## conformance: critest against a fresh daemon; rewrites docs/conformance.md
 ## (CRITEST_FOCUS=regexp runs some specs; the report stays in _output/conformance)

@@ -1,13 +1,20 @@
 package integration
 
 import (
+	"archive/tar"
+	"bytes"
+	"compress/gzip"
 	"context"
+	"crypto/sha256"
+	"io"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
+	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
@@ -123,4 +130,125 @@ func TestCrictlRefusesUnsafeInput(t *testing.T) {
 		t.Errorf("pod with '/' in its namespace: %v", err)
 	}
 	d.must("version")
+}
+
+// Modules that attack the daemon's limits, run through crictl: a start
+// section that loops forever is started, exec'd with a timeout, stopped
+// and removed; a table bomb under a memory limit ends OOMKilled. A
+// neighbour pod runs throughout, and the daemon answers after.
+func TestHostileModulesThroughCrictl(t *testing.T) {
+	reg := startRegistry(t)
+	d := newDaemon(t)
+	hello := reg + "/wasmcri/hello:v1"
+	pushWasm(t, testmodule.Hello(t), hello, "oci")
+	spin := reg + "/hostile/start-spin:v1"
+	pushWasm(t, testmodule.Wat(t, testmodule.StartSpin), spin, "oci")
+	bomb := reg + "/hostile/table-bomb:v1"
+	pushWasm(t, testmodule.Wat(t, testmodule.TableBomb), bomb, "oci")
+	for _, ref := range []string{hello, spin, bomb} {
+		d.must("pull", ref)
+	}
+	neighbourPod := strings.TrimSpace(d.must("runp", podJSON(t, "neighbour")))
+	neighbour := strings.TrimSpace(d.must("create", neighbourPod, containerJSON(t, "ticker", hello, []string{"sleep-forever"}, nil), podJSON(t, "neighbour")))
+	d.must("start", neighbour)
+
+	podCfg := podJSON(t, "attacks")
+	pod := strings.TrimSpace(d.must("runp", podCfg))
+	spinner := strings.TrimSpace(d.must("create", pod, containerJSON(t, "spinner", spin, nil, nil), podCfg))
+	d.must("start", spinner)
+	d.waitState(spinner, "CONTAINER_RUNNING", 10*time.Second)
+	if _, err := d.run("exec", "-s", "--timeout", "1", spinner, "x"); err == nil || !strings.Contains(err.Error(), "DeadlineExceeded") {
+		t.Errorf("exec of a module whose start section loops, past its timeout: %v", err)
+	}
+	d.must("stop", spinner)
+	if st := d.waitState(spinner, "CONTAINER_EXITED", 10*time.Second); st["exitCode"] != float64(137) {
+		t.Errorf("stopped start-section loop: exit %v, reason %v", st["exitCode"], st["reason"])
+	}
+	d.must("rm", spinner)
+
+	bomber := writeJSON(t, "bomber.json", map[string]any{
+		"metadata": map[string]any{"name": "bomber"},
+		"image":    map[string]any{"image": bomb},
+		"log_path": "bomber.log",
+		"linux":    map[string]any{"resources": map[string]any{"memory_limit_in_bytes": 64 << 20}},
+	})
+	id := strings.TrimSpace(d.must("create", pod, bomber, podCfg))
+	d.must("start", id)
+	if st := d.waitState(id, "CONTAINER_EXITED", 30*time.Second); st["reason"] != "OOMKilled" || st["exitCode"] != float64(137) {
+		t.Errorf("table bomb under 64 MiB: exit %v, reason %v, message %v", st["exitCode"], st["reason"], st["message"])
+	}
+	if st := d.inspect(neighbour); st["state"] != "CONTAINER_RUNNING" {
+		t.Fatalf("the neighbour pod's container is %v", st["state"])
+	}
+	d.must("version")
+}
+
+// A small gzip layer that unpacks to far more than image.max_unpacked_size
+// is refused at pull, naming the limit; nothing of it stays, and the
+// daemon pulls and runs the next image.
+func TestPullBombThroughCrictl(t *testing.T) {
+	reg := startRegistry(t)
+	d := newDaemonWithConfig(t, "[image]\nmax_unpacked_size = 16777216\n")
+	ref := reg + "/hostile/gzip-bomb:v1"
+	layer, diffID := gzipBomb(t, testmodule.Hello(t), 256<<20)
+	b := &image.Built{}
+	l := b.Add(ocispec.MediaTypeImageLayerGzip, layer)
+	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
+		Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"},
+		Config:   ocispec.ImageConfig{Entrypoint: []string{"/app.wasm"}},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
+	})
+	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{l}, nil)
+	if err := image.Push(context.Background(), ref, b, image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
+		t.Fatal(err)
+	}
+	_, err := d.run("pull", ref)
+	if err == nil || !strings.Contains(err.Error(), "code = InvalidArgument") || !strings.Contains(err.Error(), "image.max_unpacked_size") {
+		t.Fatalf("pull of a %d-byte layer unpacking to 256 MiB: %v", len(layer), err)
+	}
+	if out := d.must("images", "-q"); strings.TrimSpace(out) != "" {
+		t.Fatalf("images after the refused pull: %q", out)
+	}
+	if entries, _ := os.ReadDir(filepath.Join(d.root, "image-fs")); len(entries) != 0 {
+		t.Fatalf("unpacked leftovers of the refused pull: %v", entries)
+	}
+	hello := reg + "/wasmcri/hello:v1"
+	pushWasm(t, testmodule.Hello(t), hello, "compat")
+	d.must("pull", hello)
+}
+
+// gzipBomb is a gzip tar layer holding module at /app.wasm and a file of
+// size zero bytes, and the layer's diff_id.
+func gzipBomb(t *testing.T, module []byte, size int64) ([]byte, digest.Digest) {
+	t.Helper()
+	var out bytes.Buffer
+	gz := gzip.NewWriter(&out)
+	h := sha256.New()
+	tw := tar.NewWriter(io.MultiWriter(gz, h))
+	for _, f := range []struct {
+		name string
+		size int64
+		data io.Reader
+	}{{"app.wasm", int64(len(module)), bytes.NewReader(module)}, {"zeros", size, io.LimitReader(zeros{}, size)}} {
+		if err := tw.WriteHeader(&tar.Header{Name: f.name, Mode: 0o644, Size: f.size, Typeflag: tar.TypeReg}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.Copy(tw, f.data); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := tw.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if err := gz.Close(); err != nil {
+		t.Fatal(err)
+	}
+	return out.Bytes(), digest.NewDigest(digest.SHA256, h)
+}
+
+type zeros struct{}
+
+func (zeros) Read(p []byte) (int, error) {
+	clear(p)
+	return len(p), nil
 }
