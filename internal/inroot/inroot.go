@@ -238,9 +238,10 @@ func (r *Root) OpenRegular(rel string) (*os.File, error) {
 	return f, nil
 }
 
-// Mknod makes a character device node at rel, replacing any
-// non-directory there.
-func (r *Root) Mknod(rel string, perm os.FileMode, major, minor uint32) error {
+// replace makes a new entry at rel with mk, called on rel's parent
+// directory (made if missing) and final name once whatever non-directory
+// stood there is gone.
+func (r *Root) replace(rel, op string, mk func(dirfd int, name string) error) error {
 	d, name, err := r.parent(rel, true)
 	if err != nil {
 		return err
@@ -249,107 +250,33 @@ func (r *Root) Mknod(rel string, perm os.FileMode, major, minor uint32) error {
 	if err := replaceable(d, name); err != nil {
 		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
 	}
-	if err := unix.Mknodat(int(d.Fd()), name, unix.S_IFCHR|uint32(perm.Perm()), int(unix.Mkdev(major, minor))); err != nil {
-		return fmt.Errorf("mknod %s in %s: %w", rel, r.path, err)
+	if err := mk(int(d.Fd()), name); err != nil {
+		return fmt.Errorf("%s %s in %s: %w", op, rel, r.path, err)
 	}
-	return unix.Fchmodat(int(d.Fd()), name, uint32(perm.Perm()), 0)
+	return nil
+}
+
+// Mknod makes a character device node at rel with exactly perm,
+// replacing any non-directory there.
+func (r *Root) Mknod(rel string, perm os.FileMode, major, minor uint32) error {
+	return r.replace(rel, "mknod", func(dirfd int, name string) error {
+		if err := unix.Mknodat(dirfd, name, unix.S_IFCHR|uint32(perm.Perm()), int(unix.Mkdev(major, minor))); err != nil {
+			return err
+		}
+		return unix.Fchmodat(dirfd, name, uint32(perm.Perm()), 0)
+	})
 }
 
 // Symlink makes a symlink at rel pointing at target (which is never
 // resolved here), replacing any non-directory there.
 func (r *Root) Symlink(target, rel string) error {
-	d, name, err := r.parent(rel, true)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := replaceable(d, name); err != nil {
-		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
-	}
-	if err := unix.Symlinkat(target, int(d.Fd()), name); err != nil {
-		return fmt.Errorf("symlink %s in %s: %w", rel, r.path, err)
-	}
-	return nil
+	return r.replace(rel, "symlink", func(dirfd int, name string) error { return unix.Symlinkat(target, dirfd, name) })
 }
 
 // Link hard-links the file at hostPath (a path the daemon trusts, outside
 // any root) to rel, replacing any non-directory there.
 func (r *Root) Link(hostPath, rel string) error {
-	d, name, err := r.parent(rel, true)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := replaceable(d, name); err != nil {
-		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
-	}
-	return unix.Linkat(unix.AT_FDCWD, hostPath, int(d.Fd()), name, 0)
-}
-
-// LinkInRoot hard-links the entry at oldRel (itself, never what a symlink
-// there points at) to rel, both in the root, replacing any non-directory
-// at rel.
-func (r *Root) LinkInRoot(oldRel, rel string) error {
-	od, oname, err := r.parent(oldRel, false)
-	if err != nil {
-		return err
-	}
-	defer od.Close()
-	d, name, err := r.parent(rel, true)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := replaceable(d, name); err != nil {
-		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
-	}
-	if err := unix.Linkat(int(od.Fd()), oname, int(d.Fd()), name, 0); err != nil {
-		return fmt.Errorf("link %s to %s in %s: %w", oldRel, rel, r.path, err)
-	}
-	return nil
-}
-
-// RemoveAll removes rel and, if it is a directory, everything below it.
-// Nothing is followed: a symlink at or under rel is removed, not what it
-// points at. An absent rel is not an error.
-func (r *Root) RemoveAll(rel string) error {
-	d, name, err := r.parent(rel, false)
-	if errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENOTDIR) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	// os.RemoveAll works from the parent's fd (here our own descriptor,
-	// reached through its /proc/self/fd link) with unlinkat and
-	// O_NOFOLLOW openat all the way down.
-	return os.RemoveAll("/proc/self/fd/" + strconv.Itoa(int(d.Fd())) + "/" + name)
-}
-
-// Chmod sets the permission bits of rel, refusing to follow a symlink
-// there (chmod would change its target).
-func (r *Root) Chmod(rel string, mode os.FileMode) error {
-	d, name, err := r.parent(rel, false)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	fd, err := unix.Openat(int(d.Fd()), name, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return fmt.Errorf("chmod %s in %s: %w", rel, r.path, err)
-	}
-	defer unix.Close(fd)
-	var st unix.Stat_t
-	if err := unix.Fstat(fd, &st); err != nil {
-		return err
-	}
-	if st.Mode&unix.S_IFMT == unix.S_IFLNK {
-		return fmt.Errorf("chmod %s in %s: %w", rel, r.path, unix.ELOOP)
-	}
-	// fchmod does not take O_PATH descriptors; the /proc link of one does
-	// reach the very inode it pins.
-	return os.Chmod("/proc/self/fd/"+strconv.Itoa(fd), mode.Perm())
+	return r.replace(rel, "link", func(dirfd int, name string) error { return unix.Linkat(unix.AT_FDCWD, hostPath, dirfd, name, 0) })
 }
 
 // OpenResolved opens the regular file rel names for reading, following
@@ -405,62 +332,6 @@ func (r *Root) pathOf(h *os.File) (string, error) {
 		return "", fmt.Errorf("%s is not under %s", p, rootPath)
 	}
 	return "/" + rest, nil
-}
-
-// ReadDirNames lists directory rel, resolved in the root.
-func (r *Root) ReadDirNames(rel string) ([]string, error) {
-	h, err := r.OpenDir(rel)
-	if err != nil {
-		return nil, err
-	}
-	defer h.Close()
-	d, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY|unix.O_CLOEXEC)
-	if err != nil {
-		return nil, fmt.Errorf("list %s in %s: %w", rel, r.path, err)
-	}
-	defer d.Close()
-	return d.Readdirnames(-1)
-}
-
-// NoSymlink fails, with an error wrapping unix.ELOOP, when rel passes
-// through a symlink: when any of its components that exist, the last one
-// included, is a symlink. Components are opened one by one from the root
-// without following anything, so the check itself never leaves the tree;
-// a missing component ends it (nothing below it exists yet).
-func (r *Root) NoSymlink(rel string) error {
-	cur, err := unix.Dup(int(r.dir.Fd()))
-	if err != nil {
-		return err
-	}
-	defer func() { unix.Close(cur) }()
-	for _, el := range strings.Split(path.Clean("/"+rel), "/") {
-		if el == "" {
-			continue
-		}
-		next, err := unix.Openat(cur, el, unix.O_PATH|unix.O_NOFOLLOW|unix.O_CLOEXEC, 0)
-		if errors.Is(err, unix.ENOENT) {
-			return nil
-		}
-		if err != nil {
-			return fmt.Errorf("%s in %s: %w", rel, r.path, err)
-		}
-		unix.Close(cur)
-		cur = next
-		var st unix.Stat_t
-		if err := unix.Fstat(cur, &st); err != nil {
-			return err
-		}
-		switch st.Mode & unix.S_IFMT {
-		case unix.S_IFLNK:
-			return fmt.Errorf("%s in %s goes through the symlink %s: %w", rel, r.path, el, unix.ELOOP)
-		case unix.S_IFDIR:
-		default:
-			// A file in the middle: nothing can be below it, and
-			// whatever asks will fail with ENOTDIR on its own.
-			return nil
-		}
-	}
-	return nil
 }
 
 // Dir is an open directory of a root, for operations on its direct

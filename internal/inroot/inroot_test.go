@@ -166,9 +166,6 @@ func TestReadsNeverFollowOut(t *testing.T) {
 		h.Close()
 		t.Fatal("opened the host directory through an absolute symlink")
 	}
-	if err := r.Chmod("file", 0o777); err == nil {
-		t.Fatal("chmod followed a symlink")
-	}
 	untouched(t, canary)
 }
 
@@ -197,20 +194,6 @@ func TestOpenDirPinsTheDirectory(t *testing.T) {
 		t.Fatalf("the handle did not stay on its directory: %v", err)
 	}
 	untouched(t, canary)
-}
-
-func TestRemoveAllStaysInRoot(t *testing.T) {
-	r, canary := hostile(t)
-	for _, rel := range []string{"abs", "rel", "sub", "file", "rel-file", "missing", "abs/secret", "rel/secret"} {
-		if err := r.RemoveAll(rel); err != nil {
-			t.Fatalf("remove %s: %v", rel, err)
-		}
-	}
-	untouched(t, canary)
-	entries, _ := os.ReadDir(r.Path())
-	if len(entries) != 0 {
-		t.Fatalf("root still holds %v", entries)
-	}
 }
 
 func TestCreateKeepsExactMode(t *testing.T) {
@@ -271,43 +254,6 @@ func TestOpenResolvedStaysInRoot(t *testing.T) {
 	untouched(t, canary)
 }
 
-func TestReadDirNamesStaysInRoot(t *testing.T) {
-	r, canary := hostile(t)
-	if names, err := r.ReadDirNames("abs"); err == nil {
-		t.Fatalf("listed the host directory through an absolute symlink: %v", names)
-	}
-	if names, err := r.ReadDirNames("rel"); err == nil {
-		t.Fatalf("listed through a link climbing out: %v", names)
-	}
-	if err := r.WriteFile("canary/mine", nil, 0o644); err != nil {
-		t.Fatal(err)
-	}
-	for _, rel := range []string{"rel", "sub/deep", "canary"} {
-		names, err := r.ReadDirNames(rel)
-		if err != nil || len(names) != 1 || names[0] != "mine" {
-			t.Fatalf("%s lists %v, %v; want the root's own canary/mine", rel, names, err)
-		}
-	}
-	untouched(t, canary)
-}
-
-func TestNoSymlink(t *testing.T) {
-	r, canary := hostile(t)
-	for _, rel := range []string{"abs", "abs/x", "rel/x/y", "sub/deep", "sub/deep/x", "file", "sub/loop-a/x", "/../rel/x"} {
-		if err := r.NoSymlink(rel); !errors.Is(err, syscall.ELOOP) {
-			t.Errorf("%s: %v, want ELOOP", rel, err)
-		}
-	}
-	for _, rel := range []string{"", "/", "sub", "sub/missing/x", "missing", "/../sub"} {
-		if err := r.NoSymlink(rel); err != nil {
-			t.Errorf("%s: %v", rel, err)
-		}
-	}
-	untouched(t, canary)
-}
-
-// OpenDirNoFollow refuses every path through a link, wherever it points,
-// and creates nothing beyond one.
 func TestOpenDirNoFollowRefusesLinks(t *testing.T) {
 	r, canary := hostile(t)
 	for _, rel := range []string{"abs", "rel", "abs/x", "rel/x/y", "sub/deep", "sub/deep/x", "sub/loop-a", "/../rel/new"} {
