@@ -1,11 +1,14 @@
 package integration
 
 import (
+	"bytes"
+	"compress/gzip"
 	"context"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
@@ -101,11 +104,22 @@ func symlinkImage(t *testing.T, module []byte) *image.Built {
 	if err != nil {
 		t.Fatal(err)
 	}
+	// The config names the layer's uncompressed digest, as every image
+	// builder writes it: wasmcri checks the layer against it.
+	gz, err := gzip.NewReader(bytes.NewReader(layer))
+	if err != nil {
+		t.Fatal(err)
+	}
+	diffID, err := digest.FromReader(gz)
+	if err != nil {
+		t.Fatal(err)
+	}
 	b := &image.Built{}
 	l := b.Add(ocispec.MediaTypeImageLayerGzip, layer)
 	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
 		Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"},
 		Config:   ocispec.ImageConfig{Entrypoint: []string{"/usr/bin/hello"}},
+		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
 	})
 	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{l}, nil)
 	return b
