@@ -48,10 +48,28 @@ func (m *Manager) populateRoot(ctx context.Context, img *image.Image, root *inro
 // copyTree copies the files, directories and symlinks under src into dst,
 // never following a symlink on either side, and leaving out skip. The
 // image's symlinks are copied as they are: they are resolved later only by
-// the module's own WASI calls, inside its root, or by this package's
-// rooted operations.
+// the module's own WASI calls, inside its root, or by inroot. Each
+// directory of dst is opened once for all its entries.
 func copyTree(src string, dst *inroot.Root, skip string) error {
-	return filepath.WalkDir(src, func(p string, d iofs.DirEntry, err error) error {
+	dirs := map[string]*inroot.Dir{}
+	defer func() {
+		for _, d := range dirs {
+			d.Close()
+		}
+	}()
+	dirOf := func(rel string) (*inroot.Dir, string, error) {
+		parent, name := filepath.Split(rel)
+		if d, ok := dirs[parent]; ok {
+			return d, name, nil
+		}
+		d, err := dst.Dir(parent, true)
+		if err != nil {
+			return nil, "", err
+		}
+		dirs[parent] = d
+		return d, name, nil
+	}
+	return filepath.WalkDir(src, func(p string, e iofs.DirEntry, err error) error {
 		if err != nil || p == skip || p == src {
 			return err
 		}
@@ -59,26 +77,31 @@ func copyTree(src string, dst *inroot.Root, skip string) error {
 		if err != nil {
 			return err
 		}
-		info, err := d.Info()
+		info, err := e.Info()
+		if err != nil {
+			return err
+		}
+		if e.IsDir() {
+			return dst.MkdirAll(rel, info.Mode().Perm())
+		}
+		d, name, err := dirOf(rel)
 		if err != nil {
 			return err
 		}
 		switch {
-		case d.IsDir():
-			return dst.MkdirAll(rel, info.Mode().Perm())
-		case d.Type()&iofs.ModeSymlink != 0:
+		case e.Type()&iofs.ModeSymlink != 0:
 			link, err := os.Readlink(p)
 			if err != nil {
 				return err
 			}
-			return dst.Symlink(link, rel)
-		case d.Type().IsRegular():
+			return d.Symlink(link, name)
+		case e.Type().IsRegular():
 			f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
 			if err != nil {
 				return err
 			}
 			defer f.Close()
-			return dst.CopyFrom(f, rel, info.Mode().Perm())
+			return d.CopyFrom(f, name, info.Mode().Perm())
 		}
 		return nil // unpacking makes no devices, FIFOs or sockets
 	})
@@ -95,19 +118,27 @@ var devices = []struct {
 // provides them), and the device nodes of /dev. Whatever the image put at
 // those paths is replaced, never written through.
 func prepareRoot(root *inroot.Root, workingDir string, sb *runtimeapi.PodSandboxConfig) error {
-	for _, dir := range []string{workingDir, "/etc", "/dev"} {
-		if err := root.MkdirAll(dir, 0o755); err != nil {
-			return fmt.Errorf("create container root: %w", err)
-		}
+	if err := root.MkdirAll(workingDir, 0o755); err != nil {
+		return fmt.Errorf("create container root: %w", err)
 	}
-	if err := root.WriteFile("/etc/hostname", []byte(hostname(sb)+"\n"), 0o644); err != nil {
+	etc, err := root.Dir("/etc", true)
+	if err != nil {
+		return fmt.Errorf("create container root: %w", err)
+	}
+	defer etc.Close()
+	if err := etc.WriteFile("hostname", []byte(hostname(sb)+"\n"), 0o644); err != nil {
 		return err
 	}
-	if err := root.WriteFile("/etc/resolv.conf", resolvConf(sb.GetDnsConfig()), 0o644); err != nil {
+	if err := etc.WriteFile("resolv.conf", resolvConf(sb.GetDnsConfig()), 0o644); err != nil {
 		return err
 	}
-	for _, d := range devices {
-		if err := root.Mknod("/dev/"+d.name, 0o666, d.major, d.minor); err != nil && !errors.Is(err, syscall.EPERM) {
+	dev, err := root.Dir("/dev", true)
+	if err != nil {
+		return fmt.Errorf("create container root: %w", err)
+	}
+	defer dev.Close()
+	for _, n := range devices {
+		if err := dev.Mknod(n.name, 0o666, n.major, n.minor); err != nil && !errors.Is(err, syscall.EPERM) {
 			// Without CAP_MKNOD there are simply no device nodes.
 			return err
 		}

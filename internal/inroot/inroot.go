@@ -60,34 +60,57 @@ func split(rel string) (dir, name string, err error) {
 	return path.Dir(clean), path.Base(clean), nil
 }
 
-// openDir resolves directory rel in the root and opens it for *at calls.
-// With create, missing directories are made with mode.
-func (r *Root) openDir(rel string, create bool, mode os.FileMode) (*os.File, error) {
+// Dir resolves directory rel in the root (symlinks on the way resolved
+// inside it) and opens it for operations on its children by name. With
+// create, missing directories are made with mode 0o755. Resolving once and
+// acting on several children costs one path walk instead of one each.
+func (r *Root) Dir(rel string, create bool) (*Dir, error) {
 	var h *os.File
 	var err error
 	if create {
-		h, err = pathrs.MkdirAllHandle(r.dir, rel, mode)
+		h, err = pathrs.MkdirAllHandle(r.dir, rel, 0o755)
 	} else {
 		h, err = pathrs.OpenatInRoot(r.dir, rel)
 	}
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("%s in %s: %w", rel, r.path, err)
 	}
 	defer h.Close()
-	return pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY)
+	f, err := pathrs.Reopen(h, unix.O_RDONLY|unix.O_DIRECTORY)
+	if err != nil {
+		return nil, fmt.Errorf("%s in %s: %w", rel, r.path, err)
+	}
+	return &Dir{f: f, rel: path.Clean("/" + rel), r: r}, nil
 }
 
 // parent opens the directory rel is in and returns rel's final name.
-func (r *Root) parent(rel string, create bool) (*os.File, string, error) {
+func (r *Root) parent(rel string, create bool) (*Dir, string, error) {
 	dir, name, err := split(rel)
 	if err != nil {
 		return nil, "", err
 	}
-	d, err := r.openDir(dir, create, 0o755)
+	d, err := r.Dir(dir, create)
 	if err != nil {
-		return nil, "", fmt.Errorf("%s in %s: %w", dir, r.path, err)
+		return nil, "", err
 	}
 	return d, name, nil
+}
+
+// at runs fn on rel's parent directory and final name.
+func at[T any](r *Root, rel string, create bool, fn func(d *Dir, name string) (T, error)) (T, error) {
+	d, name, err := r.parent(rel, create)
+	if err != nil {
+		var zero T
+		return zero, err
+	}
+	defer d.Close()
+	return fn(d, name)
+}
+
+// do is at for operations with no result.
+func do(r *Root, rel string, create bool, fn func(d *Dir, name string) error) error {
+	_, err := at(r, rel, create, func(d *Dir, name string) (struct{}, error) { return struct{}{}, fn(d, name) })
+	return err
 }
 
 // MkdirAll makes directory rel and any missing parents with mode.
@@ -123,12 +146,7 @@ func (r *Root) OpenDir(rel string) (*os.File, error) {
 // Lstat describes what stands at rel, without following it if it is a
 // symlink.
 func (r *Root) Lstat(rel string) (fs.FileInfo, error) {
-	d, name, err := r.parent(rel, false)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	return lstatAt(d, name)
+	return at(r, rel, false, (*Dir).Lstat)
 }
 
 func lstatAt(d *os.File, name string) (fs.FileInfo, error) {
@@ -159,124 +177,43 @@ func replaceable(d *os.File, name string) error {
 // there is an error. Missing parents are made. The caller writes and
 // closes the file.
 func (r *Root) Create(rel string, mode os.FileMode) (*os.File, error) {
-	d, name, err := r.parent(rel, true)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	if err := replaceable(d, name); err != nil {
-		return nil, fmt.Errorf("%s in %s: %w", rel, r.path, err)
-	}
-	fd, err := unix.Openat(int(d.Fd()), name, unix.O_WRONLY|unix.O_CREAT|unix.O_EXCL|unix.O_NOFOLLOW|unix.O_CLOEXEC, uint32(mode.Perm()))
-	if err != nil {
-		return nil, fmt.Errorf("create %s in %s: %w", rel, r.path, err)
-	}
-	f := os.NewFile(uintptr(fd), path.Join(r.path, rel))
-	if err := unix.Fchmod(fd, uint32(mode.Perm())); err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
+	return at(r, rel, true, func(d *Dir, name string) (*os.File, error) { return d.Create(name, mode) })
 }
 
 // WriteFile creates rel (see Create) holding b.
 func (r *Root) WriteFile(rel string, b []byte, mode os.FileMode) error {
-	f, err := r.Create(rel, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(b); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return do(r, rel, true, func(d *Dir, name string) error { return d.WriteFile(name, b, mode) })
 }
 
 // CopyFrom creates rel (see Create) as a copy of src with src's
 // permission bits, or mode when mode is not 0.
 func (r *Root) CopyFrom(src *os.File, rel string, mode os.FileMode) error {
-	if mode == 0 {
-		fi, err := src.Stat()
-		if err != nil {
-			return err
-		}
-		mode = fi.Mode().Perm()
-	}
-	f, err := r.Create(rel, mode)
-	if err != nil {
-		return err
-	}
-	if _, err := io.Copy(f, src); err != nil {
-		f.Close()
-		return err
-	}
-	return f.Close()
+	return do(r, rel, true, func(d *Dir, name string) error { return d.CopyFrom(src, name, mode) })
 }
 
 // OpenRegular opens the regular file at rel for reading. A symlink, a
 // device or anything else but a regular file at rel is refused, so that
 // reading it never reaches outside the root or blocks on a FIFO.
 func (r *Root) OpenRegular(rel string) (*os.File, error) {
-	d, name, err := r.parent(rel, false)
-	if err != nil {
-		return nil, err
-	}
-	defer d.Close()
-	fd, err := unix.Openat(int(d.Fd()), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
-	if err != nil {
-		return nil, fmt.Errorf("open %s in %s: %w", rel, r.path, err)
-	}
-	f := os.NewFile(uintptr(fd), path.Join(r.path, rel))
-	fi, err := f.Stat()
-	if err == nil && !fi.Mode().IsRegular() {
-		err = fmt.Errorf("%s in %s is not a regular file (%s)", rel, r.path, fi.Mode().Type())
-	}
-	if err != nil {
-		f.Close()
-		return nil, err
-	}
-	return f, nil
-}
-
-// replace makes a new entry at rel with mk, called on rel's parent
-// directory (made if missing) and final name once whatever non-directory
-// stood there is gone.
-func (r *Root) replace(rel, op string, mk func(dirfd int, name string) error) error {
-	d, name, err := r.parent(rel, true)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	if err := replaceable(d, name); err != nil {
-		return fmt.Errorf("%s in %s: %w", rel, r.path, err)
-	}
-	if err := mk(int(d.Fd()), name); err != nil {
-		return fmt.Errorf("%s %s in %s: %w", op, rel, r.path, err)
-	}
-	return nil
+	return at(r, rel, false, (*Dir).OpenRegular)
 }
 
 // Mknod makes a character device node at rel with exactly perm,
 // replacing any non-directory there.
 func (r *Root) Mknod(rel string, perm os.FileMode, major, minor uint32) error {
-	return r.replace(rel, "mknod", func(dirfd int, name string) error {
-		if err := unix.Mknodat(dirfd, name, unix.S_IFCHR|uint32(perm.Perm()), int(unix.Mkdev(major, minor))); err != nil {
-			return err
-		}
-		return unix.Fchmodat(dirfd, name, uint32(perm.Perm()), 0)
-	})
+	return do(r, rel, true, func(d *Dir, name string) error { return d.Mknod(name, perm, major, minor) })
 }
 
 // Symlink makes a symlink at rel pointing at target (which is never
 // resolved here), replacing any non-directory there.
 func (r *Root) Symlink(target, rel string) error {
-	return r.replace(rel, "symlink", func(dirfd int, name string) error { return unix.Symlinkat(target, dirfd, name) })
+	return do(r, rel, true, func(d *Dir, name string) error { return d.Symlink(target, name) })
 }
 
 // Link hard-links the file at hostPath (a path the daemon trusts, outside
 // any root) to rel, replacing any non-directory there.
 func (r *Root) Link(hostPath, rel string) error {
-	return r.replace(rel, "link", func(dirfd int, name string) error { return unix.Linkat(unix.AT_FDCWD, hostPath, dirfd, name, 0) })
+	return do(r, rel, true, func(d *Dir, name string) error { return d.LinkHost(hostPath, name) })
 }
 
 // OpenResolved opens the regular file rel names for reading, following
@@ -430,6 +367,92 @@ func (d *Dir) Create(name string, mode os.FileMode) (*os.File, error) {
 		return nil, err
 	}
 	return f, nil
+}
+
+// WriteFile creates name (see Create) holding b.
+func (d *Dir) WriteFile(name string, b []byte, mode os.FileMode) error {
+	f, err := d.Create(name, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(b); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// CopyFrom creates name (see Create) as a copy of src with src's
+// permission bits, or mode when mode is not 0.
+func (d *Dir) CopyFrom(src *os.File, name string, mode os.FileMode) error {
+	if mode == 0 {
+		fi, err := src.Stat()
+		if err != nil {
+			return err
+		}
+		mode = fi.Mode().Perm()
+	}
+	f, err := d.Create(name, mode)
+	if err != nil {
+		return err
+	}
+	if _, err := io.Copy(f, src); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// OpenRegular opens the regular file name for reading; a symlink, a
+// device or anything else is refused.
+func (d *Dir) OpenRegular(name string) (*os.File, error) {
+	if err := d.child(name); err != nil {
+		return nil, err
+	}
+	fd, err := unix.Openat(d.fd(), name, unix.O_RDONLY|unix.O_NOFOLLOW|unix.O_NONBLOCK|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return nil, d.errorf("open", name, err)
+	}
+	f := os.NewFile(uintptr(fd), path.Join(d.r.path, d.rel, name))
+	fi, err := f.Stat()
+	if err == nil && !fi.Mode().IsRegular() {
+		err = d.errorf("open", name, fmt.Errorf("not a regular file (%s)", fi.Mode().Type()))
+	}
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return f, nil
+}
+
+// Mknod makes character device node name with exactly perm, replacing any
+// non-directory there.
+func (d *Dir) Mknod(name string, perm os.FileMode, major, minor uint32) error {
+	if err := d.child(name); err != nil {
+		return err
+	}
+	if err := replaceable(d.f, name); err != nil {
+		return d.errorf("mknod", name, err)
+	}
+	if err := unix.Mknodat(d.fd(), name, unix.S_IFCHR|uint32(perm.Perm()), int(unix.Mkdev(major, minor))); err != nil {
+		return d.errorf("mknod", name, err)
+	}
+	return unix.Fchmodat(d.fd(), name, uint32(perm.Perm()), 0)
+}
+
+// LinkHost hard-links the file at hostPath (a path the daemon trusts,
+// outside any root) to name, replacing any non-directory there.
+func (d *Dir) LinkHost(hostPath, name string) error {
+	if err := d.child(name); err != nil {
+		return err
+	}
+	if err := replaceable(d.f, name); err != nil {
+		return d.errorf("link", name, err)
+	}
+	if err := unix.Linkat(unix.AT_FDCWD, hostPath, d.fd(), name, 0); err != nil {
+		return d.errorf("link", name, err)
+	}
+	return nil
 }
 
 // Mkdir makes directory name with exactly mode; anything already there
