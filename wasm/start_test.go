@@ -3,7 +3,6 @@ package wasm
 import (
 	"bytes"
 	"errors"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -152,19 +151,7 @@ func TestCPUCapAppliesToStartSection(t *testing.T) {
 	c := prepare(t, r, testmodule.Wat(t, testmodule.StartSpin))
 	capped := startWithin(t, r, c, Spec{ID: "capped-" + t.Name(), Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}}, 10*time.Second)
 	free := startWithin(t, r, c, Spec{ID: "free-" + t.Name()}, 10*time.Second)
-	c0, f0 := capped.Stats().CPU, free.Stats().CPU
-	time.Sleep(time.Second)
-	cpu, f := capped.Stats().CPU-c0, free.Stats().CPU-f0
-	t.Logf("in 1s of start sections: capped at 20%% used %v, uncapped %v", cpu, f)
-	if cpu > 350*time.Millisecond {
-		t.Errorf("capped start section used %v of CPU in 1s at a 20%% quota", cpu)
-	}
-	if f < cpu*3/2 {
-		t.Errorf("uncapped start section used %v, hardly more than the capped %v", f, cpu)
-	}
-	if got, want := threadCgroup(t, capped.tid), strings.TrimPrefix(filepath.Join(r.cpu.root, "capped-"+t.Name()), "/sys/fs/cgroup/cpu"); got != want {
-		t.Errorf("capped thread is in cgroup %q, want %q", got, want)
-	}
+	checkCPUCap(t, r, capped, free)
 	for _, inst := range []*Instance{capped, free} {
 		inst.Stop()
 		if res := wait(t, inst, 5*time.Second); !res.Stopped {
