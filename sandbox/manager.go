@@ -270,8 +270,11 @@ func (m *Manager) defaultLogDir(id string) string {
 	return filepath.Join(m.opts.RootDir, "sandboxes", id, "logs")
 }
 
-// rootfs is the container's writable root: what the module sees at "/".
 // emptyDir is the always-empty directory masked directories show.
 func (m *Manager) emptyDir() string { return filepath.Join(m.opts.RootDir, "empty") }
 
+// rootfs is the container's writable root: what the module sees at "/".
+// Its path and parents are the daemon's own, so plain os calls on the
+// root itself (make, remove) are safe; os.RemoveAll never follows a
+// symlink below it. Anything inside goes through inroot.
 func (m *Manager) rootfs(id string) string { return filepath.Join(m.opts.RootDir, "containers", id) }

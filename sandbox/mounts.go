@@ -350,6 +350,8 @@ func copyBackOne(root *inroot.Root, f fileMount) error {
 	if os.SameFile(inInfo, hostInfo) {
 		return nil
 	}
+	// The host file is kubelet's (its path and parents are not the
+	// module's to change); only what is read above came from the root.
 	out, err := os.OpenFile(f.host, os.O_WRONLY|os.O_TRUNC, 0)
 	if err != nil {
 		return err

@@ -225,11 +225,16 @@ func TestMaxModuleSize(t *testing.T) {
 
 // The compiler process is the daemon's binary: compiling in it yields
 // what compiling in the daemon would, and it costs little more.
-func BenchmarkCompileGoModule(b *testing.B) {
-	hello := testmodule.Hello(b)
+func BenchmarkCompileGoModule(b *testing.B) { benchCompile(b, testmodule.Hello(b)) }
+
+func BenchmarkCompileTiny(b *testing.B) { benchCompile(b, testmodule.Wat(b, testmodule.Print)) }
+
+// benchCompile compiles module in this process and in the compiler
+// process, a fresh artifact file each time.
+func benchCompile(b *testing.B, module []byte) {
 	b.Run("in-process", func(b *testing.B) {
 		for range b.N {
-			if _, _, err := compileModule(1<<20, hello); err != nil {
+			if _, _, err := compileModule(1<<20, module); err != nil {
 				b.Fatal(err)
 			}
 		}
@@ -240,43 +245,16 @@ func BenchmarkCompileGoModule(b *testing.B) {
 			b.Fatal(err)
 		}
 		defer r.Close()
+		dir := b.TempDir()
 		for range b.N {
-			f, err := os.CreateTemp(b.TempDir(), "artifact")
+			f, err := os.CreateTemp(dir, "artifact")
 			if err != nil {
 				b.Fatal(err)
 			}
-			if err := r.compileInChild(context.Background(), digest.FromBytes(hello), hello, f); err != nil {
+			if err := r.compileInChild(context.Background(), digest.FromBytes(module), module, f); err != nil {
 				b.Fatal(err)
 			}
 			f.Close()
-		}
-	})
-}
-
-func BenchmarkCompileTiny(b *testing.B) {
-	tiny := testmodule.Wat(b, testmodule.Print)
-	b.Run("in-process", func(b *testing.B) {
-		for range b.N {
-			if _, _, err := compileModule(1<<20, tiny); err != nil {
-				b.Fatal(err)
-			}
-		}
-	})
-	b.Run("child", func(b *testing.B) {
-		r, err := NewRuntime(b.TempDir(), Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer r.Close()
-		f, err := os.CreateTemp(b.TempDir(), "artifact")
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer f.Close()
-		for range b.N {
-			if err := r.compileInChild(context.Background(), digest.FromBytes(tiny), tiny, f); err != nil {
-				b.Fatal(err)
-			}
 		}
 	})
 }
