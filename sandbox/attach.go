@@ -14,20 +14,20 @@ import (
 // container was created with stdin, feeds its input. It returns when the
 // container's output ends or ctx is done.
 func (m *Manager) Attach(ctx context.Context, id string, stdin io.Reader, stdout, stderr io.WriteCloser, tty bool) error {
-	m.mu.Lock()
-	c, err := m.containerLocked(id)
+	c, err := m.containers.get(id)
 	if err != nil {
-		m.mu.Unlock()
 		return err
 	}
+	c.mu.Lock()
 	var l *live
 	var recorded chan struct{}
-	if c.run != nil {
-		l, recorded = c.run.live, c.run.recorded
+	if l = c.run.running(); l != nil {
+		recorded = c.run.recorded
 	}
-	m.mu.Unlock()
+	state := c.State
+	c.mu.Unlock()
 	if l == nil {
-		return fmt.Errorf("container %s is %s; attach needs it running: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
+		return fmt.Errorf("container %s is %s; attach needs it running: %w", c.ID, state, errdefs.ErrFailedPrecondition)
 	}
 	if stdin != nil && l.stdin == nil {
 		return fmt.Errorf("container %s was not created with stdin: %w", c.ID, errdefs.ErrFailedPrecondition)

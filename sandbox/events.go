@@ -53,9 +53,11 @@ func (m *Manager) Subscribe() (<-chan Event, func()) {
 	}
 }
 
-// emitLocked publishes an event about c; m.mu is held.
-func (m *Manager) emitLocked(t EventType, c *Container) {
-	e := Event{Type: t, ContainerID: c.ID, SandboxID: c.SandboxID, At: time.Now(), Container: c.snapshot()}
+// emit publishes an event about c, as it was right after the change.
+// It is called under the container's lock, so each container's events
+// arrive in order.
+func (m *Manager) emit(t EventType, c Container) {
+	e := Event{Type: t, ContainerID: c.ID, SandboxID: c.SandboxID, At: time.Now(), Container: c}
 	m.events.mu.Lock()
 	defer m.events.mu.Unlock()
 	for ch := range m.events.subs {

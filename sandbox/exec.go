@@ -37,15 +37,14 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 	if err := validateCommand("command", opts.Cmd); err != nil {
 		return 0, err
 	}
-	m.mu.Lock()
-	c, err := m.containerLocked(id)
+	c, err := m.containers.get(id)
 	if err != nil {
-		m.mu.Unlock()
 		return 0, err
 	}
+	c.mu.Lock()
 	r := c.run
-	if c.State != ContainerRunning || r == nil || r.live == nil || r.ending {
-		m.mu.Unlock()
+	if c.State != ContainerRunning || r.running() == nil || r.ending {
+		c.mu.Unlock()
 		return 0, fmt.Errorf("container %s is %s; exec needs it running: %w", c.ID, c.State, errdefs.ErrFailedPrecondition)
 	}
 	// Counted before it starts: the container's directories (which the
@@ -65,7 +64,7 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		Limits:     c.Resources.limits(),
 	}
 	imageID, moduleDigest := c.ImageID, c.ModuleDigest
-	m.mu.Unlock()
+	c.mu.Unlock()
 
 	if opts.TTY && opts.Stdout != nil {
 		w := &syncWriter{w: opts.Stdout}
@@ -81,17 +80,17 @@ func (m *Manager) Exec(ctx context.Context, id string, opts ExecOptions) (int32,
 		closeAll(opts.Stdout, opts.Stderr)
 		return 0, fmt.Errorf("exec in container %s: %w: %w", id, err, errdefs.ErrFailedPrecondition)
 	}
-	m.mu.Lock()
+	c.mu.Lock()
 	if r.ending {
 		inst.Stop()
 	} else {
 		r.execs[inst] = struct{}{}
 	}
-	m.mu.Unlock()
+	c.mu.Unlock()
 	defer func() {
-		m.mu.Lock()
+		c.mu.Lock()
 		delete(r.execs, inst)
-		m.mu.Unlock()
+		c.mu.Unlock()
 	}()
 	select {
 	case <-inst.Done():

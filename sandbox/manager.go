@@ -8,12 +8,9 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"sort"
-	"strings"
-	"sync"
+	"sync/atomic"
 	"time"
 
-	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/wasm"
 	bolt "go.etcd.io/bbolt"
@@ -38,24 +35,22 @@ type Options struct {
 	Logger   *slog.Logger
 }
 
-// Manager owns every sandbox and container. One mutex guards the maps and
-// the objects' fields; nothing slow (compiling, waiting for an instance to
-// end) happens while it is held.
+// Manager owns every sandbox and container. Each object has its own lock
+// (see update.go for the lock order and the one path state changes take);
+// nothing slow (compiling, making a root, waiting for an instance to end)
+// happens while any lock is held.
 type Manager struct {
 	opts    Options
 	images  Images
 	runtime *wasm.Runtime
-	store   *store
+	records *records
 	log     *slog.Logger
 
-	mu         sync.Mutex
-	sandboxes  map[string]*Sandbox
-	containers map[string]*Container
-	// names reserves sandbox and container names, as kubelet expects a
-	// second create under one name to fail.
-	names map[string]string
+	sandboxes  *index[*sandboxEntry]
+	containers *index[*containerEntry]
+	names      names
 	// shuttingDown makes instances ended by Shutdown say so.
-	shuttingDown bool
+	shuttingDown atomic.Bool
 
 	events events
 	usage  *usageCache
@@ -70,7 +65,7 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
-	st, err := newStore(db)
+	recs, err := newRecords(db)
 	if err != nil {
 		return nil, fmt.Errorf("init sandbox metadata: %w", err)
 	}
@@ -78,16 +73,16 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 		return nil, err
 	}
 	m := &Manager{
-		opts: opts, images: images, runtime: rt, store: st, log: opts.Logger,
-		sandboxes: map[string]*Sandbox{}, containers: map[string]*Container{}, names: map[string]string{},
+		opts: opts, images: images, runtime: rt, records: recs, log: opts.Logger,
+		sandboxes: newIndex[*sandboxEntry]("sandbox"), containers: newIndex[*containerEntry]("container"),
 	}
-	sandboxes, containers, err := st.load()
+	sandboxes, containers, err := recs.load()
 	if err != nil {
 		return nil, fmt.Errorf("load sandbox metadata: %w", err)
 	}
 	for _, sb := range sandboxes {
-		m.sandboxes[sb.ID] = sb
-		m.names[sb.Name()] = sb.ID
+		m.sandboxes.add(sb.ID, &sandboxEntry{Sandbox: *sb})
+		m.names.reserve(sb.Name(), sb.ID)
 	}
 	for _, c := range containers {
 		if c.State == ContainerRunning {
@@ -96,12 +91,12 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 			c.ExitCode = 255
 			c.Reason = ReasonDaemonRestarted
 			c.Message = "wasmcri died while the container was running; its instance ended with the daemon"
-			if err := st.putContainer(c); err != nil {
+			if err := recs.putContainer(c); err != nil {
 				return nil, err
 			}
 		}
-		m.containers[c.ID] = c
-		m.names[c.Name()] = c.ID
+		m.containers.add(c.ID, &containerEntry{Container: *c})
+		m.names.reserve(c.Name(), c.ID)
 	}
 	m.reclaim()
 	m.usage = newUsageCache()
@@ -115,8 +110,8 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 // sandboxes. It runs at start-up, before anything is served.
 func (m *Manager) reclaim() {
 	for dir, known := range map[string]func(string) bool{
-		filepath.Join(m.opts.RootDir, "containers"): func(id string) bool { _, ok := m.containers[id]; return ok },
-		filepath.Join(m.opts.RootDir, "sandboxes"):  func(id string) bool { _, ok := m.sandboxes[id]; return ok },
+		filepath.Join(m.opts.RootDir, "containers"): m.containers.has,
+		filepath.Join(m.opts.RootDir, "sandboxes"):  m.sandboxes.has,
 	} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
@@ -138,21 +133,19 @@ func (m *Manager) reclaim() {
 // Shutdown stops every running instance, leaving the records in place:
 // after a restart those containers show as exited.
 func (m *Manager) Shutdown() {
-	m.mu.Lock()
-	if m.shuttingDown {
-		m.mu.Unlock()
+	if m.shuttingDown.Swap(true) {
 		return
 	}
-	m.shuttingDown = true
 	m.usage.close()
 	var running []*run
-	for _, c := range m.containers {
+	for _, c := range m.containers.all(containerCreated) {
+		c.mu.Lock()
 		if c.run != nil {
-			c.run.stopLocked()
+			c.run.stop()
 			running = append(running, c.run)
 		}
+		c.mu.Unlock()
 	}
-	m.mu.Unlock()
 	for _, r := range running {
 		select {
 		case <-r.recorded:
@@ -169,98 +162,63 @@ func newID() string {
 	return hex.EncodeToString(b)
 }
 
-// resolve finds an ID by exact match or unique prefix, as crictl users
-// type truncated IDs.
-func resolve[T any](objects map[string]T, kind, id string) (string, error) {
-	if id == "" {
-		return "", fmt.Errorf("%s ID is empty: %w", kind, errdefs.ErrInvalidArgument)
-	}
-	if _, ok := objects[id]; ok {
-		return id, nil
-	}
-	var found string
-	for full := range objects {
-		if strings.HasPrefix(full, id) {
-			if found != "" {
-				return "", fmt.Errorf("%s ID prefix %q is ambiguous: %w", kind, id, errdefs.ErrInvalidArgument)
-			}
-			found = full
-		}
-	}
-	if found == "" {
-		return "", fmt.Errorf("%s %q: %w", kind, id, errdefs.ErrNotFound)
-	}
-	return found, nil
-}
-
-func (m *Manager) sandboxLocked(id string) (*Sandbox, error) {
-	full, err := resolve(m.sandboxes, "sandbox", id)
-	if err != nil {
-		return nil, err
-	}
-	return m.sandboxes[full], nil
-}
-
-func (m *Manager) containerLocked(id string) (*Container, error) {
-	full, err := resolve(m.containers, "container", id)
-	if err != nil {
-		return nil, err
-	}
-	return m.containers[full], nil
-}
+func sandboxCreated(sb *sandboxEntry) time.Time    { return sb.CreatedAt }
+func containerCreated(c *containerEntry) time.Time { return c.CreatedAt }
 
 // Sandbox returns a copy of the sandbox with id (or a unique prefix of it).
 func (m *Manager) Sandbox(id string) (Sandbox, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	sb, err := m.sandboxLocked(id)
+	sb, err := m.sandboxes.get(id)
 	if err != nil {
 		return Sandbox{}, err
 	}
-	return *sb, nil
+	sb.mu.Lock()
+	defer sb.mu.Unlock()
+	return sb.Sandbox, nil
 }
 
 // Sandboxes returns copies of every sandbox, oldest first.
 func (m *Manager) Sandboxes() []Sandbox {
-	m.mu.Lock()
-	all := make([]*Sandbox, 0, len(m.sandboxes))
-	for _, sb := range m.sandboxes {
-		all = append(all, sb)
-	}
-	// Sort the pointers, not the copies: kubelet lists every second.
-	sort.Slice(all, func(i, j int) bool { return all[i].CreatedAt.Before(all[j].CreatedAt) })
+	all := m.sandboxes.all(sandboxCreated)
 	out := make([]Sandbox, len(all))
 	for i, sb := range all {
-		out[i] = *sb
+		sb.mu.Lock()
+		out[i] = sb.Sandbox
+		sb.mu.Unlock()
 	}
-	m.mu.Unlock()
 	return out
 }
 
 // Container returns a copy of the container with id (or a unique prefix).
 func (m *Manager) Container(id string) (Container, error) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	c, err := m.containerLocked(id)
+	c, err := m.containers.get(id)
 	if err != nil {
 		return Container{}, err
 	}
-	return c.snapshot(), nil
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.Container, nil
 }
 
 // Containers returns copies of every container, oldest first.
 func (m *Manager) Containers() []Container {
-	m.mu.Lock()
-	all := make([]*Container, 0, len(m.containers))
-	for _, c := range m.containers {
-		all = append(all, c)
-	}
-	sort.Slice(all, func(i, j int) bool { return all[i].CreatedAt.Before(all[j].CreatedAt) })
+	all := m.containers.all(containerCreated)
 	out := make([]Container, len(all))
 	for i, c := range all {
-		out[i] = c.snapshot()
+		c.mu.Lock()
+		out[i] = c.Container
+		c.mu.Unlock()
 	}
-	m.mu.Unlock()
+	return out
+}
+
+// containersOf lists the containers of a sandbox.
+func (m *Manager) containersOf(sandboxID string) []*containerEntry {
+	var out []*containerEntry
+	for _, c := range m.containers.all(containerCreated) {
+		if c.SandboxID == sandboxID {
+			out = append(out, c)
+		}
+	}
 	return out
 }
 

@@ -56,36 +56,6 @@ func checkResources(r Resources) error {
 	return nil
 }
 
-// UpdateResources changes a container's limits; a running instance gets
-// the CPU cap at once and the memory limit at its next host call.
-func (m *Manager) UpdateResources(id string, r *runtimeapi.LinuxContainerResources) error {
-	res := resourcesFrom(r)
-	if err := checkResources(res); err != nil {
-		return err
-	}
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	c, err := m.containerLocked(id)
-	if err != nil {
-		return err
-	}
-	if c.State == ContainerExited {
-		return fmt.Errorf("container %s has exited: %w", c.ID, errdefs.ErrFailedPrecondition)
-	}
-	c.Resources = res
-	if err := m.store.putContainer(c); err != nil {
-		return fmt.Errorf("persist container: %w", err)
-	}
-	if c.run != nil && c.run.live != nil {
-		// A run still starting picks the new limits up when it has started.
-		if err := c.run.live.instance.SetLimits(res.limits()); err != nil {
-			m.log.Warn("CPU limit not applied", "container", c.ID, "error", err)
-		}
-	}
-	m.log.Info("container resources updated", "container", c.ID, "resources", res)
-	return nil
-}
-
 // CPUCapsUnavailable says why CPU quotas are not enforced on this node, or
 // is nil when they are.
 func (m *Manager) CPUCapsUnavailable() error { return m.runtime.CPUCapsUnavailable }

@@ -439,9 +439,12 @@ func TestExecEndsWithItsContainer(t *testing.T) {
 		}()
 	}
 	waitFor(t, "two exec instances running", func() bool {
-		e.m.mu.Lock()
-		defer e.m.mu.Unlock()
-		c := e.m.containers[ctr.ID]
+		c, err := e.m.containers.get(ctr.ID)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c.mu.Lock()
+		defer c.mu.Unlock()
 		return c.run != nil && len(c.run.execs) == 2
 	})
 	if err := e.m.StopContainer(ctr.ID, 0); err != nil {

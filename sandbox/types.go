@@ -8,7 +8,6 @@ import (
 	"sync"
 	"time"
 
-	"github.com/wasmcri/wasmcri/wasm"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -79,10 +78,18 @@ type Container struct {
 	Env        []string `json:"env"`
 	WorkingDir string   `json:"workingDir"`
 	// LogPath is absolute, or "" when the config asks for no log.
-	LogPath string `json:"logPath"`
+	LogPath   string    `json:"logPath"`
+	CreatedAt time.Time `json:"createdAt"`
 
+	// ContainerStatus is what changes over the container's life; the
+	// fields above are fixed at creation.
+	ContainerStatus
+}
+
+// ContainerStatus is the part of a container that changes: its state, how
+// it ended and its limits. Its fields are stored inline in the record.
+type ContainerStatus struct {
 	State      ContainerState `json:"state"`
-	CreatedAt  time.Time      `json:"createdAt"`
 	StartedAt  time.Time      `json:"startedAt"`
 	FinishedAt time.Time      `json:"finishedAt"`
 	ExitCode   int32          `json:"exitCode"`
@@ -91,61 +98,38 @@ type Container struct {
 	Resources  Resources      `json:"resources"`
 	// CPU is the CPU time the container's instance used, once it ended.
 	CPU time.Duration `json:"cpuNanos"`
-
-	run *run
-	// removing refuses a start racing RemoveContainer.
-	removing bool
-}
-
-// run is a started container's instance and its plumbing. It is set on
-// the container (under the manager's lock) before anything of it exists,
-// so that a stop or remove racing the start finds it.
-type run struct {
-	// recorded is closed once the exit is in the container's fields (or
-	// the start failed).
-	recorded chan struct{}
-	// live is the started instance; nil while the start is under way.
-	live *live
-	// stopAsked says a stop came; one that came before live existed is
-	// applied as soon as it does.
-	stopAsked bool
-	// ending is set once the instance has ended: no exec starts then.
-	ending bool
-	// execs are the exec instances running in the container; execing
-	// counts those starting or running, so that the container's
-	// directories are released only after the last one ends.
-	execs   map[*wasm.Instance]struct{}
-	execing sync.WaitGroup
-	// lastSample is the previous Stats reading, for the CPU rate.
-	lastSample cpuSample
-}
-
-// live is what a started container runs with.
-type live struct {
-	instance *wasm.Instance
-	// pre are the preopened directories (root and directory mounts),
-	// which exec instances share; files are the file mounts.
-	pre   *preopens
-	files []fileMount
-	// log is the CRI log, for ReopenContainerLog; nil without a log path.
-	log *wasm.CRILog
-	// stdout and stderr fan output out to attached clients; stdin, when
-	// the config asks for stdin, takes their input.
-	stdout, stderr *outputHub
-	stdin          *stdinHub
-}
-
-// snapshot is a copy of the container safe to hand out.
-func (c *Container) snapshot() Container {
-	cp := *c
-	cp.run = nil
-	return cp
 }
 
 // Name is the container's reserved name within its sandbox.
 func (c *Container) Name() string {
 	md := c.Config.GetMetadata()
 	return c.SandboxID + "/" + md.GetName() + "/" + itoa(md.GetAttempt())
+}
+
+// sandboxEntry is a sandbox in the manager's care. Its lock guards State
+// and removed; the rest of Sandbox is fixed at creation and read without
+// it. A container is created or
+// started only under its sandbox's lock, so stopping a sandbox (which
+// marks it not ready under that lock first) leaves no container to start.
+type sandboxEntry struct {
+	mu sync.Mutex
+	Sandbox
+	// removed says the record is gone: nothing persists it again.
+	removed bool
+}
+
+// containerEntry is a container in the manager's care. Its lock guards
+// ContainerStatus, run and the flags below; the rest of Container (ID,
+// config, image, command line) is fixed at creation and read without it.
+type containerEntry struct {
+	mu sync.Mutex
+	Container
+	// run is the container's instance from the moment a start claims it
+	// until its exit is recorded; nil otherwise.
+	run *run
+	// removing refuses a start racing RemoveContainer; removed says the
+	// record is gone, so a late exit is neither persisted nor announced.
+	removing, removed bool
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }

@@ -14,10 +14,11 @@ var (
 	bucketContainers = []byte("containers")
 )
 
-// store persists sandboxes and containers in bbolt: one JSON record per
+// records persists sandboxes and containers in bbolt: one JSON record per
 // object, with the CRI config as protobuf bytes so every field of it
-// (metadata, labels, annotations) round-trips exactly.
-type store struct{ db *bolt.DB }
+// (metadata, labels, annotations) round-trips exactly. Only update.go
+// writes them.
+type records struct{ db *bolt.DB }
 
 type sandboxRecord struct {
 	Sandbox
@@ -29,7 +30,7 @@ type containerRecord struct {
 	Config []byte `json:"config"`
 }
 
-func newStore(db *bolt.DB) (*store, error) {
+func newRecords(db *bolt.DB) (*records, error) {
 	err := db.Update(func(tx *bolt.Tx) error {
 		for _, b := range [][]byte{bucketSandboxes, bucketContainers} {
 			if _, err := tx.CreateBucketIfNotExists(b); err != nil {
@@ -38,10 +39,10 @@ func newStore(db *bolt.DB) (*store, error) {
 		}
 		return nil
 	})
-	return &store{db: db}, err
+	return &records{db: db}, err
 }
 
-func (s *store) putSandbox(sb *Sandbox) error {
+func (s *records) putSandbox(sb *Sandbox) error {
 	cfg, err := proto.Marshal(sb.Config)
 	if err != nil {
 		return err
@@ -49,17 +50,15 @@ func (s *store) putSandbox(sb *Sandbox) error {
 	return s.put(bucketSandboxes, sb.ID, sandboxRecord{Sandbox: *sb, Config: cfg})
 }
 
-func (s *store) putContainer(c *Container) error {
+func (s *records) putContainer(c *Container) error {
 	cfg, err := proto.Marshal(c.Config)
 	if err != nil {
 		return err
 	}
-	rec := containerRecord{Container: *c, Config: cfg}
-	rec.run = nil
-	return s.put(bucketContainers, c.ID, rec)
+	return s.put(bucketContainers, c.ID, containerRecord{Container: *c, Config: cfg})
 }
 
-func (s *store) put(bucket []byte, id string, v any) error {
+func (s *records) put(bucket []byte, id string, v any) error {
 	b, err := json.Marshal(v)
 	if err != nil {
 		return err
@@ -67,12 +66,12 @@ func (s *store) put(bucket []byte, id string, v any) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), b) })
 }
 
-func (s *store) delete(bucket []byte, id string) error {
+func (s *records) delete(bucket []byte, id string) error {
 	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
 }
 
 // load reads everything back, as the daemon does at start-up.
-func (s *store) load() ([]*Sandbox, []*Container, error) {
+func (s *records) load() ([]*Sandbox, []*Container, error) {
 	var sandboxes []*Sandbox
 	var containers []*Container
 	err := s.db.View(func(tx *bolt.Tx) error {

@@ -1,0 +1,49 @@
+package sandbox
+
+import (
+	"fmt"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/containerd/errdefs"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+// RunSandbox creates a ready sandbox for the pod config. An empty handler
+// means the default one; an unknown handler is refused.
+func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (Sandbox, error) {
+	if err := validateSandboxConfig(cfg); err != nil {
+		return Sandbox{}, err
+	}
+	if handler == "" {
+		handler = m.opts.Handlers[0]
+	}
+	if !slices.Contains(m.opts.Handlers, handler) {
+		return Sandbox{}, fmt.Errorf("runtime handler %q is not served by wasmcri (configured: %v): %w", handler, m.opts.Handlers, errdefs.ErrInvalidArgument)
+	}
+	sb := &sandboxEntry{Sandbox: Sandbox{
+		ID:             newID(),
+		Config:         cfg,
+		RuntimeHandler: handler,
+		State:          SandboxReady,
+		CreatedAt:      time.Now(),
+		LogDirectory:   cfg.GetLogDirectory(),
+	}}
+	// A sandbox is only a record: kubelet owns its log directory, and
+	// containers make their own roots. Without a log directory from
+	// kubelet, it gets one of its own, removed with it; one made for a
+	// name that turns out taken is reclaimed at the next start-up.
+	if sb.LogDirectory == "" {
+		sb.LogDirectory = m.defaultLogDir(sb.ID)
+		if err := os.MkdirAll(sb.LogDirectory, 0o755); err != nil {
+			return Sandbox{}, fmt.Errorf("create sandbox log directory: %w", err)
+		}
+	}
+	if err := m.addSandbox(sb); err != nil {
+		m.removeOwnLogDir(sb.Sandbox)
+		return Sandbox{}, err
+	}
+	m.log.Info("sandbox ready", "sandbox", sb.ID, "pod", sb.Name(), "handler", handler)
+	return sb.Sandbox, nil
+}
