@@ -465,19 +465,6 @@ func TestExecEndsWithItsContainer(t *testing.T) {
 	}
 }
 
-// waitFor polls cond until it holds, failing the test after a generous
-// bound (only a broken runtime takes that long).
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
-
 // Attaching with stdin to a container that never reads its input, then
 // leaving, costs no goroutine once the session is over.
 func TestAttachWithStdinLeaksNothing(t *testing.T) {

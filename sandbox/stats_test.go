@@ -1,0 +1,100 @@
+package sandbox
+
+import (
+	"os"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/internal/testmodule"
+	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
+)
+
+func TestStatsEventsResourcesAndLogs(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	events, cancel := e.m.Subscribe()
+	defer cancel()
+
+	cfg := ctrConfig("holder", img, "alloc", "24")
+	cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 256 << 20}}
+	holder := e.start(sb, cfg)
+	waitLogSays(t, holder.LogPath, "holding 24 MiB")
+	time.Sleep(200 * time.Millisecond)
+	st, err := e.m.ContainerStats(holder.ID)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.MemoryBytes < 24<<20 || st.CPU <= 0 || st.WritableInodes == 0 {
+		t.Errorf("stats = %+v", st)
+	}
+
+	// Lowering the memory limit below what it holds: the next allocation
+	// fails and the container is OOMKilled.
+	grower := e.start(sb, ctrConfig("grower", img, "alloc-slowly"))
+	waitLogSays(t, grower.LogPath, "holding 20 MiB")
+	if err := e.m.UpdateResources(grower.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 40 << 20}); err != nil {
+		t.Fatal(err)
+	}
+	got := e.waitExited(grower.ID, 20*time.Second)
+	if got.Reason != ReasonOOMKilled || got.ExitCode != 137 || got.Resources.MemoryLimitBytes != 40<<20 {
+		t.Errorf("after the limit was lowered: reason %q exit %d resources %+v", got.Reason, got.ExitCode, got.Resources)
+	}
+	if err := e.m.UpdateResources(grower.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 1}); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("update of an exited container: %v", err)
+	}
+	if err := e.m.UpdateResources(holder.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: -5}); !errdefs.IsInvalidArgument(err) {
+		t.Errorf("negative limit: %v", err)
+	}
+
+	// Rotation: kubelet renames the file, then asks for a reopen.
+	ticker := e.start(sb, ctrConfig("ticker", img, "sleep-forever"))
+	waitLogSays(t, ticker.LogPath, "tick 2")
+	rotated := ticker.LogPath + ".1"
+	if err := os.Rename(ticker.LogPath, rotated); err != nil {
+		t.Fatal(err)
+	}
+	if err := e.m.ReopenLog(ticker.ID); err != nil {
+		t.Fatal(err)
+	}
+	waitLogSays(t, ticker.LogPath, "tick 6")
+	e.m.StopContainer(ticker.ID, 0)
+	old, cur := readFile(t, rotated), readFile(t, ticker.LogPath)
+	for i := 0; i <= 6; i++ {
+		line := " stdout F tick " + strconv.Itoa(i) + "\n"
+		if strings.Count(old+cur, line) != 1 {
+			t.Errorf("tick %d appears %d times across the rotation", i, strings.Count(old+cur, line))
+		}
+	}
+	if err := e.m.ReopenLog(ticker.ID); !errdefs.IsFailedPrecondition(err) {
+		t.Errorf("reopen of an exited container's log: %v", err)
+	}
+	e.m.RemoveContainer(ticker.ID)
+
+	want := map[string][]EventType{
+		holder.ID: {ContainerCreatedEvent, ContainerStartedEvent},
+		grower.ID: {ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent},
+		ticker.ID: {ContainerCreatedEvent, ContainerStartedEvent, ContainerStoppedEvent, ContainerDeletedEvent},
+	}
+	got2 := map[string][]EventType{}
+	for len(events) > 0 {
+		ev := <-events
+		got2[ev.ContainerID] = append(got2[ev.ContainerID], ev.Type)
+	}
+	for id, w := range want {
+		if fmtTypes(got2[id]) != fmtTypes(w) {
+			t.Errorf("events of %s: %v, want %v", id[:12], got2[id], w)
+		}
+	}
+}
+
+func fmtTypes(ts []EventType) string {
+	var s []string
+	for _, t := range ts {
+		s = append(s, strconv.Itoa(int(t)))
+	}
+	return strings.Join(s, " ")
+}
