@@ -37,8 +37,8 @@ type Config struct {
 	// Root holds what must survive a reboot: images, compiled modules,
 	// metadata, container writable directories.
 	Root string `toml:"root"`
-	// State holds what lives only while the daemon runs: the socket and
-	// per-container pipes.
+	// State holds what lives only while the daemon runs: by default the
+	// CRI socket, and the admin socket beside it.
 	State    string         `toml:"state"`
 	GRPC     GRPCConfig     `toml:"grpc"`
 	Stream   StreamConfig   `toml:"stream"`

@@ -103,7 +103,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		return nil, err
 	}
 	d.Sandboxes, err = sandbox.NewManager(d.stateDB, d.Images, d.runtime, sandbox.Options{
-		RootDir: cfg.Root, StateDir: cfg.State, Handlers: cfg.Runtime.Handlers, Logger: log,
+		RootDir: cfg.Root, Handlers: cfg.Runtime.Handlers, Logger: log,
 	})
 	if err != nil {
 		return nil, err

@@ -69,7 +69,7 @@ func newEnv(t *testing.T) *env {
 func (e *env) manager() *Manager {
 	e.t.Helper()
 	m, err := NewManager(e.db, e.images, e.rt, Options{
-		RootDir: filepath.Join(e.dir, "root"), StateDir: filepath.Join(e.dir, "state"), Handlers: []string{"wasmtime", "wasmtime-debug"},
+		RootDir: filepath.Join(e.dir, "root"), Handlers: []string{"wasmtime", "wasmtime-debug"},
 	})
 	if err != nil {
 		e.t.Fatal(err)

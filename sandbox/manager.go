@@ -26,9 +26,8 @@ type Images interface {
 
 // Options configure a Manager.
 type Options struct {
-	// RootDir keeps per-container writable directories and default logs;
-	// StateDir keeps per-container pipes.
-	RootDir, StateDir string
+	// RootDir keeps per-container writable directories and default logs.
+	RootDir string
 	// Handlers are the runtime handler names accepted; the first is the
 	// default for an empty runtime_handler.
 	Handlers []string
