@@ -4,10 +4,35 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
 )
+
+var logLine = regexp.MustCompile(`^(\S+) (stdout|stderr) ([FP]) (.*)$`)
+
+// readLog parses a CRI log file into "stream text" lines, checking the
+// format of every record.
+func readLog(t *testing.T, path string) []string {
+	t.Helper()
+	b, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out []string
+	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
+		m := logLine.FindStringSubmatch(line)
+		if m == nil {
+			t.Fatalf("log line not in CRI format: %q", line)
+		}
+		if _, err := time.Parse(time.RFC3339Nano, m[1]); err != nil {
+			t.Fatalf("log timestamp %q: %v", m[1], err)
+		}
+		out = append(out, m[2]+" "+m[3]+" "+m[4])
+	}
+	return out
+}
 
 func TestCRILogSplitsLongLinesAndKeepsStreams(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.log")

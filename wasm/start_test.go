@@ -1,10 +1,8 @@
 package wasm
 
 import (
-	"bytes"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,26 +23,6 @@ const startPrintThenSpin = `(module
     (loop (br 0)))
   (start $start)
   (func (export "_start")))`
-
-// syncBuffer is an output stream the test reads while the instance writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Close() error { return nil }
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // startWithin calls Start and fails the test if it does not return within
 // d: a Start that runs module code may never return.
@@ -73,15 +51,24 @@ func startWithin(t *testing.T, r *Runtime, c Compiled, spec Spec, d time.Duratio
 	}
 }
 
-// pollUntil polls cond until it holds or the deadline passes.
-func pollUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
+// poll polls cond until it holds, and says whether it did within d.
+func poll(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// pollUntil polls cond until it holds, and fails the test if it does not
+// within d.
+func pollUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !poll(d, cond) {
+		t.Fatalf("%s: not within %v", what, d)
 	}
 }
 
