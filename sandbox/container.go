@@ -12,6 +12,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/internal/crilog"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 	"github.com/wasmcri/wasmcri/wasm"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -278,7 +279,7 @@ func (m *Manager) startRun(ctx context.Context, c *Container) (_ *live, err erro
 	l := &live{pre: pre, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
 	stdout, stderr := tee{hub: l.stdout}, tee{hub: l.stderr}
 	if c.LogPath != "" {
-		if l.log, err = wasm.OpenCRILog(c.LogPath); err != nil {
+		if l.log, err = crilog.Open(c.LogPath); err != nil {
 			return nil, fmt.Errorf("open log: %w", err)
 		}
 		stdout.log, stderr.log = l.log.Stream("stdout"), l.log.Stream("stderr")

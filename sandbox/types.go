@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/wasmcri/wasmcri/internal/crilog"
 	"github.com/wasmcri/wasmcri/wasm"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -128,7 +129,7 @@ type live struct {
 	pre   *preopens
 	files []fileMount
 	// log is the CRI log, for ReopenContainerLog; nil without a log path.
-	log *wasm.CRILog
+	log *crilog.Log
 	// stdout and stderr fan output out to attached clients; stdin, when
 	// the config asks for stdin, takes their input.
 	stdout, stderr *outputHub

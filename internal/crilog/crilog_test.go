@@ -1,4 +1,4 @@
-package wasm
+package crilog
 
 import (
 	"bytes"
@@ -34,14 +34,14 @@ func readLog(t *testing.T, path string) []string {
 	return out
 }
 
-func TestCRILogSplitsLongLinesAndKeepsStreams(t *testing.T) {
+func TestSplitsLongLinesAndKeepsStreams(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.log")
-	l, err := OpenCRILog(path)
+	l, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out, errs := l.Stream("stdout"), l.Stream("stderr")
-	long := strings.Repeat("x", MaxLogLine*2+10)
+	long := strings.Repeat("x", MaxLine*2+10)
 	out.Write([]byte("first\nsec"))
 	errs.Write([]byte("oops\n"))
 	out.Write([]byte("ond\n" + long + "\n"))
@@ -54,9 +54,9 @@ func TestCRILogSplitsLongLinesAndKeepsStreams(t *testing.T) {
 		"stdout F first",
 		"stderr F oops",
 		"stdout F second",
-		"stdout P " + long[:MaxLogLine],
-		"stdout P " + long[MaxLogLine:2*MaxLogLine],
-		"stdout F " + long[2*MaxLogLine:],
+		"stdout P " + long[:MaxLine],
+		"stdout P " + long[MaxLine:2*MaxLine],
+		"stdout F " + long[2*MaxLine:],
 		"stdout F no newline at end",
 	}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
@@ -80,14 +80,14 @@ func trunc(lines []string) string {
 
 // A last line that ends exactly at a partial record's end still gets its
 // full record when the stream closes.
-func TestCRILogClosesAnOpenLine(t *testing.T) {
+func TestClosesAnOpenLine(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "c.log")
-	l, err := OpenCRILog(path)
+	l, err := Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	out := l.Stream("stdout")
-	long := strings.Repeat("y", MaxLogLine)
+	long := strings.Repeat("y", MaxLine)
 	out.Write([]byte(long))
 	out.Close()
 	got, want := readLog(t, path), []string{"stdout P " + long, "stdout F "}
@@ -96,9 +96,9 @@ func TestCRILogClosesAnOpenLine(t *testing.T) {
 	}
 }
 
-// FuzzCRILogStream writes arbitrary bytes, in arbitrary chunks, to the
-// two streams of a CRI log (records at most maxLine long: small, to
-// exercise splitting, or MaxLogLine) and reads the file back: every
+// FuzzStreams writes arbitrary bytes, in arbitrary chunks, to the two
+// streams of a log (records at most maxLine long: small, to exercise
+// splitting, or MaxLine) and reads the file back: every
 // record must parse as <RFC3339Nano> <stream> <F|P> <text>, no text be
 // longer than the limit, and each stream's P records joined up to the
 // next F must give back exactly the bytes written to it, split at '\n'.
@@ -106,17 +106,17 @@ func TestCRILogClosesAnOpenLine(t *testing.T) {
 // cuts says how to split data: each byte is one chunk, of its low 6 bits
 // in length, for stderr if its high bit is set, else stdout; what cuts
 // leaves goes to stdout.
-func FuzzCRILogStream(f *testing.F) {
+func FuzzStreams(f *testing.F) {
 	f.Add([]byte("first\nsecond\n"), []byte{3, 0x82, 40}, uint16(0))
 	f.Add([]byte("no newline at end"), []byte{}, uint16(4))
 	f.Add([]byte("exactly8"), []byte{8}, uint16(7))
 	f.Add([]byte("\n\n\nx\n\xff\xfe\r\n"), []byte{1, 0x81, 1, 0x81, 2}, uint16(2))
-	f.Add([]byte(strings.Repeat("z", 3*MaxLogLine)+"\n"+strings.Repeat("w", MaxLogLine)), []byte{63, 0xbf}, uint16(0x8000))
+	f.Add([]byte(strings.Repeat("z", 3*MaxLine)+"\n"+strings.Repeat("w", MaxLine)), []byte{63, 0xbf}, uint16(0x8000))
 	dir := f.TempDir()
 	f.Fuzz(func(t *testing.T, data, cuts []byte, limit uint16) {
 		maxLine := int(limit%64) + 1
 		if limit&0x8000 != 0 {
-			maxLine = MaxLogLine
+			maxLine = MaxLine
 		} else if len(data) > 4<<10 {
 			// Thousands of records a run would only slow the fuzzer.
 			data = data[:4<<10]
@@ -128,12 +128,12 @@ func FuzzCRILogStream(f *testing.F) {
 		tmp.Close()
 		path := tmp.Name()
 		defer os.Remove(path)
-		l, err := OpenCRILog(path)
+		l, err := Open(path)
 		if err != nil {
 			t.Fatal(err)
 		}
 		l.maxLine = maxLine
-		streams := map[string]*LogStream{"stdout": l.Stream("stdout"), "stderr": l.Stream("stderr")}
+		streams := map[string]*Stream{"stdout": l.Stream("stdout"), "stderr": l.Stream("stderr")}
 		written := map[string][]byte{}
 		write := func(name string, p []byte) {
 			if n, err := streams[name].Write(p); n != len(p) || err != nil {
