@@ -2,34 +2,26 @@ package crilog
 
 import (
 	"bytes"
+	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
-	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
 
-var logLine = regexp.MustCompile(`^(\S+) (stdout|stderr) ([FP]) (.*)$`)
-
-// readLog parses a CRI log file into "stream text" lines, checking the
-// format of every record.
-func readLog(t *testing.T, path string) []string {
+// readRecords reads the log at path as "stream tag text" strings.
+func readRecords(t *testing.T, path string) []string {
 	t.Helper()
-	b, err := os.ReadFile(path)
+	recs, err := ReadFile(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		m := logLine.FindStringSubmatch(line)
-		if m == nil {
-			t.Fatalf("log line not in CRI format: %q", line)
-		}
-		if _, err := time.Parse(time.RFC3339Nano, m[1]); err != nil {
-			t.Fatalf("log timestamp %q: %v", m[1], err)
-		}
-		out = append(out, m[2]+" "+m[3]+" "+m[4])
+	out := make([]string, len(recs))
+	for i, r := range recs {
+		out[i] = r.String()
 	}
 	return out
 }
@@ -49,7 +41,7 @@ func TestSplitsLongLinesAndKeepsStreams(t *testing.T) {
 	out.Close()
 	errs.Close()
 
-	got := readLog(t, path)
+	got := readRecords(t, path)
 	want := []string{
 		"stdout F first",
 		"stderr F oops",
@@ -90,18 +82,173 @@ func TestClosesAnOpenLine(t *testing.T) {
 	long := strings.Repeat("y", MaxLine)
 	out.Write([]byte(long))
 	out.Close()
-	got, want := readLog(t, path), []string{"stdout P " + long, "stdout F "}
+	got, want := readRecords(t, path), []string{"stdout P " + long, "stdout F "}
 	if strings.Join(got, "\n") != strings.Join(want, "\n") {
 		t.Fatalf("log records:\n%s\nwant:\n%s", trunc(got), trunc(want))
 	}
 }
 
+// Open makes the log's directory, and appends to a file that is there:
+// a restarted container's log goes on.
+func TestOpenMakesTheDirectoryAndAppends(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pod", "c", "0.log")
+	for _, text := range []string{"first run\n", "second run\n"} {
+		l, err := Open(path)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s := l.Stream("stdout")
+		s.Write([]byte(text))
+		if err := s.Close(); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := readRecords(t, path); strings.Join(got, "|") != "stdout F first run|stdout F second run" {
+		t.Fatalf("log records %q", got)
+	}
+	st, err := os.Stat(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm()&^0o640 != 0 {
+		t.Errorf("log file mode %v: more than 0640", st.Mode().Perm())
+	}
+}
+
+// Rotation as kubelet does it: it renames the file, then asks for a
+// reopen. Records go to the old file before and to a new one after; the
+// file stays open until both streams are closed, and a closed log cannot
+// be reopened.
+func TestReopenAfterRename(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	l, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, errs := l.Stream("stdout"), l.Stream("stderr")
+	out.Write([]byte("before\n"))
+	rotated := path + ".1"
+	if err := os.Rename(path, rotated); err != nil {
+		t.Fatal(err)
+	}
+	out.Write([]byte("renamed\n"))
+	if err := l.Reopen(); err != nil {
+		t.Fatal(err)
+	}
+	out.Write([]byte("after\n"))
+	out.Close()
+	errs.Write([]byte("stderr still open\n"))
+	errs.Close()
+	if got := readRecords(t, rotated); strings.Join(got, "|") != "stdout F before|stdout F renamed" {
+		t.Errorf("rotated file: %q", got)
+	}
+	if got := readRecords(t, path); strings.Join(got, "|") != "stdout F after|stderr F stderr still open" {
+		t.Errorf("new file: %q", got)
+	}
+	if err := l.Reopen(); err == nil {
+		t.Error("reopened a closed log")
+	}
+}
+
+// The two streams of a container are written by two goroutines at once:
+// each record stays whole and each stream's lines in order.
+func TestStreamsWrittenAtOnce(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	l, err := Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const n = 500
+	var wg sync.WaitGroup
+	for _, name := range []string{"stdout", "stderr"} {
+		wg.Add(1)
+		go func(s *Stream) {
+			defer wg.Done()
+			defer s.Close()
+			for i := range n {
+				fmt.Fprintf(s, "%s line %d\n", name, i)
+			}
+		}(l.Stream(name))
+	}
+	wg.Wait()
+	recs, err := ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range []string{"stdout", "stderr"} {
+		lines := Lines(recs, name)
+		if len(lines) != n {
+			t.Fatalf("%s: %d lines, want %d", name, len(lines), n)
+		}
+		for i, line := range lines {
+			if want := fmt.Sprintf("%s line %d", name, i); line != want {
+				t.Fatalf("%s line %d is %q", name, i, line)
+			}
+		}
+	}
+}
+
+func TestParse(t *testing.T) {
+	recs, err := Parse([]byte("2024-05-01T10:00:00.123456789Z stdout P ab\n" +
+		"2024-05-01T10:00:00.2Z stderr F \n" +
+		"2024-05-01T12:00:00+02:00 stdout F c d \n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []Record{
+		{time.Date(2024, 5, 1, 10, 0, 0, 123456789, time.UTC), "stdout", true, "ab"},
+		{time.Date(2024, 5, 1, 10, 0, 0, 200000000, time.UTC), "stderr", false, ""},
+		{time.Date(2024, 5, 1, 10, 0, 0, 0, time.UTC), "stdout", false, "c d "},
+	}
+	if len(recs) != len(want) {
+		t.Fatalf("records %+v", recs)
+	}
+	for i := range want {
+		if !recs[i].Time.Equal(want[i].Time) || recs[i].Stream != want[i].Stream || recs[i].Partial != want[i].Partial || recs[i].Text != want[i].Text {
+			t.Errorf("record %d = %+v, want %+v", i, recs[i], want[i])
+		}
+	}
+	if got := Lines(recs, "stdout"); strings.Join(got, "|") != "abc d " {
+		t.Errorf("stdout lines %q", got)
+	}
+	if got := Lines(recs, "stderr"); len(got) != 1 || got[0] != "" {
+		t.Errorf("stderr lines %q", got)
+	}
+	if recs, err := Parse(nil); recs != nil || err != nil {
+		t.Errorf("empty log: %v, %v", recs, err)
+	}
+
+	for name, log := range map[string]string{
+		"no newline":   "2024-05-01T10:00:00Z stdout F cut",
+		"no text":      "2024-05-01T10:00:00Z stdout F\n",
+		"no tag":       "2024-05-01T10:00:00Z stdout\n",
+		"bad time":     "yesterday stdout F x\n",
+		"bad stream":   "2024-05-01T10:00:00Z stdin F x\n",
+		"bad tag":      "2024-05-01T10:00:00Z stdout X x\n",
+		"empty record": "2024-05-01T10:00:00Z stdout F ok\n\n",
+	} {
+		if _, err := Parse([]byte(log)); err == nil {
+			t.Errorf("%s: parsed %q", name, log)
+		}
+	}
+	if _, err := ReadFile(filepath.Join(t.TempDir(), "none")); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("missing file: %v", err)
+	}
+}
+
+// A line begun by P records and not ended is no line yet.
+func TestLinesLeaveOutAnOpenLine(t *testing.T) {
+	recs := []Record{{Stream: "stdout", Text: "done"}, {Stream: "stdout", Partial: true, Text: "half"}}
+	if got := Lines(recs, "stdout"); len(got) != 1 || got[0] != "done" {
+		t.Fatalf("lines %q", got)
+	}
+}
+
 // FuzzStreams writes arbitrary bytes, in arbitrary chunks, to the two
 // streams of a log (records at most maxLine long: small, to exercise
-// splitting, or MaxLine) and reads the file back: every
-// record must parse as <RFC3339Nano> <stream> <F|P> <text>, no text be
-// longer than the limit, and each stream's P records joined up to the
-// next F must give back exactly the bytes written to it, split at '\n'.
+// splitting, or MaxLine) and reads the file back: it must parse, no text
+// be longer than the limit, no stream end on a P record, and each
+// stream's lines must be exactly the bytes written to it, split at '\n'.
 //
 // cuts says how to split data: each byte is one chunk, of its low 6 bits
 // in length, for stderr if its high bit is set, else stdout; what cuts
@@ -158,57 +305,31 @@ func FuzzStreams(f *testing.F) {
 			}
 		}
 
-		b, err := os.ReadFile(path)
+		recs, err := ReadFile(path)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if len(b) > 0 && b[len(b)-1] != '\n' {
-			t.Fatalf("log does not end with a newline: %q", b)
-		}
-		lines, open := map[string][][]byte{}, map[string][]byte{}
-		for _, rec := range bytes.Split(bytes.TrimSuffix(b, []byte("\n")), []byte("\n")) {
-			if len(b) == 0 {
-				break
+		last := map[string]Record{}
+		for _, r := range recs {
+			if len(r.Text) > maxLine {
+				t.Fatalf("record of %d bytes, over %d", len(r.Text), maxLine)
 			}
-			ts, rest, ok1 := bytes.Cut(rec, []byte(" "))
-			name, rest, ok2 := bytes.Cut(rest, []byte(" "))
-			tag, text, ok3 := bytes.Cut(rest, []byte(" "))
-			if !ok1 || !ok2 || !ok3 {
-				t.Fatalf("record %q is not <time> <stream> <tag> <text>", rec)
-			}
-			if _, err := time.Parse(time.RFC3339Nano, string(ts)); err != nil {
-				t.Fatalf("record %q: time: %v", rec, err)
-			}
-			if streams[string(name)] == nil {
-				t.Fatalf("record %q: stream %q", rec, name)
-			}
-			if len(text) > maxLine {
-				t.Fatalf("record of %d bytes, over %d", len(text), maxLine)
-			}
-			switch string(tag) {
-			case "P":
-				open[string(name)] = append(open[string(name)], text...)
-			case "F":
-				lines[string(name)] = append(lines[string(name)], append(open[string(name)], text...))
-				open[string(name)] = nil
-			default:
-				t.Fatalf("record %q: tag %q", rec, tag)
-			}
+			last[r.Stream] = r
 		}
 		for name := range streams {
-			if len(open[name]) != 0 {
-				t.Fatalf("%s: P records without an F: %q", name, open[name])
+			if last[name].Partial {
+				t.Fatalf("%s ends on a P record: %q", name, last[name].Text)
 			}
 			want := bytes.Split(written[name], []byte("\n"))
 			if len(want[len(want)-1]) == 0 {
 				want = want[:len(want)-1]
 			}
-			got := lines[name]
+			got := Lines(recs, name)
 			if len(got) != len(want) {
 				t.Fatalf("%s: %d lines read back, %d written (%q, %q)", name, len(got), len(want), got, want)
 			}
 			for i := range want {
-				if !bytes.Equal(got[i], want[i]) {
+				if got[i] != string(want[i]) {
 					t.Fatalf("%s line %d: read back %q, written %q", name, i, got[i], want[i])
 				}
 			}
