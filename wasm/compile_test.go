@@ -126,7 +126,7 @@ func TestCompileLimits(t *testing.T) {
 		t.Errorf("cache after running out of memory: %q", names)
 	}
 	// And this process compiles and runs modules as before.
-	runPrint(t, newRuntime(t, t.TempDir()))
+	runPrint(t, newRuntimeIn(t, t.TempDir()))
 }
 
 // A caller giving up kills the compilation it alone waits for; one that
@@ -263,13 +263,13 @@ func benchCompile(b *testing.B, module []byte) {
 // start-up removes it and keeps the finished artifacts.
 func TestCrashLeftoverCompilesReclaimed(t *testing.T) {
 	cache := t.TempDir()
-	r := newRuntime(t, cache)
+	r := newRuntimeIn(t, cache)
 	c := prepare(t, r, testmodule.Wat(t, testmodule.Print))
 	leftover := filepath.Join(filepath.Dir(c.Path), ".compiling-123456")
 	if err := os.WriteFile(leftover, []byte("half an artifact"), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	newRuntime(t, cache)
+	newRuntimeIn(t, cache)
 	if _, err := os.Stat(leftover); !os.IsNotExist(err) {
 		t.Fatalf("leftover compile kept: %v", err)
 	}

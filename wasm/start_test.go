@@ -73,7 +73,7 @@ func pollUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
 }
 
 func TestStartSectionThatNeverReturnsIsStoppable(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	c := prepare(t, r, testmodule.Wat(t, testmodule.StartSpin))
 	inst := startWithin(t, r, c, Spec{Args: []string{"spin"}}, 10*time.Second)
 	// Running: its thread burns CPU in the start section.
@@ -93,7 +93,7 @@ func TestStartSectionThatNeverReturnsIsStoppable(t *testing.T) {
 // ends it with none of the module's code run. The same module, not
 // stopped, shows the start section's output reaches stdout.
 func TestStopBeforeInstantiationRunsNothing(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	c := prepare(t, r, testmodule.Wat(t, startPrintThenSpin))
 	arrived, release := make(chan *Instance, 1), make(chan struct{})
 	r.beforeInstantiate = func(i *Instance) {
@@ -131,7 +131,7 @@ func TestStopBeforeInstantiationRunsNothing(t *testing.T) {
 // The CPU cap holds the start section: a capped instance spinning there
 // gets its quota, an uncapped one more.
 func TestCPUCapAppliesToStartSection(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	if r.CPUCapsUnavailable != nil {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
@@ -150,7 +150,7 @@ func TestCPUCapAppliesToStartSection(t *testing.T) {
 // What the start section does ends the instance as _start doing it would;
 // a module whose initial memory is over its limit is out of memory.
 func TestStartSectionOutcomesAreResults(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	for _, tc := range []struct {
 		name, wat string
 		limits    Limits

@@ -18,7 +18,41 @@ import (
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
-func newRuntime(t *testing.T, dir string) *Runtime {
+// sharedCache is the compile cache of every test that is not about the
+// cache or compiling: made on first use, one for the whole test binary, so
+// the Go test module (megabytes, seconds to compile) is compiled once and
+// not once a test. NewRuntime reclaims the leftover compiles of its cache
+// directory, so tests on this one must not run in parallel.
+var sharedCache struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// TestMain removes the shared compile cache at the end. (A compiler
+// process, this binary run again, never gets here: the package's init
+// turns it into the compiler before any test code runs.)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if sharedCache.dir != "" {
+		os.RemoveAll(sharedCache.dir)
+	}
+	os.Exit(code)
+}
+
+// newRuntime is a runtime on the shared compile cache.
+func newRuntime(t *testing.T) *Runtime {
+	t.Helper()
+	sharedCache.once.Do(func() { sharedCache.dir, sharedCache.err = os.MkdirTemp("", "wasmcri-wasm-test-cache-") })
+	if sharedCache.err != nil {
+		t.Fatal(sharedCache.err)
+	}
+	return newRuntimeIn(t, sharedCache.dir)
+}
+
+// newRuntimeIn is a runtime with its compile cache in dir: for tests of
+// the cache or of compiling, which need a cache of their own.
+func newRuntimeIn(t *testing.T, dir string) *Runtime {
 	t.Helper()
 	r, err := NewRuntime(dir, Options{})
 	if err != nil {
@@ -107,7 +141,7 @@ func waitOutput(t *testing.T, stream *syncBuffer, text string) {
 }
 
 func TestRunGoModuleWithArgsEnvAndWorkingDir(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	root := t.TempDir()
 	if err := os.Mkdir(filepath.Join(root, "srv"), 0o755); err != nil {
 		t.Fatal(err)
@@ -140,7 +174,7 @@ func TestRunGoModuleWithArgsEnvAndWorkingDir(t *testing.T) {
 }
 
 func TestExitCodeAndTrap(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "exit", "42"}})
 	if res := wait(t, inst, 10*time.Second); res.ExitCode != 42 || res.Trap != "" {
 		t.Fatalf("exit 42: result = %+v", res)
@@ -167,7 +201,7 @@ func TestExitCodeAndTrap(t *testing.T) {
 // Stop must end an instance whether it runs code or sleeps in the host,
 // and must not touch any other instance.
 func TestStopInterruptsOnlyItsInstance(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	hello := testmodule.Hello(t)
 	bystander, bystanderOut := run(t, r, hello, Spec{Args: []string{"hello", "sleep-forever"}})
 	for _, tc := range []struct {
@@ -209,7 +243,7 @@ func TestStopInterruptsOnlyItsInstance(t *testing.T) {
 }
 
 func TestSleepKeepsTime(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
 	time.Sleep(time.Second)
 	inst.Stop()
@@ -223,14 +257,14 @@ func TestSleepKeepsTime(t *testing.T) {
 func TestCompileCache(t *testing.T) {
 	dir := t.TempDir()
 	module := testmodule.Wat(t, testmodule.Print)
-	r := newRuntime(t, dir)
+	r := newRuntimeIn(t, dir)
 	if c := prepare(t, r, module); !c.Fresh {
 		t.Fatal("first Prepare did not compile")
 	}
 	if c := prepare(t, r, module); c.Fresh {
 		t.Fatal("second Prepare compiled again")
 	}
-	r2 := newRuntime(t, dir)
+	r2 := newRuntimeIn(t, dir)
 	c := prepare(t, r2, module)
 	if c.Fresh {
 		t.Fatal("a new runtime over the same cache compiled again")
@@ -262,7 +296,7 @@ func TestCompileCache(t *testing.T) {
 }
 
 func TestStartRefusesWhatCannotRun(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	for name, tc := range map[string]struct{ wat, says string }{
 		"no _start":      {testmodule.NoStart, "_start"},
 		"unknown import": {testmodule.UnknownImport, "launch_missiles"},
@@ -299,7 +333,7 @@ func TestWasmtimeVersionMatchesGoMod(t *testing.T) {
 }
 
 func TestStdin(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: strings.NewReader("line one\nline two\n")})
 	if res := wait(t, inst, 10*time.Second); res.ExitCode != 0 {
 		t.Fatalf("result = %+v", res)
@@ -320,7 +354,7 @@ func TestStdin(t *testing.T) {
 }
 
 func TestStatsReportCPUAndMemory(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	hello := testmodule.Hello(t)
 	holder, holderOut := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "20"}})
 	spinner, _ := run(t, r, hello, Spec{Args: []string{"hello", "spin"}})
@@ -349,7 +383,7 @@ func TestStatsReportCPUAndMemory(t *testing.T) {
 }
 
 func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	hello := testmodule.Hello(t)
 	limited, _ := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}, Limits: Limits{MemoryBytes: 32 << 20}})
 	free, freeOut := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}})
@@ -393,7 +427,7 @@ func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
 }
 
 func TestCPUQuotaThrottles(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	if r.CPUCapsUnavailable != nil {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}

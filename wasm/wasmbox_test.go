@@ -13,7 +13,7 @@ import (
 // The conformance test program, run as critest runs it: a shell that the
 // CRI conformance scripts need, and busybox's wording of errors.
 func TestWasmboxRunsCritestScripts(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	box := testmodule.Wasmbox(t)
 	root, ro := t.TempDir(), t.TempDir()
 	os.MkdirAll(filepath.Join(ro, "sub"), 0o755)
