@@ -76,7 +76,7 @@ test: lint $(TOOLS)
 # Every fuzz target, as package:Name; `make fuzz` fails if one is missing.
 FUZZ_TARGETS := ./config:FuzzParse \
   ./image:FuzzUnpackLayers ./image:FuzzApplyEntries ./image:FuzzManifest ./image:FuzzImportLayout \
-  ./wasm:FuzzExportMemoriesAndTables ./wasm:FuzzCRILogStream
+  ./wasm:FuzzExportMemoriesAndTables ./internal/crilog:FuzzStreams
 FUZZTIME ?= 10s
 
 ## fuzz: each fuzz target for FUZZTIME (their seed corpora also run in `make test`);

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/internal/crilog"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 	"github.com/wasmcri/wasmcri/wasm"
 )
@@ -116,7 +117,7 @@ func (m *Manager) startRun(ctx context.Context, c *Container) (_ *live, err erro
 	l := &live{pre: pre, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
 	stdout, stderr := tee{hub: l.stdout}, tee{hub: l.stderr}
 	if c.LogPath != "" {
-		if l.log, err = wasm.OpenCRILog(c.LogPath); err != nil {
+		if l.log, err = crilog.Open(c.LogPath); err != nil {
 			return nil, fmt.Errorf("open log: %w", err)
 		}
 		stdout.log, stderr.log = l.log.Stream("stdout"), l.log.Stream("stderr")

@@ -3,6 +3,7 @@ package sandbox
 import (
 	"sync"
 
+	"github.com/wasmcri/wasmcri/internal/crilog"
 	"github.com/wasmcri/wasmcri/wasm"
 )
 
@@ -42,7 +43,7 @@ type live struct {
 	pre   *preopens
 	files []fileMount
 	// log is the CRI log, for ReopenContainerLog; nil without a log path.
-	log *wasm.CRILog
+	log *crilog.Log
 	// stdout and stderr fan output out to attached clients; stdin, when
 	// the config asks for stdin, takes their input.
 	stdout, stderr *outputHub

@@ -9,7 +9,10 @@ import (
 )
 
 // BenchmarkStartTiny is one instance of a tiny cached module, start to
-// exit, with output pipes and a CRI log: what StartContainer pays in wasm.
+// exit, with its output pipes: what StartContainer pays in wasm. The
+// streams go to discard, not nil (no pipes at all) and not a real log: the
+// pipes and their copiers are the engine's cost, what the caller does with
+// the bytes (the container log, in the sandbox) is not.
 func BenchmarkStartTiny(b *testing.B) {
 	r, err := NewRuntime(b.TempDir(), Options{})
 	if err != nil {
@@ -21,16 +24,18 @@ func BenchmarkStartTiny(b *testing.B) {
 	if err != nil {
 		b.Fatal(err)
 	}
-	l, err := OpenCRILog(b.TempDir() + "/log")
-	if err != nil {
-		b.Fatal(err)
-	}
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
-		inst, err := r.Start(c, Spec{ID: "bench", Args: []string{"x"}, Stdout: l.Stream("stdout"), Stderr: l.Stream("stderr")})
+		inst, err := r.Start(c, Spec{ID: "bench", Args: []string{"x"}, Stdout: discard{}, Stderr: discard{}})
 		if err != nil {
 			b.Fatal(err)
 		}
 		<-inst.Done()
 	}
 }
+
+// discard takes an output stream and keeps nothing.
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }
+func (discard) Close() error                { return nil }

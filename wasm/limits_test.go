@@ -9,6 +9,7 @@ import (
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
+// newRuntimeWith is a runtime with opts and a compile cache of its own.
 func newRuntimeWith(t *testing.T, opts Options) *Runtime {
 	t.Helper()
 	r, err := NewRuntime(t.TempDir(), opts)
@@ -49,7 +50,7 @@ func TestTableBombStopsAtItsShare(t *testing.T) {
 
 // Stats count every memory and table, exported or not, at instantiation.
 func TestStatsCountHiddenMemoriesAndTables(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	module := testmodule.Wat(t, `(module
   (memory (export "memory") 1)
   (memory 32)
@@ -68,7 +69,7 @@ func TestStatsCountHiddenMemoriesAndTables(t *testing.T) {
 
 func TestManyMemoriesShareTheLimit(t *testing.T) {
 	const limit = 64 << 20
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 
 	inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, testmodule.ManyMemories(50, 1))), Spec{Limits: Limits{MemoryBytes: limit}}, 10*time.Second)
 	res := wait(t, inst, 20*time.Second)
@@ -122,7 +123,7 @@ func TestMemory64IsBounded(t *testing.T) {
 
 // A store admits one instance: the one Start makes.
 func TestStoreAdmitsOneInstance(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	ld, err := r.load(prepare(t, r, testmodule.Wat(t, testmodule.Print)))
 	if err != nil {
 		t.Fatal(err)
@@ -161,7 +162,7 @@ const sleepingTableGrower = `(module
 // SetLimits applies to tables too: lowering the limit under what a table
 // holds stops its growth.
 func TestSetLimitsBoundsTables(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	inst := startWithin(t, r, prepare(t, r, testmodule.Wat(t, sleepingTableGrower)), Spec{}, 10*time.Second)
 	pollUntil(t, 20*time.Second, "table over 2 MiB", func() bool { return inst.Stats().MemoryBytes > 2<<20 })
 	at := inst.Stats().MemoryBytes

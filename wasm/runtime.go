@@ -1,8 +1,9 @@
 // Package wasm runs WebAssembly modules on wasmtime: it compiles each module
 // once into an on-disk cache (in a child process, under time and memory
-// limits), and runs instances under WASI preview1 with their output in CRI
-// log files, a memory limit that bounds all their memories and tables, and
-// a stop that interrupts only them, from the moment they are started.
+// limits), and runs instances under WASI preview1 with their output
+// copied to the caller's writers, a memory limit that bounds all their
+// memories and tables, and a stop that interrupts only them, from the
+// moment they are started.
 package wasm
 
 import (

@@ -1,10 +1,8 @@
 package wasm
 
 import (
-	"bytes"
 	"errors"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -25,26 +23,6 @@ const startPrintThenSpin = `(module
     (loop (br 0)))
   (start $start)
   (func (export "_start")))`
-
-// syncBuffer is an output stream the test reads while the instance writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Close() error { return nil }
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // startWithin calls Start and fails the test if it does not return within
 // d: a Start that runs module code may never return.
@@ -73,20 +51,29 @@ func startWithin(t *testing.T, r *Runtime, c Compiled, spec Spec, d time.Duratio
 	}
 }
 
-// pollUntil polls cond until it holds or the deadline passes.
-func pollUntil(t *testing.T, within time.Duration, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(within)
+// poll polls cond until it holds, and says whether it did within d.
+func poll(d time.Duration, cond func() bool) bool {
+	deadline := time.Now().Add(d)
 	for !cond() {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: not within %v", what, within)
+			return false
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+	return true
+}
+
+// pollUntil polls cond until it holds, and fails the test if it does not
+// within d.
+func pollUntil(t *testing.T, d time.Duration, what string, cond func() bool) {
+	t.Helper()
+	if !poll(d, cond) {
+		t.Fatalf("%s: not within %v", what, d)
 	}
 }
 
 func TestStartSectionThatNeverReturnsIsStoppable(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	c := prepare(t, r, testmodule.Wat(t, testmodule.StartSpin))
 	inst := startWithin(t, r, c, Spec{Args: []string{"spin"}}, 10*time.Second)
 	// Running: its thread burns CPU in the start section.
@@ -106,7 +93,7 @@ func TestStartSectionThatNeverReturnsIsStoppable(t *testing.T) {
 // ends it with none of the module's code run. The same module, not
 // stopped, shows the start section's output reaches stdout.
 func TestStopBeforeInstantiationRunsNothing(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	c := prepare(t, r, testmodule.Wat(t, startPrintThenSpin))
 	arrived, release := make(chan *Instance, 1), make(chan struct{})
 	r.beforeInstantiate = func(i *Instance) {
@@ -144,7 +131,7 @@ func TestStopBeforeInstantiationRunsNothing(t *testing.T) {
 // The CPU cap holds the start section: a capped instance spinning there
 // gets its quota, an uncapped one more.
 func TestCPUCapAppliesToStartSection(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	if r.CPUCapsUnavailable != nil {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
@@ -163,7 +150,7 @@ func TestCPUCapAppliesToStartSection(t *testing.T) {
 // What the start section does ends the instance as _start doing it would;
 // a module whose initial memory is over its limit is out of memory.
 func TestStartSectionOutcomesAreResults(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	for _, tc := range []struct {
 		name, wat string
 		limits    Limits

@@ -1,14 +1,16 @@
 package wasm
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"io"
 	"os"
 	"path/filepath"
-	"regexp"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -16,7 +18,41 @@ import (
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
-func newRuntime(t *testing.T, dir string) *Runtime {
+// sharedCache is the compile cache of every test that is not about the
+// cache or compiling: made on first use, one for the whole test binary, so
+// the Go test module (megabytes, seconds to compile) is compiled once and
+// not once a test. NewRuntime reclaims the leftover compiles of its cache
+// directory, so tests on this one must not run in parallel.
+var sharedCache struct {
+	once sync.Once
+	dir  string
+	err  error
+}
+
+// TestMain removes the shared compile cache at the end. (A compiler
+// process, this binary run again, never gets here: the package's init
+// turns it into the compiler before any test code runs.)
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if sharedCache.dir != "" {
+		os.RemoveAll(sharedCache.dir)
+	}
+	os.Exit(code)
+}
+
+// newRuntime is a runtime on the shared compile cache.
+func newRuntime(t *testing.T) *Runtime {
+	t.Helper()
+	sharedCache.once.Do(func() { sharedCache.dir, sharedCache.err = os.MkdirTemp("", "wasmcri-wasm-test-cache-") })
+	if sharedCache.err != nil {
+		t.Fatal(sharedCache.err)
+	}
+	return newRuntimeIn(t, sharedCache.dir)
+}
+
+// newRuntimeIn is a runtime with its compile cache in dir: for tests of
+// the cache or of compiling, which need a cache of their own.
+func newRuntimeIn(t *testing.T, dir string) *Runtime {
 	t.Helper()
 	r, err := NewRuntime(dir, Options{})
 	if err != nil {
@@ -35,22 +71,18 @@ func prepare(t *testing.T, r *Runtime, module []byte) Compiled {
 	return c
 }
 
-// run starts module with args and returns the instance and its log path.
-func run(t *testing.T, r *Runtime, module []byte, spec Spec) (*Instance, string) {
+// run starts module with spec, its output captured, and returns the
+// instance and its output.
+func run(t *testing.T, r *Runtime, module []byte, spec Spec) (*Instance, *output) {
 	t.Helper()
-	dir := t.TempDir()
-	logPath := filepath.Join(dir, "logs", "0.log")
-	l, err := OpenCRILog(logPath)
-	if err != nil {
-		t.Fatal(err)
-	}
-	spec.Stdout, spec.Stderr = l.Stream("stdout"), l.Stream("stderr")
+	out := &output{}
+	spec.Stdout, spec.Stderr = &out.stdout, &out.stderr
 	inst, err := r.Start(prepare(t, r, module), spec)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { inst.Stop(); <-inst.Done() })
-	return inst, logPath
+	return inst, out
 }
 
 func wait(t *testing.T, inst *Instance, within time.Duration) Result {
@@ -64,46 +96,57 @@ func wait(t *testing.T, inst *Instance, within time.Duration) Result {
 	}
 }
 
-var logLine = regexp.MustCompile(`^(\S+) (stdout|stderr) ([FP]) (.*)$`)
+// output is an instance's stdout and stderr, each kept apart.
+type output struct{ stdout, stderr syncBuffer }
 
-// readLog parses a CRI log file into "stream text" lines, checking the
-// format of every record.
-func readLog(t *testing.T, path string) []string {
-	t.Helper()
-	b, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatal(err)
-	}
-	var out []string
-	for _, line := range strings.Split(strings.TrimSuffix(string(b), "\n"), "\n") {
-		m := logLine.FindStringSubmatch(line)
-		if m == nil {
-			t.Fatalf("log line not in CRI format: %q", line)
-		}
-		if _, err := time.Parse(time.RFC3339Nano, m[1]); err != nil {
-			t.Fatalf("log timestamp %q: %v", m[1], err)
-		}
-		out = append(out, m[2]+" "+m[3]+" "+m[4])
-	}
-	return out
+// syncBuffer is an output stream the test reads while the instance writes.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
 }
 
-func contains(lines []string, want string) bool {
-	for _, l := range lines {
-		if l == want {
-			return true
-		}
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) Close() error { return nil }
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// lines are the lines written so far, a last one without its newline
+// left out.
+func (b *syncBuffer) lines() []string {
+	s := b.String()
+	if i := strings.LastIndexByte(s, '\n'); i >= 0 {
+		return strings.Split(s[:i], "\n")
 	}
-	return false
+	return nil
+}
+
+// has says whether a line of exactly text has been written.
+func (b *syncBuffer) has(text string) bool { return slices.Contains(b.lines(), text) }
+
+// waitOutput waits until stream has a line of exactly text.
+func waitOutput(t *testing.T, stream *syncBuffer, text string) {
+	t.Helper()
+	if !poll(20*time.Second, func() bool { return stream.has(text) }) {
+		t.Fatalf("the output never had the line %q:\n%s", text, stream.String())
+	}
 }
 
 func TestRunGoModuleWithArgsEnvAndWorkingDir(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	root := t.TempDir()
 	if err := os.Mkdir(filepath.Join(root, "srv"), 0o755); err != nil {
 		t.Fatal(err)
 	}
-	inst, logPath := run(t, r, testmodule.Hello(t), Spec{
+	inst, out := run(t, r, testmodule.Hello(t), Spec{
 		Args:       []string{"hello", "one", "two words"},
 		Env:        []string{"GREETING=hi", "EMPTY="},
 		WorkingDir: "/srv",
@@ -113,29 +156,31 @@ func TestRunGoModuleWithArgsEnvAndWorkingDir(t *testing.T) {
 	if res.ExitCode != 0 || res.Trap != "" || res.Stopped {
 		t.Fatalf("result = %+v", res)
 	}
-	lines := readLog(t, logPath)
-	for _, want := range []string{
-		"stdout F Hello from WebAssembly!",
-		`stdout F args: ["hello" "one" "two words"]`,
-		"stdout F env: GREETING=hi",
-		"stdout F env: EMPTY=",
-		"stdout F cwd: /srv",
-		"stderr F this line went to stderr",
+	for _, want := range []struct {
+		stream *syncBuffer
+		text   string
+	}{
+		{&out.stdout, "Hello from WebAssembly!"},
+		{&out.stdout, `args: ["hello" "one" "two words"]`},
+		{&out.stdout, "env: GREETING=hi"},
+		{&out.stdout, "env: EMPTY="},
+		{&out.stdout, "cwd: /srv"},
+		{&out.stderr, "this line went to stderr"},
 	} {
-		if !contains(lines, want) {
-			t.Errorf("log lacks %q:\n%s", want, strings.Join(lines, "\n"))
+		if !want.stream.has(want.text) {
+			t.Errorf("line %q missing; stdout:\n%s\nstderr:\n%s", want.text, out.stdout.String(), out.stderr.String())
 		}
 	}
 }
 
 func TestExitCodeAndTrap(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
-	inst, logPath := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "exit", "42"}})
+	r := newRuntime(t)
+	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "exit", "42"}})
 	if res := wait(t, inst, 10*time.Second); res.ExitCode != 42 || res.Trap != "" {
 		t.Fatalf("exit 42: result = %+v", res)
 	}
-	if lines := readLog(t, logPath); !contains(lines, "stderr F exiting with 42") {
-		t.Errorf("log = %q", lines)
+	if !out.stderr.has("exiting with 42") {
+		t.Errorf("stderr = %q", out.stderr.String())
 	}
 
 	inst, _ = run(t, r, testmodule.Wat(t, testmodule.Trap), Spec{Args: []string{"trap"}})
@@ -144,21 +189,21 @@ func TestExitCodeAndTrap(t *testing.T) {
 		t.Fatalf("trap: result = %+v", res)
 	}
 
-	inst, logPath = run(t, r, testmodule.Wat(t, testmodule.Print), Spec{Args: []string{"print"}})
+	inst, out = run(t, r, testmodule.Wat(t, testmodule.Print), Spec{Args: []string{"print"}})
 	if res := wait(t, inst, 5*time.Second); res.ExitCode != 0 {
 		t.Fatalf("print: result = %+v", res)
 	}
-	if lines := readLog(t, logPath); len(lines) != 1 || lines[0] != "stdout F hi from wat" {
-		t.Errorf("print log = %q", lines)
+	if out.stdout.String() != "hi from wat\n" || out.stderr.String() != "" {
+		t.Errorf("print: stdout %q, stderr %q", out.stdout.String(), out.stderr.String())
 	}
 }
 
 // Stop must end an instance whether it runs code or sleeps in the host,
 // and must not touch any other instance.
 func TestStopInterruptsOnlyItsInstance(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	hello := testmodule.Hello(t)
-	bystander, bystanderLog := run(t, r, hello, Spec{Args: []string{"hello", "sleep-forever"}})
+	bystander, bystanderOut := run(t, r, hello, Spec{Args: []string{"hello", "sleep-forever"}})
 	for _, tc := range []struct {
 		name   string
 		module []byte
@@ -190,21 +235,21 @@ func TestStopInterruptsOnlyItsInstance(t *testing.T) {
 		t.Fatalf("stopping others ended the bystander: %+v", bystander.Result())
 	default:
 	}
-	before := len(readLog(t, bystanderLog))
+	before := len(bystanderOut.stdout.lines())
 	time.Sleep(300 * time.Millisecond)
-	if after := len(readLog(t, bystanderLog)); after <= before {
+	if after := len(bystanderOut.stdout.lines()); after <= before {
 		t.Fatalf("bystander stopped ticking: %d -> %d lines", before, after)
 	}
 }
 
 func TestSleepKeepsTime(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
-	inst, logPath := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
+	r := newRuntime(t)
+	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
 	time.Sleep(time.Second)
 	inst.Stop()
 	wait(t, inst, 2*time.Second)
 	// 100ms ticks for a second: about 10, never a busy loop's thousands.
-	if n := len(readLog(t, logPath)); n < 3 || n > 15 {
+	if n := len(out.stdout.lines()); n < 3 || n > 15 {
 		t.Fatalf("%d ticks in one second of 100ms sleeps", n)
 	}
 }
@@ -212,14 +257,14 @@ func TestSleepKeepsTime(t *testing.T) {
 func TestCompileCache(t *testing.T) {
 	dir := t.TempDir()
 	module := testmodule.Wat(t, testmodule.Print)
-	r := newRuntime(t, dir)
+	r := newRuntimeIn(t, dir)
 	if c := prepare(t, r, module); !c.Fresh {
 		t.Fatal("first Prepare did not compile")
 	}
 	if c := prepare(t, r, module); c.Fresh {
 		t.Fatal("second Prepare compiled again")
 	}
-	r2 := newRuntime(t, dir)
+	r2 := newRuntimeIn(t, dir)
 	c := prepare(t, r2, module)
 	if c.Fresh {
 		t.Fatal("a new runtime over the same cache compiled again")
@@ -251,7 +296,7 @@ func TestCompileCache(t *testing.T) {
 }
 
 func TestStartRefusesWhatCannotRun(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	for name, tc := range map[string]struct{ wat, says string }{
 		"no _start":      {testmodule.NoStart, "_start"},
 		"unknown import": {testmodule.UnknownImport, "launch_missiles"},
@@ -288,13 +333,13 @@ func TestWasmtimeVersionMatchesGoMod(t *testing.T) {
 }
 
 func TestStdin(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
-	inst, logPath := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: strings.NewReader("line one\nline two\n")})
+	r := newRuntime(t)
+	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: strings.NewReader("line one\nline two\n")})
 	if res := wait(t, inst, 10*time.Second); res.ExitCode != 0 {
 		t.Fatalf("result = %+v", res)
 	}
-	if lines := readLog(t, logPath); strings.Join(lines, "|") != "stdout F line one|stdout F line two" {
-		t.Fatalf("echoed %q", lines)
+	if out.stdout.String() != "line one\nline two\n" || out.stderr.String() != "" {
+		t.Fatalf("echoed %q, stderr %q", out.stdout.String(), out.stderr.String())
 	}
 
 	// A module blocked reading a stdin that never ends still stops.
@@ -309,11 +354,11 @@ func TestStdin(t *testing.T) {
 }
 
 func TestStatsReportCPUAndMemory(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	hello := testmodule.Hello(t)
-	holder, holderLog := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "20"}})
+	holder, holderOut := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "20"}})
 	spinner, _ := run(t, r, hello, Spec{Args: []string{"hello", "spin"}})
-	waitLog(t, holderLog, "holding 20 MiB")
+	waitOutput(t, &holderOut.stdout, "holding 20 MiB")
 	time.Sleep(500 * time.Millisecond)
 	if st := holder.Stats(); st.MemoryBytes < 20<<20 || st.MemoryBytes > 64<<20 {
 		t.Errorf("holder memory = %d bytes, want about 20 MiB", st.MemoryBytes)
@@ -338,15 +383,15 @@ func TestStatsReportCPUAndMemory(t *testing.T) {
 }
 
 func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	hello := testmodule.Hello(t)
 	limited, _ := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}, Limits: Limits{MemoryBytes: 32 << 20}})
-	free, freeLog := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}})
+	free, freeOut := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "100"}})
 	res := wait(t, limited, 20*time.Second)
 	if !res.OOM || res.ExitCode != 137 {
 		t.Fatalf("over its limit: %+v", res)
 	}
-	waitLog(t, freeLog, "holding 100 MiB")
+	waitOutput(t, &freeOut.stdout, "holding 100 MiB")
 	select {
 	case <-free.Done():
 		t.Fatalf("the unlimited neighbour ended: %+v", free.Result())
@@ -367,8 +412,8 @@ func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
 	}
 
 	// A limit set while running applies from the next host call.
-	inst, logPath := run(t, r, hello, Spec{Args: []string{"hello", "alloc-slowly"}})
-	waitLog(t, logPath, "holding 20 MiB")
+	inst, out := run(t, r, hello, Spec{Args: []string{"hello", "alloc-slowly"}})
+	waitOutput(t, &out.stdout, "holding 20 MiB")
 	if err := inst.SetLimits(Limits{MemoryBytes: 48 << 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -376,13 +421,13 @@ func TestMemoryLimitIsOOMAndOnlyForItsInstance(t *testing.T) {
 	if !res.OOM {
 		t.Fatalf("after lowering the limit: %+v", res)
 	}
-	if lines := readLog(t, logPath); contains(lines, "stdout F holding 60 MiB") {
-		t.Fatalf("the module passed its new limit:\n%s", strings.Join(lines, "\n"))
+	if out.stdout.has("holding 60 MiB") {
+		t.Fatalf("the module passed its new limit:\n%s", out.stdout.String())
 	}
 }
 
 func TestCPUQuotaThrottles(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	if r.CPUCapsUnavailable != nil {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
@@ -425,22 +470,6 @@ func threadCgroup(t *testing.T, tid int) string {
 		}
 	}
 	return ""
-}
-
-// waitLog waits until the CRI log holds a stdout line with text.
-func waitLog(t *testing.T, path, text string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		if b, err := os.ReadFile(path); err == nil && strings.Contains(string(b), " stdout F "+text+"\n") {
-			return
-		}
-		if time.Now().After(deadline) {
-			b, _ := os.ReadFile(path)
-			t.Fatalf("log never said %q:\n%s", text, b)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
 }
 
 // checkCPUCap measures a capped (20%) and an uncapped instance over one

@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"bytes"
 	"os"
 	"path/filepath"
 	"strings"
@@ -11,14 +10,10 @@ import (
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
-type buffer struct{ bytes.Buffer }
-
-func (*buffer) Close() error { return nil }
-
 // The conformance test program, run as critest runs it: a shell that the
 // CRI conformance scripts need, and busybox's wording of errors.
 func TestWasmboxRunsCritestScripts(t *testing.T) {
-	r := newRuntime(t, t.TempDir())
+	r := newRuntime(t)
 	box := testmodule.Wasmbox(t)
 	root, ro := t.TempDir(), t.TempDir()
 	os.MkdirAll(filepath.Join(ro, "sub"), 0o755)
@@ -55,7 +50,7 @@ func TestWasmboxRunsCritestScripts(t *testing.T) {
 		{[]string{"/bin/sh", "-c", "ls"}, "", 1, "", "/bin/sh: ls: Permission denied\n"},
 		{[]string{"sh", "-c", "pwd"}, "", 0, "/\n", ""},
 	} {
-		var out, errs buffer
+		var out, errs syncBuffer
 		spec := Spec{Args: tc.argv, Env: []string{"HOSTNAME=pod-host"}, Stdout: &out, Stderr: &errs,
 			Dirs: []Dir{{Host: root, Guest: "/"}, {Host: ro, Guest: "/ro", ReadOnly: true}}}
 		if tc.stdin != "" {

@@ -1,4 +1,12 @@
-package wasm
+// Package crilog writes and reads container logs in kubelet's CRI log
+// format: one file per container, both output streams in it, a record per
+// line
+//
+//	<RFC3339Nano time> <stdout|stderr> <F|P> <text>
+//
+// where F ends a line and P is a piece of a longer one that the stream's
+// next records carry on.
+package crilog
 
 import (
 	"bytes"
@@ -10,26 +18,24 @@ import (
 	"time"
 )
 
-// MaxLogLine is the longest record written as one line; longer lines are
+// MaxLine is the longest text written as one record; longer lines are
 // split into partial (P) records that kubelet and crictl join again.
-const MaxLogLine = 16 << 10
+const MaxLine = 16 << 10
 
-// CRILog writes a container's output in kubelet's log format:
-//
-//	<RFC3339Nano time> <stdout|stderr> <F|P> <text>
-//
-// Both streams of a container share one file.
-type CRILog struct {
+// Log writes a container's output to its log file. Both streams of a
+// container share the file.
+type Log struct {
 	mu   sync.Mutex
 	path string
 	f    *os.File
 	refs int
-	// maxLine is MaxLogLine (tests make it smaller).
+	// maxLine is MaxLine (tests make it smaller).
 	maxLine int
 }
 
-// OpenCRILog opens (appending) the log file at path.
-func OpenCRILog(path string) (*CRILog, error) {
+// Open opens the log file at path for appending, creating it and its
+// directory if need be.
+func Open(path string) (*Log, error) {
 	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
 		return nil, err
 	}
@@ -37,13 +43,13 @@ func OpenCRILog(path string) (*CRILog, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &CRILog{path: path, f: f, maxLine: MaxLogLine}, nil
+	return &Log{path: path, f: f, maxLine: MaxLine}, nil
 }
 
 // Reopen starts a new file at the log's path, as kubelet asks after it has
 // renamed the current one to rotate it. No record is lost: each is written
 // whole to the old file or the new one.
-func (l *CRILog) Reopen() error {
+func (l *Log) Reopen() error {
 	f, err := os.OpenFile(l.path, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o640)
 	if err != nil {
 		return err
@@ -61,14 +67,14 @@ func (l *CRILog) Reopen() error {
 
 // Stream returns the writer for one stream ("stdout" or "stderr"). The
 // file closes when every stream has been closed.
-func (l *CRILog) Stream(name string) *LogStream {
+func (l *Log) Stream(name string) *Stream {
 	l.mu.Lock()
 	l.refs++
 	l.mu.Unlock()
-	return &LogStream{log: l, name: name}
+	return &Stream{log: l, name: name}
 }
 
-func (l *CRILog) write(stream string, partial bool, text []byte) {
+func (l *Log) write(stream string, partial bool, text []byte) {
 	tag := "F"
 	if partial {
 		tag = "P"
@@ -90,7 +96,7 @@ func (l *CRILog) write(stream string, partial bool, text []byte) {
 	}
 }
 
-func (l *CRILog) release() error {
+func (l *Log) release() error {
 	l.mu.Lock()
 	defer l.mu.Unlock()
 	l.refs--
@@ -102,9 +108,9 @@ func (l *CRILog) release() error {
 	return err
 }
 
-// LogStream assembles one stream's bytes into log records.
-type LogStream struct {
-	log     *CRILog
+// Stream assembles one stream's bytes into log records.
+type Stream struct {
+	log     *Log
 	name    string
 	pending []byte
 	// partial says the last record written was a P: a line is open.
@@ -113,7 +119,7 @@ type LogStream struct {
 }
 
 // Write records every complete line of p and keeps the rest for later.
-func (s *LogStream) Write(p []byte) (int, error) {
+func (s *Stream) Write(p []byte) (int, error) {
 	if s.closed {
 		return 0, fmt.Errorf("log stream %s is closed", s.name)
 	}
@@ -143,7 +149,7 @@ func (s *LogStream) Write(p []byte) (int, error) {
 }
 
 // emit writes a complete line, split into partial records when too long.
-func (s *LogStream) emit(line []byte) {
+func (s *Stream) emit(line []byte) {
 	max := s.log.maxLine
 	for len(line) > max {
 		s.log.write(s.name, true, line[:max])
@@ -156,7 +162,7 @@ func (s *LogStream) emit(line []byte) {
 // Close writes an unterminated last line as a full record, and ends a
 // line left open by partial records (one that filled them exactly) with
 // an empty one, so no P record is left without its F.
-func (s *LogStream) Close() error {
+func (s *Stream) Close() error {
 	if s.closed {
 		return nil
 	}

@@ -1,0 +1,28 @@
+package crilogtest
+
+import (
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/wasmcri/wasmcri/internal/crilog"
+)
+
+func TestWaitForALineStillBeingWritten(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.log")
+	l, err := crilog.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := l.Stream("stdout")
+	out.Write([]byte("tick 1\ntick "))
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		time.Sleep(100 * time.Millisecond)
+		out.Write([]byte("2\n"))
+	}()
+	WaitFor(t, path, "stdout", "tick 2")
+	<-done
+	out.Close()
+}
