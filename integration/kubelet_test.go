@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wasmcri/wasmcri/internal/crilog/crilogtest"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -69,10 +70,7 @@ func TestKubeletStaticPods(t *testing.T) {
 	if len(logs) != 1 {
 		t.Fatalf("no log for the steady pod under %s", k.podLogs)
 	}
-	waitFor(t, "steady pod's log in kubelet's pod log dir", 20*time.Second, func() bool {
-		b, _ := os.ReadFile(logs[0])
-		return strings.Contains(string(b), " stdout F tick 3")
-	})
+	crilogtest.WaitFor(t, logs[0], "stdout", "tick 3")
 
 	// restartPolicy Always: the crashing module comes back, after a back-off
 	// that grows. kubelet removes dead containers as it goes, so each

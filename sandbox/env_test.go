@@ -5,7 +5,6 @@ import (
 	"context"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -173,22 +172,6 @@ func ctrConfig(name, img string, args ...string) *runtimeapi.ContainerConfig {
 		Args:     args,
 		Envs:     []*runtimeapi.KeyValue{{Key: "SECRET", Value: []byte("s3")}},
 		LogPath:  name + ".log",
-	}
-}
-
-// waitLogSays waits for a stdout line in a container's log.
-func waitLogSays(t *testing.T, path, text string) {
-	t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		b, _ := os.ReadFile(path)
-		if strings.Contains(string(b), " stdout F "+text+"\n") {
-			return
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("log %s never said %q:\n%s", path, text, b)
-		}
-		time.Sleep(20 * time.Millisecond)
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/internal/crilog/crilogtest"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -396,7 +397,7 @@ func TestStartRacingStopAndRemove(t *testing.T) {
 		sizes[c.LogPath] = fileSize(c.LogPath)
 	}
 	controlLog := filepath.Join(e.dir, "pods", "races", "control.log")
-	waitLogSays(t, controlLog, "tick 3")
+	crilogtest.WaitFor(t, controlLog, "stdout", "tick 3")
 	for _, c := range removed {
 		if got := fileSize(c.LogPath); got != sizes[c.LogPath] {
 			t.Fatalf("removed container %s is still running: its log grew from %d to %d bytes", c.ID, sizes[c.LogPath], got)
@@ -476,7 +477,7 @@ func TestAttachWithStdinLeaksNothing(t *testing.T) {
 		cfg := ctrConfig("deaf-"+strconv.Itoa(i), img, "sleep-forever")
 		cfg.Stdin = true
 		ctrs = append(ctrs, e.start(sb, cfg))
-		waitLogSays(t, filepath.Join(e.dir, "pods", "attach-leak", cfg.LogPath), "tick 0")
+		crilogtest.WaitFor(t, filepath.Join(e.dir, "pods", "attach-leak", cfg.LogPath), "stdout", "tick 0")
 	}
 	baseline := runtime.NumGoroutine()
 	for _, ctr := range ctrs {

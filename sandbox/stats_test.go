@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/internal/crilog/crilogtest"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -22,7 +23,7 @@ func TestStatsEventsResourcesAndLogs(t *testing.T) {
 	cfg := ctrConfig("holder", img, "alloc", "24")
 	cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 256 << 20}}
 	holder := e.start(sb, cfg)
-	waitLogSays(t, holder.LogPath, "holding 24 MiB")
+	crilogtest.WaitFor(t, holder.LogPath, "stdout", "holding 24 MiB")
 	time.Sleep(200 * time.Millisecond)
 	st, err := e.m.ContainerStats(holder.ID)
 	if err != nil {
@@ -35,7 +36,7 @@ func TestStatsEventsResourcesAndLogs(t *testing.T) {
 	// Lowering the memory limit below what it holds: the next allocation
 	// fails and the container is OOMKilled.
 	grower := e.start(sb, ctrConfig("grower", img, "alloc-slowly"))
-	waitLogSays(t, grower.LogPath, "holding 20 MiB")
+	crilogtest.WaitFor(t, grower.LogPath, "stdout", "holding 20 MiB")
 	if err := e.m.UpdateResources(grower.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 40 << 20}); err != nil {
 		t.Fatal(err)
 	}
@@ -52,7 +53,7 @@ func TestStatsEventsResourcesAndLogs(t *testing.T) {
 
 	// Rotation: kubelet renames the file, then asks for a reopen.
 	ticker := e.start(sb, ctrConfig("ticker", img, "sleep-forever"))
-	waitLogSays(t, ticker.LogPath, "tick 2")
+	crilogtest.WaitFor(t, ticker.LogPath, "stdout", "tick 2")
 	rotated := ticker.LogPath + ".1"
 	if err := os.Rename(ticker.LogPath, rotated); err != nil {
 		t.Fatal(err)
@@ -60,7 +61,7 @@ func TestStatsEventsResourcesAndLogs(t *testing.T) {
 	if err := e.m.ReopenLog(ticker.ID); err != nil {
 		t.Fatal(err)
 	}
-	waitLogSays(t, ticker.LogPath, "tick 6")
+	crilogtest.WaitFor(t, ticker.LogPath, "stdout", "tick 6")
 	e.m.StopContainer(ticker.ID, 0)
 	old, cur := readFile(t, rotated), readFile(t, ticker.LogPath)
 	for i := 0; i <= 6; i++ {
