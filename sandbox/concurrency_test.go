@@ -25,6 +25,7 @@ func TestConcurrentLifecycles(t *testing.T) {
 		sbs[p] = e.sandbox(fmt.Sprintf("busy-%d", p))
 	}
 	victim := sbs[pods-1]
+	limit := &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 512 << 20}
 
 	readers := make(chan struct{})
 	var readersDone sync.WaitGroup
@@ -40,7 +41,7 @@ func TestConcurrentLifecycles(t *testing.T) {
 			for _, c := range e.m.Containers() {
 				e.m.Container(c.ID)
 				e.m.ContainerStats(c.ID)
-				e.m.UpdateResources(c.ID, &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 512 << 20})
+				e.m.UpdateResources(c.ID, limit)
 			}
 			e.m.Sandboxes()
 			e.m.AllContainerStats(func(*Container) bool { return true })
@@ -68,6 +69,9 @@ func TestConcurrentLifecycles(t *testing.T) {
 					if err = e.m.StopContainer(c.ID, 0); err == nil {
 						err = e.m.RemoveContainer(c.ID)
 					}
+				} else if err == nil {
+					// The readers may update it too, with the same limit.
+					err = e.m.UpdateResources(c.ID, limit)
 				}
 				outcomes <- outcome{p, i, c.ID, err}
 			}()
