@@ -58,11 +58,3 @@ type Unpacked struct {
 	Bytes  int64 `json:"bytes"`
 	Inodes int64 `json:"inodes"`
 }
-
-// Auth is the registry credential for one pull, from PullImageRequest.Auth.
-type Auth struct {
-	Username      string
-	Password      string
-	IdentityToken string
-	RegistryToken string
-}

@@ -31,6 +31,14 @@ type RegistryOptions struct {
 	DockerConfig string
 }
 
+// Auth is the registry credential for one pull, from PullImageRequest.Auth.
+type Auth struct {
+	Username      string
+	Password      string
+	IdentityToken string
+	RegistryToken string
+}
+
 // registryHosts builds the per-pull host list: hosts.toml when configured,
 // plain HTTP where allowed, and the pull's own credentials.
 func (o RegistryOptions) registryHosts(ctx context.Context, auth *Auth) docker.RegistryHosts {
