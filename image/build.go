@@ -7,7 +7,10 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io"
+	"maps"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
@@ -144,6 +147,19 @@ func BuildCompat(module []byte, opts CompatOptions) (*Built, error) {
 	return b, nil
 }
 
+// mustGunzip undoes TarGz for the config's diff ID.
+func mustGunzip(b []byte) []byte {
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		panic(err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
 // IndexEntry is one image of an index with its platform.
 type IndexEntry struct {
 	Image    *Built
@@ -174,7 +190,7 @@ func BuildIndex(entries ...IndexEntry) *Built {
 // TarGz writes files (path -> bytes) as a gzip tar, in path order.
 func TarGz(files map[string][]byte) ([]byte, error) {
 	entries := make([]TarEntry, 0, len(files))
-	for _, name := range sortedKeys(files) {
+	for _, name := range slices.Sorted(maps.Keys(files)) {
 		entries = append(entries, TarEntry{Name: name, Data: files[name]})
 	}
 	return TarGzEntries(entries)
