@@ -182,16 +182,6 @@ func absInImage(dir, p string) string {
 	return path.Clean(p)
 }
 
-// escapesRoot is true for a tar name with a ".." element.
-func escapesRoot(name string) bool {
-	for _, el := range strings.Split(name, "/") {
-		if el == ".." {
-			return true
-		}
-	}
-	return false
-}
-
 // treeStats is what an unpacked tree takes on disk.
 type treeStats struct {
 	Unpacked
