@@ -17,13 +17,6 @@ import (
 	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
-// Config keys the limits are set by, named in the errors they cause.
-const (
-	keyMaxUnpackedSize    = "image.max_unpacked_size"
-	keyMaxUnpackedEntries = "image.max_unpacked_entries"
-	keyMaxModuleSize      = "image.max_module_size"
-)
-
 // budget is what unpacking one image may take, over all its layers. It
 // counts the uncompressed bytes of the layers (tar headers, padding and
 // anything past the tar's end included: everything that is decompressed

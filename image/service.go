@@ -39,6 +39,13 @@ const (
 	DefaultMaxUnpackedEntries = 200_000
 )
 
+// Config keys the limits are set by, named in the errors they cause.
+const (
+	keyMaxUnpackedSize    = "image.max_unpacked_size"
+	keyMaxUnpackedEntries = "image.max_unpacked_entries"
+	keyMaxModuleSize      = "image.max_module_size"
+)
+
 // Service is the image side of the runtime: pulls into the Store and
 // answers lookups from it.
 type Service struct {
