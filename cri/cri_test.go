@@ -71,6 +71,38 @@ func (c clients) push(t *testing.T, name string, module []byte) string {
 	return ref
 }
 
+// runContainer pulls the hello module and runs it with args in a new pod.
+func (c clients) runContainer(t *testing.T, pod string, resources *runtimeapi.LinuxContainerResources, args ...string) (sandboxID, containerID string) {
+	t.Helper()
+	ctx := context.Background()
+	ref := c.push(t, "hello", testmodule.Hello(t))
+	if _, err := c.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(pod, map[string]string{"pod": pod})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+		Image:    &runtimeapi.ImageSpec{Image: ref},
+		Args:     args,
+		LogPath:  "main.log",
+		Labels:   map[string]string{"app": pod},
+	}
+	if resources != nil {
+		cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: resources}
+	}
+	ctr, err := c.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	return sb.PodSandboxId, ctr.ContainerId
+}
+
 func wantCode(t *testing.T, what string, err error, code codes.Code) {
 	t.Helper()
 	if status.Code(err) != code {
