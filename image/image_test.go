@@ -418,3 +418,51 @@ func TestImport(t *testing.T) {
 		t.Errorf("refused imports left images: %d", len(imgs))
 	}
 }
+
+// One image through two manifests (its layer gzipped, and not): one ID,
+// one unpacked tree, both manifests' blobs counted and freed with it; the
+// second pull only checks its layer against the diff ID.
+func TestSameImageThroughAnotherManifest(t *testing.T) {
+	reg := testregistry.Start(t)
+	ctx := context.Background()
+	plain := tarOf(t, file("app.wasm", moduleNamed("same")), file("etc/motd", []byte("hi")))
+	cfg := wasmConfig("/app.wasm", digest.FromBytes(plain))
+	zipped := imageOf(cfg, crafted{blob: gzipOf(t, plain)})
+	raw := &Built{}
+	l := raw.Add(ocispec.MediaTypeImageLayer, plain)
+	raw.SetManifest(ocispec.MediaTypeImageManifest, raw.AddJSON(ocispec.MediaTypeImageConfig, cfg), []ocispec.Descriptor{l}, nil)
+	push(t, reg+"/same/zipped:1", zipped)
+	push(t, reg+"/same/raw:1", raw)
+	s := newService(t, t.TempDir(), Options{})
+	first, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := s.fsPath(first.ID)
+	fi, _ := os.Stat(dir)
+	again, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
+	if err != nil || again.Size != first.Size || len(again.Blobs) != len(first.Blobs) {
+		t.Fatalf("pulled again: %+v, %v", again, err)
+	}
+	second, err := s.Pull(ctx, reg+"/same/raw:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.ID != first.ID || second.Module != first.Module || *second.Unpacked != *first.Unpacked || len(second.RepoTags) != 2 {
+		t.Fatalf("second manifest: %+v\nfirst: %+v", second, first)
+	}
+	if want := first.Size + int64(len(plain)) + int64(len(raw.Blobs[raw.Root.Digest])); second.Size != want {
+		t.Fatalf("size %d, want %d: the first's and the second manifest and layer", second.Size, want)
+	}
+	if fi2, _ := os.Stat(dir); !os.SameFile(fi, fi2) {
+		t.Fatal("the tree was unpacked again")
+	}
+	if err := s.Remove(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range second.Blobs {
+		if _, err := s.content.Info(ctx, d); !errdefs.IsNotFound(err) {
+			t.Errorf("blob %s kept after the remove: %v", d, err)
+		}
+	}
+}
