@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"archive/tar"
@@ -21,6 +21,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	. "github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 )
 
@@ -229,7 +230,7 @@ func TestPullGzipBombRefused(t *testing.T) {
 		_, err := s.Pull(ctx, reg+"/bomb/"+name+":1", nil)
 		t.Logf("%s: refused in %v: %v", name, time.Since(start), err)
 		wantErr(t, err, errdefs.ErrInvalidArgument, "more than 67108864 bytes, the image.max_unpacked_size limit")
-		if entries, _ := os.ReadDir(s.fsDir); len(entries) != 0 {
+		if entries, _ := os.ReadDir(s.FSDir()); len(entries) != 0 {
 			t.Fatalf("image-fs holds %v after the refusal", entries)
 		}
 	}
@@ -285,7 +286,7 @@ func TestPullGzipBombHonoursDeadline(t *testing.T) {
 		if took > bound {
 			t.Fatalf("the pull took %v past a %v timeout; decompressing the whole bomb takes %v", took, timeout, full)
 		}
-		if entries, _ := os.ReadDir(s.fsDir); len(entries) != 0 {
+		if entries, _ := os.ReadDir(s.FSDir()); len(entries) != 0 {
 			t.Fatalf("image-fs holds %v after the timeout", entries)
 		}
 		return

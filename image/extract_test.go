@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"bytes"
@@ -9,6 +9,7 @@ import (
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	. "github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
@@ -22,7 +23,7 @@ func BenchmarkUnpackFiles(b *testing.B) {
 		entries = append(entries, file(fmt.Sprintf("d%03d/f%07d", i/100%100, i), []byte("content\n")))
 	}
 	l := gzLayer(b, entries...)
-	cs := newService(b, b.TempDir(), Options{}).content
+	cs := newService(b, b.TempDir(), Options{}).Content()
 	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(l.blob), Size: int64(len(l.blob))}
 	if err := content.WriteBlob(context.Background(), cs, "bench", bytes.NewReader(l.blob), desc); err != nil {
 		b.Fatal(err)
@@ -34,10 +35,8 @@ func BenchmarkUnpackFiles(b *testing.B) {
 	}
 	defer tree.Close()
 	b.ResetTimer()
-	bud := &budget{maxBytes: 1 << 40, maxEntries: 1 << 40}
-	a := newApplier(tree, "bench")
-	defer a.close()
-	if err := applyLayer(context.Background(), cs, desc, l.diffID, a, bud); err != nil {
+	bud := NewBudget(1<<40, 1<<40)
+	if err := ApplyLayer(context.Background(), cs, desc, l.diffID, tree, bud); err != nil {
 		b.Fatal(err)
 	}
 }

@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"bytes"
@@ -9,23 +9,15 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
+	. "github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
-	bolt "go.etcd.io/bbolt"
 )
 
 // edit changes image id's record in place, as a record written by an
 // older wasmcri (or a crash) would have it.
 func edit(t testing.TB, s *Service, id string, f func(*Image)) {
 	t.Helper()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		img, err := getImage(tx, id)
-		if err != nil {
-			return err
-		}
-		f(img)
-		return putImage(tx, img)
-	})
-	if err != nil {
+	if err := s.EditRecord(id, f); err != nil {
 		t.Fatal(err)
 	}
 }
@@ -44,7 +36,7 @@ func TestFilesystemUnpacksLazily(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, _ := s.fsPath(compat.ID)
+	dir, _ := s.FSPath(compat.ID)
 	want := treeOf(t, dir)
 
 	// Gone: unpacked again, counted once.
@@ -145,7 +137,7 @@ func TestUnpackedBytesCount(t *testing.T) {
 	if gone, _ := s.Usage(); gone.Bytes != before.Bytes {
 		t.Fatalf("usage after remove = %d bytes, was %d before the pull", gone.Bytes, before.Bytes)
 	}
-	if entries, _ := os.ReadDir(s.fsDir); len(entries) != 0 {
+	if entries, _ := os.ReadDir(s.FSDir()); len(entries) != 0 {
 		t.Fatalf("image-fs holds %v after the remove", entries)
 	}
 }

@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"archive/tar"
@@ -17,6 +17,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	. "github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
 )
@@ -182,7 +183,7 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 	tw.Write(emptyModule)
 	tw.Close()
 	gz.Close()
-	push(t, reg+"/bad/traversal:1", imageOf(wasmConfig("/module.wasm", digest.FromBytes(mustGunzip(tb.Bytes()))), crafted{blob: tb.Bytes()}))
+	push(t, reg+"/bad/traversal:1", imageOf(wasmConfig("/module.wasm", digest.FromBytes(gunzipOf(t, tb.Bytes()))), crafted{blob: tb.Bytes()}))
 
 	for _, tc := range []struct {
 		ref   string
@@ -438,7 +439,7 @@ func TestSameImageThroughAnotherManifest(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	dir, _ := s.fsPath(first.ID)
+	dir, _ := s.FSPath(first.ID)
 	fi, _ := os.Stat(dir)
 	again, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
 	if err != nil || again.Size != first.Size || len(again.Blobs) != len(first.Blobs) {
@@ -461,7 +462,7 @@ func TestSameImageThroughAnotherManifest(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, d := range second.Blobs {
-		if _, err := s.content.Info(ctx, d); !errdefs.IsNotFound(err) {
+		if _, err := s.Content().Info(ctx, d); !errdefs.IsNotFound(err) {
 			t.Errorf("blob %s kept after the remove: %v", d, err)
 		}
 	}
