@@ -235,21 +235,21 @@ func Push(ctx context.Context, ref string, b *Built, reg RegistryOptions, auth *
 	if err != nil {
 		return err
 	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: reg.registryHosts(ctx, auth)})
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: reg.Hosts(ctx, auth)})
 	pusher, err := resolver.Pusher(ctx, named.String())
 	if err != nil {
-		return registryError(named.String(), err)
+		return RegistryError(named.String(), err)
 	}
 	for _, d := range b.order {
 		if d.Digest == b.Root.Digest {
 			continue
 		}
 		if err := pushBlob(ctx, pusher, d, b.Blobs[d.Digest]); err != nil {
-			return registryError(named.String(), err)
+			return RegistryError(named.String(), err)
 		}
 	}
 	if err := pushBlob(ctx, pusher, b.Root, b.Blobs[b.Root.Digest]); err != nil {
-		return registryError(named.String(), err)
+		return RegistryError(named.String(), err)
 	}
 	return nil
 }

@@ -49,7 +49,7 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *Auth) (*Image, err
 		}
 		return r.Val.(*Image), nil
 	case <-ctx.Done():
-		return nil, registryError(named.String(), ctx.Err())
+		return nil, RegistryError(named.String(), ctx.Err())
 	}
 }
 
@@ -71,16 +71,16 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	start := time.Now()
 	log.Info("pulling image")
 
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.opts.Registry.registryHosts(ctx, auth)})
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.opts.Registry.Hosts(ctx, auth)})
 	name, root, err := resolver.Resolve(ctx, ref)
 	if err != nil {
-		err = registryError(ref, err)
+		err = RegistryError(ref, err)
 		log.Warn("pull failed", "error", err)
 		return nil, err
 	}
 	fetcher, err := resolver.Fetcher(ctx, name)
 	if err != nil {
-		return nil, registryError(ref, err)
+		return nil, RegistryError(ref, err)
 	}
 	p := &pull{s: s, ref: ref, fetcher: fetcher, cs: s.content}
 	img, err := p.run(ctx, named, root)
@@ -127,7 +127,7 @@ func (p *pull) fetch(ctx context.Context, desc ocispec.Descriptor, limit int64, 
 		if _, local := p.fetcher.(*Layout); local {
 			return nil, fmt.Errorf("%s: %w", p.ref, err)
 		}
-		return nil, registryError(p.ref, err)
+		return nil, RegistryError(p.ref, err)
 	}
 	if !read {
 		return nil, nil
@@ -271,7 +271,7 @@ func (p *pull) checkModule(module []byte) error {
 // cancellation, and names the image in any other.
 func (p *pull) stopped(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return registryError(p.ref, err)
+		return RegistryError(p.ref, err)
 	}
 	return fmt.Errorf("%s: %w", p.ref, err)
 }
