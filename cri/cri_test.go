@@ -16,6 +16,7 @@ import (
 	"github.com/wasmcri/wasmcri/config"
 	"github.com/wasmcri/wasmcri/daemon"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	"google.golang.org/grpc"
@@ -65,7 +66,7 @@ func start(t *testing.T) clients {
 func (c clients) push(t *testing.T, name string, module []byte) string {
 	t.Helper()
 	ref := c.reg + "/cri/" + name + ":1"
-	if err := image.Push(context.Background(), ref, image.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, imagebuild.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	return ref
@@ -344,7 +345,7 @@ func TestImageServiceWithAuth(t *testing.T) {
 	ctx := context.Background()
 	reg := testregistry.StartWithBasicAuth(t, "bob", "pw")
 	ref := reg + "/private/print:1"
-	if err := image.Push(ctx, ref, image.BuildArtifact(testmodule.Wat(t, testmodule.Print), image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer),
+	if err := imagebuild.Push(ctx, ref, imagebuild.BuildArtifact(testmodule.Wat(t, testmodule.Print), image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer),
 		image.RegistryOptions{}, &image.Auth{Username: "bob", Password: "pw"}); err != nil {
 		t.Fatal(err)
 	}

@@ -10,6 +10,7 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 )
 
@@ -30,7 +31,7 @@ func TestFilesystemUnpacksLazily(t *testing.T) {
 	ctx := context.Background()
 	module := moduleNamed("lazy")
 	push(t, reg+"/ok/compat:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", module), file("etc/motd", []byte("hi")))))
-	push(t, reg+"/ok/artifact:1", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/ok/artifact:1", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 	s := newService(t, t.TempDir(), Options{})
 	compat, err := s.Pull(ctx, reg+"/ok/compat:1", nil)
 	if err != nil {

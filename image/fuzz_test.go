@@ -22,6 +22,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
@@ -30,10 +31,10 @@ const fuzzMaxBytes, fuzzMaxEntries = 1 << 20, 256
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// seedLayers are real layers: what BuildCompat writes, and hostile ones,
+// seedLayers are real layers: what imagebuild.BuildCompat writes, and hostile ones,
 // gzipped (short inputs minimize fast) and one plain.
 func seedLayers(t testing.TB) [][]byte {
-	compat := mustCompat(t, emptyModule, CompatOptions{ModulePath: "/bin/app.wasm", Files: []TarEntry{
+	compat := mustCompat(t, emptyModule, imagebuild.CompatOptions{ModulePath: "/bin/app.wasm", Files: []imagebuild.TarEntry{
 		{Name: "/etc/motd", Data: []byte("hi")}, {Name: "/bin/app", Link: "app.wasm"}, {Name: "/lib", Link: "/usr/lib"},
 	}})
 	out := [][]byte{compat.Blobs[manifestOf(compat).Layers[0].Digest]}
@@ -239,7 +240,7 @@ func FuzzApplyEntries(f *testing.F) {
 
 // FuzzManifest decodes a fuzzed index, manifest and config as a pull does
 // and classifies them: no panic, and what is accepted is what wasmcri can
-// run. The seeds are what BuildCompat, BuildArtifact and BuildIndex write,
+// run. The seeds are what imagebuild.BuildCompat, imagebuild.BuildArtifact and imagebuild.BuildIndex write,
 // cut to what classify reads (short inputs minimize fast).
 func FuzzManifest(f *testing.F) {
 	h := digest.FromString("x").String()
@@ -253,8 +254,8 @@ func FuzzManifest(f *testing.F) {
 	f.Add([]byte(`{}`), []byte(artifact), []byte(`{}`))
 	f.Add([]byte(`{"manifests":[]}`), []byte(`{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd"}]}`), []byte(`{"architecture":"amd64","os":"linux"}`))
 	// And whole ones, as built.
-	b := mustCompat(f, emptyModule, CompatOptions{})
-	idx := BuildIndex(IndexEntry{b, ocispec.Platform{OS: "wasip1", Architecture: "wasm"}})
+	b := mustCompat(f, emptyModule, imagebuild.CompatOptions{})
+	idx := imagebuild.BuildIndex(imagebuild.IndexEntry{Image: b, Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}})
 	f.Add(idx.Blobs[idx.Root.Digest], b.Blobs[b.Root.Digest], b.Blobs[manifestOf(b).Config.Digest])
 	f.Fuzz(func(t *testing.T, indexJSON, manifestJSON, configJSON []byte) {
 		var idx ocispec.Index
@@ -310,15 +311,15 @@ func FuzzManifest(f *testing.F) {
 // touched, an imported image runs the module its files hold, within the
 // limits.
 func FuzzImportLayout(f *testing.F) {
-	for _, b := range []*Built{
-		mustCompat(f, emptyModule, CompatOptions{ModulePath: "/bin/app.wasm", Files: []TarEntry{{Name: "/etc/motd", Data: []byte("hi")}, {Name: "/app", Link: "bin/app.wasm"}}}),
-		mustCompat(f, emptyModule, CompatOptions{Docker: true, Uncompressed: true, Entrypoint: []string{}}),
-		BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer),
+	for _, b := range []*imagebuild.Built{
+		mustCompat(f, emptyModule, imagebuild.CompatOptions{ModulePath: "/bin/app.wasm", Files: []imagebuild.TarEntry{{Name: "/etc/motd", Data: []byte("hi")}, {Name: "/app", Link: "bin/app.wasm"}}}),
+		mustCompat(f, emptyModule, imagebuild.CompatOptions{Docker: true, Uncompressed: true, Entrypoint: []string{}}),
+		imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer),
 		compatOf("/app.wasm", gzLayer(f, file("app.wasm", emptyModule)), gzLayer(f, whiteout(".wh..."))),
 		compatOf("/app", gzLayer(f, file("app.wasm", emptyModule), symlink("app", "/../../app.wasm"))),
 	} {
 		var buf bytes.Buffer
-		if err := LayoutOf(b, "fuzz/app:1").WriteTar(&buf); err != nil {
+		if err := imagebuild.LayoutOf(b, "fuzz/app:1").WriteTar(&buf); err != nil {
 			f.Fatal(err)
 		}
 		f.Add(buf.Bytes())

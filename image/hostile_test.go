@@ -21,6 +21,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 )
 
@@ -126,8 +127,8 @@ func wasmConfig(entrypoint string, diffIDs ...digest.Digest) ocispec.Image {
 
 // imageOf builds a compat image of cfg over layers. The config is taken as
 // given: its diff IDs are whatever the test put there.
-func imageOf(cfg ocispec.Image, layers ...crafted) *Built {
-	b := &Built{}
+func imageOf(cfg ocispec.Image, layers ...crafted) *imagebuild.Built {
+	b := &imagebuild.Built{}
 	var descs []ocispec.Descriptor
 	for _, l := range layers {
 		descs = append(descs, b.Add(ocispec.MediaTypeImageLayerGzip, l.blob))
@@ -138,7 +139,7 @@ func imageOf(cfg ocispec.Image, layers ...crafted) *Built {
 }
 
 // compatOf builds a compat image whose config names layers' diff IDs.
-func compatOf(entrypoint string, layers ...crafted) *Built {
+func compatOf(entrypoint string, layers ...crafted) *imagebuild.Built {
 	var ids []digest.Digest
 	for _, l := range layers {
 		ids = append(ids, l.diffID)
@@ -217,7 +218,7 @@ func TestArtifactManifestThatIsAlsoACompatConfig(t *testing.T) {
 	modArtifact, modCompat := moduleNamed("artifact"), moduleNamed("compat")
 	l := gzLayer(t, file("app.wasm", modCompat))
 
-	artifact := &Built{}
+	artifact := &imagebuild.Built{}
 	wasmLayer := artifact.Add(MediaTypeWasmLayer, modArtifact)
 	wasmCfg := artifact.Add(MediaTypeWasmConfigV0, []byte("{}"))
 	// The manifest's "config" object doubles as the image config's config.
@@ -232,7 +233,7 @@ func TestArtifactManifestThatIsAlsoACompatConfig(t *testing.T) {
 	}
 	artifact.Root = artifact.AddJSON(ocispec.MediaTypeImageManifest, both)
 
-	compat := &Built{}
+	compat := &imagebuild.Built{}
 	layerDesc := compat.Add(ocispec.MediaTypeImageLayerGzip, l.blob)
 	cfgDesc := compat.Add(ocispec.MediaTypeImageConfig, artifact.Blobs[artifact.Root.Digest])
 	compat.SetManifest(ocispec.MediaTypeImageManifest, cfgDesc, []ocispec.Descriptor{layerDesc}, nil)
@@ -268,7 +269,7 @@ func TestArtifactManifestThatIsAlsoACompatConfig(t *testing.T) {
 }
 
 // manifestOf decodes b's root manifest.
-func manifestOf(b *Built) ocispec.Manifest {
+func manifestOf(b *imagebuild.Built) ocispec.Manifest {
 	var m ocispec.Manifest
 	if err := json.Unmarshal(b.Blobs[b.Root.Digest], &m); err != nil {
 		panic(err)

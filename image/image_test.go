@@ -18,6 +18,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
 )
@@ -45,16 +46,16 @@ func newService(t testing.TB, dir string, opts Options) *Service {
 	return s
 }
 
-func push(t testing.TB, ref string, b *Built) {
+func push(t testing.TB, ref string, b *imagebuild.Built) {
 	t.Helper()
-	if err := Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }
 
-func mustCompat(t testing.TB, module []byte, opts CompatOptions) *Built {
+func mustCompat(t testing.TB, module []byte, opts imagebuild.CompatOptions) *imagebuild.Built {
 	t.Helper()
-	b, err := BuildCompat(module, opts)
+	b, err := imagebuild.BuildCompat(module, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -80,28 +81,28 @@ func TestPullEachLayout(t *testing.T) {
 	s := newService(t, t.TempDir(), Options{})
 	module := append(append([]byte{}, emptyModule...), []byte("\x00\x04name")...) // a custom section
 
-	linux := &Built{}
+	linux := &imagebuild.Built{}
 	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
 	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("not really a layer"))
 	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
-	compat := mustCompat(t, module, CompatOptions{ModulePath: "/bin/app.wasm", Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/srv"})
+	compat := mustCompat(t, module, imagebuild.CompatOptions{ModulePath: "/bin/app.wasm", Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/srv"})
 
 	for _, tc := range []struct {
 		name     string
-		image    *Built
+		image    *imagebuild.Built
 		format   Format
 		modName  string
 		wantCmd  []string
 		wantEntr []string
 	}{
-		{"artifact-v0-config-v1-layer", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v0-config-v1-layer", nil, nil},
-		{"artifact-application-wasm", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer), FormatArtifact, "artifact-application-wasm", nil, nil},
-		{"artifact-v1-config", BuildArtifact(module, MediaTypeWasmConfigV1, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v1-config", nil, nil},
+		{"artifact-v0-config-v1-layer", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v0-config-v1-layer", nil, nil},
+		{"artifact-application-wasm", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer), FormatArtifact, "artifact-application-wasm", nil, nil},
+		{"artifact-v1-config", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV1, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v1-config", nil, nil},
 		{"compat", compat, FormatCompat, "/bin/app.wasm", []string{"serve"}, []string{"/bin/app.wasm"}},
-		{"compat-wasi", mustCompat(t, module, CompatOptions{OS: "wasi"}), FormatCompat, "/module.wasm", nil, []string{"/module.wasm"}},
-		{"index", BuildIndex(
-			IndexEntry{linux, ocispec.Platform{OS: "linux", Architecture: "amd64"}},
-			IndexEntry{compat, ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
+		{"compat-wasi", mustCompat(t, module, imagebuild.CompatOptions{OS: "wasi"}), FormatCompat, "/module.wasm", nil, []string{"/module.wasm"}},
+		{"index", imagebuild.BuildIndex(
+			imagebuild.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+			imagebuild.IndexEntry{Image: compat, Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
 		), FormatCompat, "/bin/app.wasm", []string{"serve"}, []string{"/bin/app.wasm"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -164,16 +165,16 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 	ctx := context.Background()
 	s := newService(t, t.TempDir(), Options{MaxLayerSize: 1 << 10})
 
-	linux := &Built{}
+	linux := &imagebuild.Built{}
 	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
 	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("layer"))
 	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
 	push(t, reg+"/bad/linux:1", linux)
-	push(t, reg+"/bad/linux-index:1", BuildIndex(IndexEntry{linux, ocispec.Platform{OS: "linux", Architecture: "amd64"}}))
-	push(t, reg+"/bad/component:1", BuildArtifact(componentModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	push(t, reg+"/bad/notwasm:1", BuildArtifact([]byte("#!/bin/sh\necho hi\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	push(t, reg+"/bad/big:1", BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 2<<10)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	push(t, reg+"/bad/noentry:1", mustCompat(t, emptyModule, CompatOptions{Entrypoint: []string{"/missing.wasm"}}))
+	push(t, reg+"/bad/linux-index:1", imagebuild.BuildIndex(imagebuild.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}}))
+	push(t, reg+"/bad/component:1", imagebuild.BuildArtifact(componentModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/notwasm:1", imagebuild.BuildArtifact([]byte("#!/bin/sh\necho hi\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/big:1", imagebuild.BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 2<<10)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/noentry:1", mustCompat(t, emptyModule, imagebuild.CompatOptions{Entrypoint: []string{"/missing.wasm"}}))
 
 	// A tar whose entry climbs out of the root.
 	var tb bytes.Buffer
@@ -215,7 +216,7 @@ func TestPullWithBasicAuth(t *testing.T) {
 	reg := testregistry.StartWithBasicAuth(t, "alice", "s3cret")
 	ctx := context.Background()
 	ref := reg + "/private/app:1"
-	if err := Push(ctx, ref, BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), RegistryOptions{}, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
+	if err := imagebuild.Push(ctx, ref, imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), RegistryOptions{}, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
 		t.Fatal(err)
 	}
 	s := newService(t, t.TempDir(), Options{})
@@ -233,8 +234,8 @@ func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := newService(t, dir, Options{})
-	a := BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer)
-	b := mustCompat(t, emptyModule, CompatOptions{})
+	a := imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer)
+	b := mustCompat(t, emptyModule, imagebuild.CompatOptions{})
 	push(t, reg+"/x/a:1", a)
 	push(t, reg+"/x/a:2", a)
 	push(t, reg+"/x/b:1", b)
@@ -281,7 +282,7 @@ func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
 func TestMetadataSurvivesReopen(t *testing.T) {
 	reg := testregistry.Start(t)
 	dir := t.TempDir()
-	push(t, reg+"/x/a:1", BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/x/a:1", imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -331,7 +332,7 @@ func TestConcurrentPullsDownloadOnce(t *testing.T) {
 		}
 	})
 	ref := reg + "/x/a:1"
-	push(t, ref, BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 1<<20)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, ref, imagebuild.BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 1<<20)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 	s := newService(t, t.TempDir(), Options{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -365,7 +366,7 @@ func TestImport(t *testing.T) {
 	s := newService(t, t.TempDir(), Options{})
 	ctx := context.Background()
 	var buf bytes.Buffer
-	if err := LayoutOf(BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "local/app:1").WriteTar(&buf); err != nil {
+	if err := imagebuild.LayoutOf(imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "local/app:1").WriteTar(&buf); err != nil {
 		t.Fatal(err)
 	}
 	layout, err := ReadLayoutTar(&buf, 1<<20)
@@ -379,7 +380,7 @@ func TestImport(t *testing.T) {
 
 	// Tampered blobs, escaping paths and non-Wasm content are refused.
 	tamper := func(edit func(*Layout)) error {
-		l := LayoutOf(BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x")
+		l := imagebuild.LayoutOf(imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x")
 		edit(l)
 		var b bytes.Buffer
 		l.WriteTar(&b)
@@ -410,7 +411,7 @@ func TestImport(t *testing.T) {
 		t.Errorf("garbage: %v", err)
 	}
 	var notWasm bytes.Buffer
-	LayoutOf(BuildArtifact([]byte("#!/bin/sh\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x").WriteTar(&notWasm)
+	imagebuild.LayoutOf(imagebuild.BuildArtifact([]byte("#!/bin/sh\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x").WriteTar(&notWasm)
 	l, _ := ReadLayoutTar(&notWasm, 1<<20)
 	if _, err := s.Import(ctx, "local/sh:1", l); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("import of a shell script: %v", err)
@@ -429,7 +430,7 @@ func TestSameImageThroughAnotherManifest(t *testing.T) {
 	plain := tarOf(t, file("app.wasm", moduleNamed("same")), file("etc/motd", []byte("hi")))
 	cfg := wasmConfig("/app.wasm", digest.FromBytes(plain))
 	zipped := imageOf(cfg, crafted{blob: gzipOf(t, plain)})
-	raw := &Built{}
+	raw := &imagebuild.Built{}
 	l := raw.Add(ocispec.MediaTypeImageLayer, plain)
 	raw.SetManifest(ocispec.MediaTypeImageManifest, raw.AddJSON(ocispec.MediaTypeImageConfig, cfg), []ocispec.Descriptor{l}, nil)
 	push(t, reg+"/same/zipped:1", zipped)

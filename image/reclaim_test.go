@@ -15,6 +15,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
 )
@@ -48,7 +49,7 @@ func TestReclaimAtStartup(t *testing.T) {
 	dir := t.TempDir()
 	push(t, reg+"/ok/kept:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", moduleNamed("kept")), file("etc/motd", []byte("hi")))))
 	push(t, reg+"/ok/old:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", moduleNamed("old")))))
-	push(t, reg+"/ok/artifact:1", BuildArtifact(moduleNamed("artifact"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/ok/artifact:1", imagebuild.BuildArtifact(moduleNamed("artifact"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 
 	s, stop := openService(t, dir, Options{})
 	kept, err := s.Pull(ctx, reg+"/ok/kept:1", nil)

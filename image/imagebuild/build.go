@@ -1,4 +1,13 @@
-package image
+// Package imagebuild makes Wasm images of a .wasm file, in memory and
+// without Docker, and pushes them to a registry or writes them as an OCI
+// layout: the client side of images, used by `wasmcri image push` and
+// `wasmcri image import`, the tests and the benchmarks. The daemon only
+// pulls and imports images, which is package image, the image service;
+// this package sits beside it, not in it, and image never imports it. It
+// lives under image/ rather than internal/ because it is part of the
+// CLI, not a test helper, and it makes the formats that image accepts,
+// using image's media types, registry options and OCI layout writer.
+package imagebuild
 
 import (
 	"archive/tar"
@@ -21,6 +30,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	"github.com/wasmcri/wasmcri/image"
 )
 
 // Built is an image held in memory: its root descriptor and every blob,
@@ -67,7 +77,7 @@ func (b *Built) setManifest(m ocispec.Manifest) ocispec.Descriptor {
 }
 
 // BuildArtifact makes a Wasm OCI artifact: one module layer of layerType
-// (MediaTypeWasmLayer or MediaTypeWasmLayerV1) and a wasm config.
+// (image.MediaTypeWasmLayer or image.MediaTypeWasmLayerV1) and a wasm config.
 func BuildArtifact(module []byte, configType, layerType string) *Built {
 	return BuildArtifactOf(module, configType, layerType, "")
 }
@@ -230,26 +240,26 @@ func TarGzEntries(entries []TarEntry) ([]byte, error) {
 }
 
 // Push uploads b to ref, children first.
-func Push(ctx context.Context, ref string, b *Built, reg RegistryOptions, auth *Auth) error {
-	named, err := ParseReference(ref)
+func Push(ctx context.Context, ref string, b *Built, reg image.RegistryOptions, auth *image.Auth) error {
+	named, err := image.ParseReference(ref)
 	if err != nil {
 		return err
 	}
 	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: reg.Hosts(ctx, auth)})
 	pusher, err := resolver.Pusher(ctx, named.String())
 	if err != nil {
-		return RegistryError(named.String(), err)
+		return image.RegistryError(named.String(), err)
 	}
 	for _, d := range b.order {
 		if d.Digest == b.Root.Digest {
 			continue
 		}
 		if err := pushBlob(ctx, pusher, d, b.Blobs[d.Digest]); err != nil {
-			return RegistryError(named.String(), err)
+			return image.RegistryError(named.String(), err)
 		}
 	}
 	if err := pushBlob(ctx, pusher, b.Root, b.Blobs[b.Root.Digest]); err != nil {
-		return RegistryError(named.String(), err)
+		return image.RegistryError(named.String(), err)
 	}
 	return nil
 }
