@@ -1,21 +1,19 @@
 // Package imagebuild makes Wasm images of a .wasm file, in memory and
 // without Docker, and pushes them to a registry or writes them as an OCI
-// layout: the client side of images, used by `wasmcri image push` and
-// `wasmcri image import`, the tests and the benchmarks. The daemon only
-// pulls and imports images, which is package image, the image service;
-// this package sits beside it, not in it, and image never imports it. It
-// lives under image/ rather than internal/ because it is part of the
-// CLI, not a test helper, and it makes the formats that image accepts,
-// using image's media types, registry options and OCI layout writer.
+// layout. It is the client side of images: `wasmcri image push` and
+// `wasmcri image import` use it, and the tests and benchmarks make their
+// images with it. The daemon only pulls and imports images (package
+// image, its image service), so this is a package of its own: it imports
+// image, for its registry options and OCI layout type, and image never
+// imports it. It lives under image/, not internal/, because it is part of
+// the CLI, not a test helper, and it makes the formats image accepts.
 package imagebuild
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"maps"
 	"path"
@@ -23,14 +21,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/wasmcri/wasmcri/image"
 )
 
 // Built is an image held in memory: its root descriptor and every blob,
@@ -237,49 +231,4 @@ func TarGzEntries(entries []TarEntry) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// Push uploads b to ref, children first.
-func Push(ctx context.Context, ref string, b *Built, reg image.RegistryOptions, auth *image.Auth) error {
-	named, err := image.ParseReference(ref)
-	if err != nil {
-		return err
-	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: reg.Hosts(ctx, auth)})
-	pusher, err := resolver.Pusher(ctx, named.String())
-	if err != nil {
-		return image.RegistryError(named.String(), err)
-	}
-	for _, d := range b.order {
-		if d.Digest == b.Root.Digest {
-			continue
-		}
-		if err := pushBlob(ctx, pusher, d, b.Blobs[d.Digest]); err != nil {
-			return image.RegistryError(named.String(), err)
-		}
-	}
-	if err := pushBlob(ctx, pusher, b.Root, b.Blobs[b.Root.Digest]); err != nil {
-		return image.RegistryError(named.String(), err)
-	}
-	return nil
-}
-
-func pushBlob(ctx context.Context, pusher interface {
-	Push(context.Context, ocispec.Descriptor) (content.Writer, error)
-}, d ocispec.Descriptor, data []byte) error {
-	w, err := pusher.Push(ctx, d)
-	if errdefs.IsAlreadyExists(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("push %s: %w", d.Digest, err)
-	}
-	defer w.Close()
-	if _, err := w.Write(data); err != nil {
-		return fmt.Errorf("push %s: %w", d.Digest, err)
-	}
-	if err := w.Commit(ctx, d.Size, d.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
-		return fmt.Errorf("push %s: %w", d.Digest, err)
-	}
-	return nil
 }
