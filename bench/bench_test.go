@@ -13,6 +13,7 @@ import (
 	"github.com/wasmcri/wasmcri/config"
 	"github.com/wasmcri/wasmcri/daemon"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -84,7 +85,7 @@ func startDaemon(b *testing.B, module []byte) (*Client, string) {
 	b.Cleanup(func() { d.Stop(time.Second) })
 	reg := testregistry.Start(b)
 	ref := reg + "/bench/module:1"
-	if err := image.Push(context.Background(), ref, image.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, imagebuild.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil); err != nil {
 		b.Fatal(err)
 	}
 	c, err := Dial(cfg.GRPC.Address, true)

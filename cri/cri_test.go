@@ -16,6 +16,7 @@ import (
 	"github.com/wasmcri/wasmcri/config"
 	"github.com/wasmcri/wasmcri/daemon"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	"google.golang.org/grpc"
@@ -65,10 +66,42 @@ func start(t *testing.T) clients {
 func (c clients) push(t *testing.T, name string, module []byte) string {
 	t.Helper()
 	ref := c.reg + "/cri/" + name + ":1"
-	if err := image.Push(context.Background(), ref, image.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, imagebuild.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	return ref
+}
+
+// runContainer pulls the hello module and runs it with args in a new pod.
+func (c clients) runContainer(t *testing.T, pod string, resources *runtimeapi.LinuxContainerResources, args ...string) (sandboxID, containerID string) {
+	t.Helper()
+	ctx := context.Background()
+	ref := c.push(t, "hello", testmodule.Hello(t))
+	if _, err := c.img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}}); err != nil {
+		t.Fatal(err)
+	}
+	sb, err := c.rt.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: podConfig(pod, map[string]string{"pod": pod})})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg := &runtimeapi.ContainerConfig{
+		Metadata: &runtimeapi.ContainerMetadata{Name: "main"},
+		Image:    &runtimeapi.ImageSpec{Image: ref},
+		Args:     args,
+		LogPath:  "main.log",
+		Labels:   map[string]string{"app": pod},
+	}
+	if resources != nil {
+		cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: resources}
+	}
+	ctr, err := c.rt.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{PodSandboxId: sb.PodSandboxId, Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+		t.Fatal(err)
+	}
+	return sb.PodSandboxId, ctr.ContainerId
 }
 
 func wantCode(t *testing.T, what string, err error, code codes.Code) {
@@ -312,7 +345,7 @@ func TestImageServiceWithAuth(t *testing.T) {
 	ctx := context.Background()
 	reg := testregistry.StartWithBasicAuth(t, "bob", "pw")
 	ref := reg + "/private/print:1"
-	if err := image.Push(ctx, ref, image.BuildArtifact(testmodule.Wat(t, testmodule.Print), image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer),
+	if err := imagebuild.Push(ctx, ref, imagebuild.BuildArtifact(testmodule.Wat(t, testmodule.Print), image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer),
 		image.RegistryOptions{}, &image.Auth{Username: "bob", Password: "pw"}); err != nil {
 		t.Fatal(err)
 	}

@@ -86,6 +86,16 @@ func (a *applier) entryPath(hdr *tar.Header) (string, error) {
 	return strings.TrimPrefix(path.Clean("/"+hdr.Name), "/"), nil
 }
 
+// escapesRoot is true for a tar name with a ".." element.
+func escapesRoot(name string) bool {
+	for _, el := range strings.Split(name, "/") {
+		if el == ".." {
+			return true
+		}
+	}
+	return false
+}
+
 // apply writes one entry; r reads a regular file's data. It returns the
 // bytes of file data written.
 func (a *applier) apply(hdr *tar.Header, r io.Reader) (int64, error) {

@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"archive/tar"
@@ -10,7 +10,6 @@ import (
 	"fmt"
 	"hash"
 	"io"
-	"maps"
 	"os"
 	"runtime"
 	"runtime/metrics"
@@ -20,13 +19,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
-	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
-	"github.com/wasmcri/wasmcri/internal/inroot"
+	. "github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
-	bolt "go.etcd.io/bbolt"
 )
 
 // streamLayer writes a gzip layer out of pieces, each a gzip member of its
@@ -234,7 +230,7 @@ func TestPullGzipBombRefused(t *testing.T) {
 		_, err := s.Pull(ctx, reg+"/bomb/"+name+":1", nil)
 		t.Logf("%s: refused in %v: %v", name, time.Since(start), err)
 		wantErr(t, err, errdefs.ErrInvalidArgument, "more than 67108864 bytes, the image.max_unpacked_size limit")
-		if entries, _ := os.ReadDir(s.fsDir); len(entries) != 0 {
+		if entries, _ := os.ReadDir(s.FSDir()); len(entries) != 0 {
 			t.Fatalf("image-fs holds %v after the refusal", entries)
 		}
 	}
@@ -290,224 +286,9 @@ func TestPullGzipBombHonoursDeadline(t *testing.T) {
 		if took > bound {
 			t.Fatalf("the pull took %v past a %v timeout; decompressing the whole bomb takes %v", took, timeout, full)
 		}
-		if entries, _ := os.ReadDir(s.fsDir); len(entries) != 0 {
+		if entries, _ := os.ReadDir(s.FSDir()); len(entries) != 0 {
 			t.Fatalf("image-fs holds %v after the timeout", entries)
 		}
 		return
-	}
-}
-
-// A compat image's unpacked files count in its Size and in Usage, hard
-// links once, and go with it.
-func TestUnpackedBytesCount(t *testing.T) {
-	reg := testregistry.Start(t)
-	ctx := context.Background()
-	module := moduleNamed("sized")
-	data := bytes.Repeat([]byte("0123456789abcdef"), 100<<10/16)
-	img := compatOf("/app.wasm", gzLayer(t,
-		file("app.wasm", module), dir("etc"), file("etc/data", data),
-		hardlink("etc/again", "etc/data"), symlink("link", "app.wasm"),
-	))
-	push(t, reg+"/ok/sized:1", img)
-	s := newService(t, t.TempDir(), Options{})
-	before, err := s.Usage()
-	if err != nil {
-		t.Fatal(err)
-	}
-	got, err := s.Pull(ctx, reg+"/ok/sized:1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	after, _ := s.Usage()
-	var blobs int64
-	for _, b := range img.Blobs {
-		blobs += int64(len(b))
-	}
-	blobs += int64(len(module)) // the module, stored on its own
-	files := int64(len(module) + len(data))
-	if got.Unpacked == nil || got.Unpacked.Bytes != files || got.Unpacked.Inodes != 5 {
-		t.Fatalf("unpacked = %+v, want %d bytes in 5 inodes (/, app.wasm, etc, etc/data twice linked, link)", got.Unpacked, files)
-	}
-	if got.Size != blobs+files {
-		t.Fatalf("size = %d, want %d of blobs and %d of files", got.Size, blobs, files)
-	}
-	if grew := int64(after.Bytes - before.Bytes); grew != got.Size {
-		t.Fatalf("usage grew %d bytes, the image is %d", grew, got.Size)
-	}
-	if after.Inodes < before.Inodes+uint64(got.Unpacked.Inodes) {
-		t.Fatalf("usage inodes %d -> %d", before.Inodes, after.Inodes)
-	}
-	if err := s.Remove(ctx, got.ID); err != nil {
-		t.Fatal(err)
-	}
-	if gone, _ := s.Usage(); gone.Bytes != before.Bytes {
-		t.Fatalf("usage after remove = %d bytes, was %d before the pull", gone.Bytes, before.Bytes)
-	}
-	if entries, _ := os.ReadDir(s.fsDir); len(entries) != 0 {
-		t.Fatalf("image-fs holds %v after the remove", entries)
-	}
-}
-
-// What unpacking costs a file: b.N files in 100 directories, one layer.
-func BenchmarkUnpackFiles(b *testing.B) {
-	entries := []entry{file("app.wasm", emptyModule)}
-	for i := range b.N {
-		if i%100 == 0 {
-			entries = append(entries, dir(fmt.Sprintf("d%03d", i/100%100)))
-		}
-		entries = append(entries, file(fmt.Sprintf("d%03d/f%07d", i/100%100, i), []byte("content\n")))
-	}
-	l := gzLayer(b, entries...)
-	cs := newService(b, b.TempDir(), Options{}).content
-	desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(l.blob), Size: int64(len(l.blob))}
-	if err := content.WriteBlob(context.Background(), cs, "bench", bytes.NewReader(l.blob), desc); err != nil {
-		b.Fatal(err)
-	}
-	root := b.TempDir()
-	tree, err := inroot.Open(root)
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer tree.Close()
-	b.ResetTimer()
-	bud := &budget{maxBytes: 1 << 40, maxEntries: 1 << 40}
-	a := newApplier(tree, "bench")
-	defer a.close()
-	if err := applyLayer(context.Background(), cs, desc, l.diffID, a, bud); err != nil {
-		b.Fatal(err)
-	}
-}
-
-// edit changes image id's record in place, as a record written by an
-// older wasmcri (or a crash) would have it.
-func edit(t testing.TB, s *Service, id string, f func(*Image)) {
-	t.Helper()
-	err := s.db.Update(func(tx *bolt.Tx) error {
-		img, err := getImage(tx, id)
-		if err != nil {
-			return err
-		}
-		f(img)
-		return putImage(tx, img)
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-}
-
-// Files missing, or never unpacked (an artifact; a compat image recorded
-// before unpacking moved to pull time), are unpacked when first asked for,
-// with the same checks: the files must hold the module the image runs.
-func TestFilesystemUnpacksLazily(t *testing.T) {
-	reg := testregistry.Start(t)
-	ctx := context.Background()
-	module := moduleNamed("lazy")
-	push(t, reg+"/ok/compat:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", module), file("etc/motd", []byte("hi")))))
-	push(t, reg+"/ok/artifact:1", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	s := newService(t, t.TempDir(), Options{})
-	compat, err := s.Pull(ctx, reg+"/ok/compat:1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, _ := s.fsPath(compat.ID)
-	want := treeOf(t, dir)
-
-	// Gone: unpacked again, counted once.
-	if err := os.RemoveAll(dir); err != nil {
-		t.Fatal(err)
-	}
-	if got, err := s.Filesystem(ctx, compat); err != nil || got != dir || !maps.Equal(treeOf(t, dir), want) {
-		t.Fatalf("after the files went: %s, %v", got, err)
-	}
-	if again := mustGet(t, s, compat.ID); again.Size != compat.Size {
-		t.Fatalf("size %d -> %d unpacking again", compat.Size, again.Size)
-	}
-
-	// Recorded before unpacking at pull: unpacked and counted now.
-	os.RemoveAll(dir)
-	edit(t, s, compat.ID, func(img *Image) { img.Size -= img.Unpacked.Bytes; img.Unpacked = nil })
-	if _, err := s.Filesystem(ctx, mustGet(t, s, compat.ID)); err != nil || !maps.Equal(treeOf(t, dir), want) {
-		t.Fatalf("old record: %v", err)
-	}
-	if again := mustGet(t, s, compat.ID); again.Size != compat.Size || *again.Unpacked != *compat.Unpacked {
-		t.Fatalf("old record unpacked: %+v, want %+v", again, compat)
-	}
-
-	// A record whose module is not what its layers hold is not unpacked.
-	os.RemoveAll(dir)
-	edit(t, s, compat.ID, func(img *Image) { img.Module.Digest = digest.FromBytes(moduleNamed("other")); img.Unpacked = nil })
-	_, err = s.Filesystem(ctx, mustGet(t, s, compat.ID))
-	wantErr(t, err, errdefs.ErrFailedPrecondition, "not the "+digest.FromBytes(moduleNamed("other")).String())
-	if _, err := os.Stat(dir); !os.IsNotExist(err) {
-		t.Fatalf("refused files were left: %v", err)
-	}
-	leftovers(t, s)
-
-	artifact, err := s.Pull(ctx, reg+"/ok/artifact:1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if artifact.Unpacked != nil {
-		t.Fatalf("artifact unpacked at pull: %+v", artifact.Unpacked)
-	}
-	before, _ := s.Usage()
-	adir, err := s.Filesystem(ctx, artifact)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if got := treeOf(t, adir); !maps.Equal(got, map[string]string{".": "dir", "artifact.wasm": string(module)}) {
-		t.Fatalf("artifact files: %v", got)
-	}
-	after, _ := s.Usage()
-	if a := mustGet(t, s, artifact.ID); a.Size != artifact.Size+int64(len(module)) || int64(after.Bytes-before.Bytes) != int64(len(module)) {
-		t.Fatalf("artifact size %d -> %d, usage %d -> %d", artifact.Size, a.Size, before.Bytes, after.Bytes)
-	}
-}
-
-// One image through two manifests (its layer gzipped, and not): one ID,
-// one unpacked tree, both manifests' blobs counted and freed with it; the
-// second pull only checks its layer against the diff ID.
-func TestSameImageThroughAnotherManifest(t *testing.T) {
-	reg := testregistry.Start(t)
-	ctx := context.Background()
-	plain := tarOf(t, file("app.wasm", moduleNamed("same")), file("etc/motd", []byte("hi")))
-	cfg := wasmConfig("/app.wasm", digest.FromBytes(plain))
-	zipped := imageOf(cfg, crafted{blob: gzipOf(t, plain)})
-	raw := &Built{}
-	l := raw.Add(ocispec.MediaTypeImageLayer, plain)
-	raw.SetManifest(ocispec.MediaTypeImageManifest, raw.AddJSON(ocispec.MediaTypeImageConfig, cfg), []ocispec.Descriptor{l}, nil)
-	push(t, reg+"/same/zipped:1", zipped)
-	push(t, reg+"/same/raw:1", raw)
-	s := newService(t, t.TempDir(), Options{})
-	first, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	dir, _ := s.fsPath(first.ID)
-	fi, _ := os.Stat(dir)
-	again, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
-	if err != nil || again.Size != first.Size || len(again.Blobs) != len(first.Blobs) {
-		t.Fatalf("pulled again: %+v, %v", again, err)
-	}
-	second, err := s.Pull(ctx, reg+"/same/raw:1", nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if second.ID != first.ID || second.Module != first.Module || *second.Unpacked != *first.Unpacked || len(second.RepoTags) != 2 {
-		t.Fatalf("second manifest: %+v\nfirst: %+v", second, first)
-	}
-	if want := first.Size + int64(len(plain)) + int64(len(raw.Blobs[raw.Root.Digest])); second.Size != want {
-		t.Fatalf("size %d, want %d: the first's and the second manifest and layer", second.Size, want)
-	}
-	if fi2, _ := os.Stat(dir); !os.SameFile(fi, fi2) {
-		t.Fatal("the tree was unpacked again")
-	}
-	if err := s.Remove(ctx, second.ID); err != nil {
-		t.Fatal(err)
-	}
-	for _, d := range second.Blobs {
-		if _, err := s.content.Info(ctx, d); !errdefs.IsNotFound(err) {
-			t.Errorf("blob %s kept after the remove: %v", d, err)
-		}
 	}
 }

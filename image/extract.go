@@ -9,24 +9,12 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"path"
-	"path/filepath"
-	"strings"
-	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/internal/inroot"
-)
-
-// Config keys the limits are set by, named in the errors they cause.
-const (
-	keyMaxUnpackedSize    = "image.max_unpacked_size"
-	keyMaxUnpackedEntries = "image.max_unpacked_entries"
-	keyMaxModuleSize      = "image.max_module_size"
 )
 
 // budget is what unpacking one image may take, over all its layers. It
@@ -173,110 +161,3 @@ func checkLayers(ctx context.Context, cs content.Provider, m ocispec.Manifest, c
 }
 
 func isRegular(t byte) bool { return t == tar.TypeReg || t == tar.TypeRegA } //nolint:staticcheck // old tars use TypeRegA
-
-// absInImage makes p absolute against dir, as an image entrypoint is.
-func absInImage(dir, p string) string {
-	if !path.IsAbs(p) {
-		p = path.Join("/", dir, p)
-	}
-	return path.Clean(p)
-}
-
-// escapesRoot is true for a tar name with a ".." element.
-func escapesRoot(name string) bool {
-	for _, el := range strings.Split(name, "/") {
-		if el == ".." {
-			return true
-		}
-	}
-	return false
-}
-
-// treeStats is what an unpacked tree takes on disk.
-type treeStats struct {
-	Unpacked
-	// wasm are the first .wasm regular files found, and nWasm how many
-	// there are in all.
-	wasm  []string
-	nWasm int
-}
-
-// statTree measures an unpacked tree (regular file bytes and inodes, hard
-// links counted once) and finds its .wasm files. The tree is the daemon's
-// own, private to it; nothing is followed.
-func statTree(dir string) (treeStats, error) {
-	var st treeStats
-	linked := map[uint64]bool{}
-	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
-		if err != nil {
-			return err
-		}
-		fi, err := d.Info()
-		if err != nil {
-			return err
-		}
-		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 && !fi.IsDir() {
-			if linked[sys.Ino] {
-				return nil
-			}
-			linked[sys.Ino] = true
-		}
-		st.Inodes++
-		if fi.Mode().IsRegular() {
-			st.Bytes += fi.Size()
-			if strings.HasSuffix(p, ".wasm") {
-				if st.nWasm++; len(st.wasm) < 8 {
-					rel, _ := filepath.Rel(dir, p)
-					st.wasm = append(st.wasm, "/"+filepath.ToSlash(rel))
-				}
-			}
-		}
-		return nil
-	})
-	return st, err
-}
-
-// findModule finds the module of a compat image in its unpacked tree: the
-// file the entrypoint names (the image's symlinks followed, inside the
-// tree only), else the only .wasm file of the tree. It returns the
-// module's path in the image and its bytes, at most maxSize of them.
-func findModule(tree *inroot.Root, cfg *ocispec.Image, st treeStats, maxSize int64) (string, []byte, error) {
-	target := ""
-	if ep := cfg.Config.Entrypoint; len(ep) > 0 {
-		target = ep[0]
-	} else if cmd := cfg.Config.Cmd; len(cmd) > 0 && strings.HasSuffix(cmd[0], ".wasm") {
-		target = cmd[0]
-	}
-	if target == "" {
-		if st.nWasm != 1 {
-			more := ""
-			if st.nWasm > len(st.wasm) {
-				more = ", ..."
-			}
-			return "", nil, fmt.Errorf("compat image has no entrypoint and %d .wasm files (%s%s); name the module in the entrypoint: %w",
-				st.nWasm, strings.Join(st.wasm, ", "), more, errdefs.ErrInvalidArgument)
-		}
-		target = st.wasm[0]
-	}
-	want := absInImage(cfg.Config.WorkingDir, target)
-	f, at, err := tree.OpenResolved(want)
-	if err != nil {
-		return "", nil, fmt.Errorf("the entrypoint names %s, which is not a regular file in the image layers: %w", clip(want), errdefs.ErrInvalidArgument)
-	}
-	defer f.Close()
-	fi, err := f.Stat()
-	if err != nil {
-		return "", nil, err
-	}
-	if fi.Size() > maxSize {
-		return "", nil, fmt.Errorf("module %s is %d bytes, over the %d-byte limit (%s): %w", at, fi.Size(), maxSize, keyMaxModuleSize, errdefs.ErrInvalidArgument)
-	}
-	module, err := io.ReadAll(io.LimitReader(f, maxSize+1))
-	if err != nil {
-		return "", nil, err
-	}
-	if int64(len(module)) > maxSize {
-		return "", nil, fmt.Errorf("module %s is over the %d-byte limit (%s): %w", at, maxSize, keyMaxModuleSize, errdefs.ErrInvalidArgument)
-	}
-	return at, module, nil
-}

@@ -4,8 +4,12 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"io/fs"
 	"os"
 	"path"
+	"path/filepath"
+	"strings"
+	"syscall"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/errdefs"
@@ -147,4 +151,48 @@ func (s *Store) unpackInto(dir string, fill func(tree *inroot.Root) error, st *t
 		return err
 	}
 	return nil
+}
+
+// treeStats is what an unpacked tree takes on disk.
+type treeStats struct {
+	Unpacked
+	// wasm are the first .wasm regular files found, and nWasm how many
+	// there are in all.
+	wasm  []string
+	nWasm int
+}
+
+// statTree measures an unpacked tree (regular file bytes and inodes, hard
+// links counted once) and finds its .wasm files. The tree is the daemon's
+// own, private to it; nothing is followed.
+func statTree(dir string) (treeStats, error) {
+	var st treeStats
+	linked := map[uint64]bool{}
+	err := filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		fi, err := d.Info()
+		if err != nil {
+			return err
+		}
+		if sys, ok := fi.Sys().(*syscall.Stat_t); ok && sys.Nlink > 1 && !fi.IsDir() {
+			if linked[sys.Ino] {
+				return nil
+			}
+			linked[sys.Ino] = true
+		}
+		st.Inodes++
+		if fi.Mode().IsRegular() {
+			st.Bytes += fi.Size()
+			if strings.HasSuffix(p, ".wasm") {
+				if st.nWasm++; len(st.wasm) < 8 {
+					rel, _ := filepath.Rel(dir, p)
+					st.wasm = append(st.wasm, "/"+filepath.ToSlash(rel))
+				}
+			}
+		}
+		return nil
+	})
+	return st, err
 }

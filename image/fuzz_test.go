@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"archive/tar"
@@ -21,6 +21,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 )
 
@@ -29,13 +31,13 @@ const fuzzMaxBytes, fuzzMaxEntries = 1 << 20, 256
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
-// seedLayers are real layers: what BuildCompat writes, and hostile ones,
+// seedLayers are real layers: what imagebuild.BuildCompat writes, and hostile ones,
 // gzipped (short inputs minimize fast) and one plain.
 func seedLayers(t testing.TB) [][]byte {
-	compat := mustCompat(t, emptyModule, CompatOptions{ModulePath: "/bin/app.wasm", Files: []TarEntry{
+	compat := mustCompat(t, emptyModule, imagebuild.CompatOptions{ModulePath: "/bin/app.wasm", Files: []imagebuild.TarEntry{
 		{Name: "/etc/motd", Data: []byte("hi")}, {Name: "/bin/app", Link: "app.wasm"}, {Name: "/lib", Link: "/usr/lib"},
 	}})
-	out := [][]byte{compat.Blobs[compat.manifest().Layers[0].Digest]}
+	out := [][]byte{compat.Blobs[manifestOf(compat).Layers[0].Digest]}
 	for i, text := range entrySeeds {
 		plain := tarOf(t, parseEntries(text)[0]...)
 		if i == 0 {
@@ -169,14 +171,11 @@ func unpackChecked(t *testing.T, layers [][]byte) {
 	ctx := context.Background()
 	tree, c, top := hostileRoot(t)
 	cs := memBlobs{}
-	b := &budget{maxBytes: fuzzMaxBytes, maxEntries: fuzzMaxEntries}
+	b := NewBudget(fuzzMaxBytes, fuzzMaxEntries)
 	for _, layer := range layers {
 		desc := ocispec.Descriptor{MediaType: ocispec.MediaTypeImageLayerGzip, Digest: digest.FromBytes(layer), Size: int64(len(layer))}
 		cs[desc.Digest] = layer
-		a := newApplier(tree, desc.Digest.String())
-		err := applyLayer(ctx, cs, desc, diffIDOf(layer), a, b)
-		a.close()
-		if err != nil {
+		if err := ApplyLayer(ctx, cs, desc, diffIDOf(layer), tree, b); err != nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("refused with an error of another class: %v", err)
 			}
@@ -191,7 +190,7 @@ func unpackChecked(t *testing.T, layers [][]byte) {
 	if entries, _ := os.ReadDir(top); len(entries) != 2 {
 		t.Fatalf("beside the tree: %v", entries)
 	}
-	st, err := statTree(tree.Path())
+	st, err := StatTree(tree.Path())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -241,7 +240,7 @@ func FuzzApplyEntries(f *testing.F) {
 
 // FuzzManifest decodes a fuzzed index, manifest and config as a pull does
 // and classifies them: no panic, and what is accepted is what wasmcri can
-// run. The seeds are what BuildCompat, BuildArtifact and BuildIndex write,
+// run. The seeds are what imagebuild.BuildCompat, imagebuild.BuildArtifact and imagebuild.BuildIndex write,
 // cut to what classify reads (short inputs minimize fast).
 func FuzzManifest(f *testing.F) {
 	h := digest.FromString("x").String()
@@ -255,13 +254,13 @@ func FuzzManifest(f *testing.F) {
 	f.Add([]byte(`{}`), []byte(artifact), []byte(`{}`))
 	f.Add([]byte(`{"manifests":[]}`), []byte(`{"config":{"mediaType":"application/vnd.oci.image.config.v1+json"},"layers":[{"mediaType":"application/vnd.oci.image.layer.v1.tar+zstd"}]}`), []byte(`{"architecture":"amd64","os":"linux"}`))
 	// And whole ones, as built.
-	b := mustCompat(f, emptyModule, CompatOptions{})
-	idx := BuildIndex(IndexEntry{b, ocispec.Platform{OS: "wasip1", Architecture: "wasm"}})
-	f.Add(idx.Blobs[idx.Root.Digest], b.Blobs[b.Root.Digest], b.Blobs[b.manifest().Config.Digest])
+	b := mustCompat(f, emptyModule, imagebuild.CompatOptions{})
+	idx := imagebuild.BuildIndex(imagebuild.IndexEntry{Image: b, Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}})
+	f.Add(idx.Blobs[idx.Root.Digest], b.Blobs[b.Root.Digest], b.Blobs[manifestOf(b).Config.Digest])
 	f.Fuzz(func(t *testing.T, indexJSON, manifestJSON, configJSON []byte) {
 		var idx ocispec.Index
 		if json.Unmarshal(indexJSON, &idx) == nil {
-			if d, err := chooseManifest("fuzz", idx); err == nil && !slices.ContainsFunc(idx.Manifests, func(m ocispec.Descriptor) bool { return m.Digest == d.Digest }) {
+			if d, err := ChooseManifest("fuzz", idx); err == nil && !slices.ContainsFunc(idx.Manifests, func(m ocispec.Descriptor) bool { return m.Digest == d.Digest }) {
 				t.Fatalf("chose %v, not in the index", d)
 			} else if err != nil && !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("refusal of another class: %v", err)
@@ -271,7 +270,7 @@ func FuzzManifest(f *testing.F) {
 		if json.Unmarshal(manifestJSON, &m) != nil {
 			return
 		}
-		format, cfg, err := classify("fuzz", m, configJSON)
+		format, cfg, err := Classify("fuzz", m, configJSON)
 		if err != nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("refusal of another class: %v", err)
@@ -280,22 +279,22 @@ func FuzzManifest(f *testing.F) {
 		}
 		switch format {
 		case FormatArtifact:
-			if len(m.Layers) != 1 || !isWasmLayer(m.Layers[0].MediaType) {
+			if len(m.Layers) != 1 || !IsWasmLayer(m.Layers[0].MediaType) {
 				t.Fatalf("artifact of layers %v", m.Layers)
 			}
-			if id := imageID(format, m, ocispec.Descriptor{Digest: digest.FromBytes(manifestJSON)}); id != digest.FromBytes(manifestJSON).String() {
+			if id := ImageID(format, m, ocispec.Descriptor{Digest: digest.FromBytes(manifestJSON)}); id != digest.FromBytes(manifestJSON).String() {
 				t.Fatalf("artifact ID %s", id)
 			}
 		case FormatCompat:
-			if cfg == nil || !isWasmPlatform(cfg.OS, cfg.Architecture) || len(m.Layers) == 0 {
+			if cfg == nil || !IsWasmPlatform(cfg.OS, cfg.Architecture) || len(m.Layers) == 0 {
 				t.Fatalf("compat image %+v of config %+v", m, cfg)
 			}
 			for _, l := range m.Layers {
-				if !isTarLayer(l.MediaType) {
+				if !IsTarLayer(l.MediaType) {
 					t.Fatalf("compat layer %s", l.MediaType)
 				}
 			}
-			if err := checkDiffIDs("fuzz", m, cfg); err == nil && len(cfg.RootFS.DiffIDs) != len(m.Layers) {
+			if err := CheckDiffIDs("fuzz", m, cfg); err == nil && len(cfg.RootFS.DiffIDs) != len(m.Layers) {
 				t.Fatalf("%d diff IDs for %d layers accepted", len(cfg.RootFS.DiffIDs), len(m.Layers))
 			}
 			if m.Config.MediaType != ocispec.MediaTypeImageConfig && m.Config.MediaType != images.MediaTypeDockerSchema2Config {
@@ -312,15 +311,15 @@ func FuzzManifest(f *testing.F) {
 // touched, an imported image runs the module its files hold, within the
 // limits.
 func FuzzImportLayout(f *testing.F) {
-	for _, b := range []*Built{
-		mustCompat(f, emptyModule, CompatOptions{ModulePath: "/bin/app.wasm", Files: []TarEntry{{Name: "/etc/motd", Data: []byte("hi")}, {Name: "/app", Link: "bin/app.wasm"}}}),
-		mustCompat(f, emptyModule, CompatOptions{Docker: true, Uncompressed: true, Entrypoint: []string{}}),
-		BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer),
+	for _, b := range []*imagebuild.Built{
+		mustCompat(f, emptyModule, imagebuild.CompatOptions{ModulePath: "/bin/app.wasm", Files: []imagebuild.TarEntry{{Name: "/etc/motd", Data: []byte("hi")}, {Name: "/app", Link: "bin/app.wasm"}}}),
+		mustCompat(f, emptyModule, imagebuild.CompatOptions{Docker: true, Uncompressed: true, Entrypoint: []string{}}),
+		imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer),
 		compatOf("/app.wasm", gzLayer(f, file("app.wasm", emptyModule)), gzLayer(f, whiteout(".wh..."))),
 		compatOf("/app", gzLayer(f, file("app.wasm", emptyModule), symlink("app", "/../../app.wasm"))),
 	} {
 		var buf bytes.Buffer
-		if err := LayoutOf(b, "fuzz/app:1").WriteTar(&buf); err != nil {
+		if err := imagebuild.LayoutOf(b, "fuzz/app:1").WriteTar(&buf); err != nil {
 			f.Fatal(err)
 		}
 		f.Add(buf.Bytes())

@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"archive/tar"
@@ -6,6 +6,7 @@ import (
 	"compress/gzip"
 	"context"
 	"encoding/json"
+	"io"
 	"io/fs"
 	"maps"
 	"os"
@@ -19,6 +20,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 )
 
@@ -87,6 +90,20 @@ func gzipOf(t testing.TB, b []byte) []byte {
 	return buf.Bytes()
 }
 
+// gunzipOf undoes gzipOf.
+func gunzipOf(t testing.TB, b []byte) []byte {
+	t.Helper()
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		t.Fatal(err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
 // layer is a gzip layer blob with the diff ID of its tar.
 type crafted struct {
 	blob   []byte
@@ -110,8 +127,8 @@ func wasmConfig(entrypoint string, diffIDs ...digest.Digest) ocispec.Image {
 
 // imageOf builds a compat image of cfg over layers. The config is taken as
 // given: its diff IDs are whatever the test put there.
-func imageOf(cfg ocispec.Image, layers ...crafted) *Built {
-	b := &Built{}
+func imageOf(cfg ocispec.Image, layers ...crafted) *imagebuild.Built {
+	b := &imagebuild.Built{}
 	var descs []ocispec.Descriptor
 	for _, l := range layers {
 		descs = append(descs, b.Add(ocispec.MediaTypeImageLayerGzip, l.blob))
@@ -122,7 +139,7 @@ func imageOf(cfg ocispec.Image, layers ...crafted) *Built {
 }
 
 // compatOf builds a compat image whose config names layers' diff IDs.
-func compatOf(entrypoint string, layers ...crafted) *Built {
+func compatOf(entrypoint string, layers ...crafted) *imagebuild.Built {
 	var ids []digest.Digest
 	for _, l := range layers {
 		ids = append(ids, l.diffID)
@@ -142,7 +159,7 @@ func TestIdenticalConfigsDifferentLayers(t *testing.T) {
 	lb := gzLayer(t, file("app.wasm", modB))
 	cfg := wasmConfig("/app.wasm", la.diffID) // what both images carry
 	a, b := imageOf(cfg, la), imageOf(cfg, lb)
-	if a.Blobs[b.manifest().Config.Digest] == nil {
+	if a.Blobs[manifestOf(b).Config.Digest] == nil {
 		t.Fatal("test expects the configs to be the same blob")
 	}
 	push(t, reg+"/same/a:1", a)
@@ -201,7 +218,7 @@ func TestArtifactManifestThatIsAlsoACompatConfig(t *testing.T) {
 	modArtifact, modCompat := moduleNamed("artifact"), moduleNamed("compat")
 	l := gzLayer(t, file("app.wasm", modCompat))
 
-	artifact := &Built{}
+	artifact := &imagebuild.Built{}
 	wasmLayer := artifact.Add(MediaTypeWasmLayer, modArtifact)
 	wasmCfg := artifact.Add(MediaTypeWasmConfigV0, []byte("{}"))
 	// The manifest's "config" object doubles as the image config's config.
@@ -216,7 +233,7 @@ func TestArtifactManifestThatIsAlsoACompatConfig(t *testing.T) {
 	}
 	artifact.Root = artifact.AddJSON(ocispec.MediaTypeImageManifest, both)
 
-	compat := &Built{}
+	compat := &imagebuild.Built{}
 	layerDesc := compat.Add(ocispec.MediaTypeImageLayerGzip, l.blob)
 	cfgDesc := compat.Add(ocispec.MediaTypeImageConfig, artifact.Blobs[artifact.Root.Digest])
 	compat.SetManifest(ocispec.MediaTypeImageManifest, cfgDesc, []ocispec.Descriptor{layerDesc}, nil)
@@ -251,8 +268,8 @@ func TestArtifactManifestThatIsAlsoACompatConfig(t *testing.T) {
 	}
 }
 
-// manifest decodes b's root manifest.
-func (b *Built) manifest() ocispec.Manifest {
+// manifestOf decodes b's root manifest.
+func manifestOf(b *imagebuild.Built) ocispec.Manifest {
 	var m ocispec.Manifest
 	if err := json.Unmarshal(b.Blobs[b.Root.Digest], &m); err != nil {
 		panic(err)
@@ -265,15 +282,15 @@ func TestRecordRefusesAnotherModuleUnderOneID(t *testing.T) {
 	s := newService(t, t.TempDir(), Options{})
 	id := digest.FromString("config").String()
 	first := &Image{ID: id, Format: FormatCompat, RepoTags: []string{"docker.io/x/a:1"}, Module: Module{Digest: digest.FromBytes(moduleNamed("A"))}}
-	if _, err := s.record(first, nil); err != nil {
+	if _, err := s.Record(first, nil); err != nil {
 		t.Fatal(err)
 	}
 	same := &Image{ID: id, Format: FormatCompat, RepoTags: []string{"docker.io/x/c:1"}, Module: first.Module}
-	if _, err := s.record(same, nil); err != nil {
+	if _, err := s.Record(same, nil); err != nil {
 		t.Fatalf("the same image under another name: %v", err)
 	}
 	other := &Image{ID: id, Format: FormatCompat, RepoTags: []string{"docker.io/x/b:1", "docker.io/x/a:1"}, Module: Module{Digest: digest.FromBytes(moduleNamed("B"))}}
-	_, err := s.record(other, nil)
+	_, err := s.Record(other, nil)
 	wantErr(t, err, errdefs.ErrConflict, "refusing to merge")
 	if _, err := s.Get("docker.io/x/b:1"); !errdefs.IsNotFound(err) {
 		t.Fatalf("the refused image's name was recorded: %v", err)
@@ -428,7 +445,7 @@ func TestHostileWhiteoutsAndLinks(t *testing.T) {
 // leftovers fails the test if an unpacking left its temporary tree.
 func leftovers(t testing.TB, s *Service) {
 	t.Helper()
-	entries, _ := os.ReadDir(s.fsDir)
+	entries, _ := os.ReadDir(s.FSDir())
 	for _, e := range entries {
 		if strings.HasPrefix(e.Name(), ".") {
 			t.Fatalf("image-fs holds %s after the unpack ended", e.Name())

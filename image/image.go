@@ -9,18 +9,6 @@ import (
 	"github.com/opencontainers/go-digest"
 )
 
-// Format says which of the Wasm image layouts an image was pulled in.
-type Format string
-
-const (
-	// FormatArtifact is a Wasm OCI artifact: the module is a layer of its own
-	// (application/wasm or application/vnd.wasm.content.layer.v1+wasm).
-	FormatArtifact Format = "wasm-artifact"
-	// FormatCompat is a regular image built for platform wasip1/wasi + wasm
-	// whose tar layer holds the module, named by the entrypoint.
-	FormatCompat Format = "compat"
-)
-
 // Image is what the runtime knows of one pulled image. Its ID is the digest
 // of the image config (of the manifest for Wasm artifacts), so that the same
 // image pulled under two names is one image with two tags.
@@ -69,12 +57,4 @@ type Module struct {
 type Unpacked struct {
 	Bytes  int64 `json:"bytes"`
 	Inodes int64 `json:"inodes"`
-}
-
-// Auth is the registry credential for one pull, from PullImageRequest.Auth.
-type Auth struct {
-	Username      string
-	Password      string
-	IdentityToken string
-	RegistryToken string
 }

@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"archive/tar"
@@ -17,6 +17,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
 )
@@ -44,16 +46,16 @@ func newService(t testing.TB, dir string, opts Options) *Service {
 	return s
 }
 
-func push(t testing.TB, ref string, b *Built) {
+func push(t testing.TB, ref string, b *imagebuild.Built) {
 	t.Helper()
-	if err := Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, b, RegistryOptions{}, nil); err != nil {
 		t.Fatalf("push %s: %v", ref, err)
 	}
 }
 
-func mustCompat(t testing.TB, module []byte, opts CompatOptions) *Built {
+func mustCompat(t testing.TB, module []byte, opts imagebuild.CompatOptions) *imagebuild.Built {
 	t.Helper()
-	b, err := BuildCompat(module, opts)
+	b, err := imagebuild.BuildCompat(module, opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -79,28 +81,28 @@ func TestPullEachLayout(t *testing.T) {
 	s := newService(t, t.TempDir(), Options{})
 	module := append(append([]byte{}, emptyModule...), []byte("\x00\x04name")...) // a custom section
 
-	linux := &Built{}
+	linux := &imagebuild.Built{}
 	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
 	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("not really a layer"))
 	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
-	compat := mustCompat(t, module, CompatOptions{ModulePath: "/bin/app.wasm", Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/srv"})
+	compat := mustCompat(t, module, imagebuild.CompatOptions{ModulePath: "/bin/app.wasm", Cmd: []string{"serve"}, Env: []string{"A=1"}, WorkingDir: "/srv"})
 
 	for _, tc := range []struct {
 		name     string
-		image    *Built
+		image    *imagebuild.Built
 		format   Format
 		modName  string
 		wantCmd  []string
 		wantEntr []string
 	}{
-		{"artifact-v0-config-v1-layer", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v0-config-v1-layer", nil, nil},
-		{"artifact-application-wasm", BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer), FormatArtifact, "artifact-application-wasm", nil, nil},
-		{"artifact-v1-config", BuildArtifact(module, MediaTypeWasmConfigV1, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v1-config", nil, nil},
+		{"artifact-v0-config-v1-layer", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v0-config-v1-layer", nil, nil},
+		{"artifact-application-wasm", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV0, MediaTypeWasmLayer), FormatArtifact, "artifact-application-wasm", nil, nil},
+		{"artifact-v1-config", imagebuild.BuildArtifact(module, MediaTypeWasmConfigV1, MediaTypeWasmLayerV1), FormatArtifact, "artifact-v1-config", nil, nil},
 		{"compat", compat, FormatCompat, "/bin/app.wasm", []string{"serve"}, []string{"/bin/app.wasm"}},
-		{"compat-wasi", mustCompat(t, module, CompatOptions{OS: "wasi"}), FormatCompat, "/module.wasm", nil, []string{"/module.wasm"}},
-		{"index", BuildIndex(
-			IndexEntry{linux, ocispec.Platform{OS: "linux", Architecture: "amd64"}},
-			IndexEntry{compat, ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
+		{"compat-wasi", mustCompat(t, module, imagebuild.CompatOptions{OS: "wasi"}), FormatCompat, "/module.wasm", nil, []string{"/module.wasm"}},
+		{"index", imagebuild.BuildIndex(
+			imagebuild.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+			imagebuild.IndexEntry{Image: compat, Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
 		), FormatCompat, "/bin/app.wasm", []string{"serve"}, []string{"/bin/app.wasm"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -163,16 +165,16 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 	ctx := context.Background()
 	s := newService(t, t.TempDir(), Options{MaxLayerSize: 1 << 10})
 
-	linux := &Built{}
+	linux := &imagebuild.Built{}
 	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
 	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("layer"))
 	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
 	push(t, reg+"/bad/linux:1", linux)
-	push(t, reg+"/bad/linux-index:1", BuildIndex(IndexEntry{linux, ocispec.Platform{OS: "linux", Architecture: "amd64"}}))
-	push(t, reg+"/bad/component:1", BuildArtifact(componentModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	push(t, reg+"/bad/notwasm:1", BuildArtifact([]byte("#!/bin/sh\necho hi\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	push(t, reg+"/bad/big:1", BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 2<<10)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
-	push(t, reg+"/bad/noentry:1", mustCompat(t, emptyModule, CompatOptions{Entrypoint: []string{"/missing.wasm"}}))
+	push(t, reg+"/bad/linux-index:1", imagebuild.BuildIndex(imagebuild.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}}))
+	push(t, reg+"/bad/component:1", imagebuild.BuildArtifact(componentModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/notwasm:1", imagebuild.BuildArtifact([]byte("#!/bin/sh\necho hi\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/big:1", imagebuild.BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 2<<10)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/bad/noentry:1", mustCompat(t, emptyModule, imagebuild.CompatOptions{Entrypoint: []string{"/missing.wasm"}}))
 
 	// A tar whose entry climbs out of the root.
 	var tb bytes.Buffer
@@ -182,7 +184,7 @@ func TestPullRefusesWhatIsNotAWasmModule(t *testing.T) {
 	tw.Write(emptyModule)
 	tw.Close()
 	gz.Close()
-	push(t, reg+"/bad/traversal:1", imageOf(wasmConfig("/module.wasm", digest.FromBytes(mustGunzip(tb.Bytes()))), crafted{blob: tb.Bytes()}))
+	push(t, reg+"/bad/traversal:1", imageOf(wasmConfig("/module.wasm", digest.FromBytes(gunzipOf(t, tb.Bytes()))), crafted{blob: tb.Bytes()}))
 
 	for _, tc := range []struct {
 		ref   string
@@ -214,7 +216,7 @@ func TestPullWithBasicAuth(t *testing.T) {
 	reg := testregistry.StartWithBasicAuth(t, "alice", "s3cret")
 	ctx := context.Background()
 	ref := reg + "/private/app:1"
-	if err := Push(ctx, ref, BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), RegistryOptions{}, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
+	if err := imagebuild.Push(ctx, ref, imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), RegistryOptions{}, &Auth{Username: "alice", Password: "s3cret"}); err != nil {
 		t.Fatal(err)
 	}
 	s := newService(t, t.TempDir(), Options{})
@@ -232,8 +234,8 @@ func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
 	s := newService(t, dir, Options{})
-	a := BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer)
-	b := mustCompat(t, emptyModule, CompatOptions{})
+	a := imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer)
+	b := mustCompat(t, emptyModule, imagebuild.CompatOptions{})
 	push(t, reg+"/x/a:1", a)
 	push(t, reg+"/x/a:2", a)
 	push(t, reg+"/x/b:1", b)
@@ -280,7 +282,7 @@ func TestRemoveFreesOnlyUnsharedContent(t *testing.T) {
 func TestMetadataSurvivesReopen(t *testing.T) {
 	reg := testregistry.Start(t)
 	dir := t.TempDir()
-	push(t, reg+"/x/a:1", BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/x/a:1", imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 	db, err := bolt.Open(filepath.Join(dir, "meta.db"), 0o600, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -330,7 +332,7 @@ func TestConcurrentPullsDownloadOnce(t *testing.T) {
 		}
 	})
 	ref := reg + "/x/a:1"
-	push(t, ref, BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 1<<20)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, ref, imagebuild.BuildArtifact(append(append([]byte{}, emptyModule...), make([]byte, 1<<20)...), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 	s := newService(t, t.TempDir(), Options{})
 	var wg sync.WaitGroup
 	errs := make(chan error, 8)
@@ -364,7 +366,7 @@ func TestImport(t *testing.T) {
 	s := newService(t, t.TempDir(), Options{})
 	ctx := context.Background()
 	var buf bytes.Buffer
-	if err := LayoutOf(BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "local/app:1").WriteTar(&buf); err != nil {
+	if err := imagebuild.LayoutOf(imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "local/app:1").WriteTar(&buf); err != nil {
 		t.Fatal(err)
 	}
 	layout, err := ReadLayoutTar(&buf, 1<<20)
@@ -378,7 +380,7 @@ func TestImport(t *testing.T) {
 
 	// Tampered blobs, escaping paths and non-Wasm content are refused.
 	tamper := func(edit func(*Layout)) error {
-		l := LayoutOf(BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x")
+		l := imagebuild.LayoutOf(imagebuild.BuildArtifact(emptyModule, MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x")
 		edit(l)
 		var b bytes.Buffer
 		l.WriteTar(&b)
@@ -409,12 +411,60 @@ func TestImport(t *testing.T) {
 		t.Errorf("garbage: %v", err)
 	}
 	var notWasm bytes.Buffer
-	LayoutOf(BuildArtifact([]byte("#!/bin/sh\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x").WriteTar(&notWasm)
+	imagebuild.LayoutOf(imagebuild.BuildArtifact([]byte("#!/bin/sh\n"), MediaTypeWasmConfigV0, MediaTypeWasmLayer), "x").WriteTar(&notWasm)
 	l, _ := ReadLayoutTar(&notWasm, 1<<20)
 	if _, err := s.Import(ctx, "local/sh:1", l); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("import of a shell script: %v", err)
 	}
 	if imgs, _ := s.List(); len(imgs) != 1 {
 		t.Errorf("refused imports left images: %d", len(imgs))
+	}
+}
+
+// One image through two manifests (its layer gzipped, and not): one ID,
+// one unpacked tree, both manifests' blobs counted and freed with it; the
+// second pull only checks its layer against the diff ID.
+func TestSameImageThroughAnotherManifest(t *testing.T) {
+	reg := testregistry.Start(t)
+	ctx := context.Background()
+	plain := tarOf(t, file("app.wasm", moduleNamed("same")), file("etc/motd", []byte("hi")))
+	cfg := wasmConfig("/app.wasm", digest.FromBytes(plain))
+	zipped := imageOf(cfg, crafted{blob: gzipOf(t, plain)})
+	raw := &imagebuild.Built{}
+	l := raw.Add(ocispec.MediaTypeImageLayer, plain)
+	raw.SetManifest(ocispec.MediaTypeImageManifest, raw.AddJSON(ocispec.MediaTypeImageConfig, cfg), []ocispec.Descriptor{l}, nil)
+	push(t, reg+"/same/zipped:1", zipped)
+	push(t, reg+"/same/raw:1", raw)
+	s := newService(t, t.TempDir(), Options{})
+	first, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, _ := s.FSPath(first.ID)
+	fi, _ := os.Stat(dir)
+	again, err := s.Pull(ctx, reg+"/same/zipped:1", nil)
+	if err != nil || again.Size != first.Size || len(again.Blobs) != len(first.Blobs) {
+		t.Fatalf("pulled again: %+v, %v", again, err)
+	}
+	second, err := s.Pull(ctx, reg+"/same/raw:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if second.ID != first.ID || second.Module != first.Module || *second.Unpacked != *first.Unpacked || len(second.RepoTags) != 2 {
+		t.Fatalf("second manifest: %+v\nfirst: %+v", second, first)
+	}
+	if want := first.Size + int64(len(plain)) + int64(len(raw.Blobs[raw.Root.Digest])); second.Size != want {
+		t.Fatalf("size %d, want %d: the first's and the second manifest and layer", second.Size, want)
+	}
+	if fi2, _ := os.Stat(dir); !os.SameFile(fi, fi2) {
+		t.Fatal("the tree was unpacked again")
+	}
+	if err := s.Remove(ctx, second.ID); err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range second.Blobs {
+		if _, err := s.Content().Info(ctx, d); !errdefs.IsNotFound(err) {
+			t.Errorf("blob %s kept after the remove: %v", d, err)
+		}
 	}
 }

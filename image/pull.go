@@ -6,10 +6,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-	"log/slog"
 	"os"
 	"path"
-	"path/filepath"
 	"strings"
 	"time"
 
@@ -21,97 +19,10 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/internal/inroot"
-	bolt "go.etcd.io/bbolt"
-	"golang.org/x/sync/singleflight"
 )
 
 // maxMetadataSize bounds manifests, indexes and configs, as containerd does.
 const maxMetadataSize = 4 << 20
-
-// Options configure a Service.
-type Options struct {
-	Registry RegistryOptions
-	// MaxLayerSize refuses larger blobs before storing them.
-	MaxLayerSize int64
-	// MaxModuleSize refuses larger WebAssembly modules; 0 is MaxLayerSize.
-	MaxModuleSize int64
-	// MaxUnpackedSize bounds what one compat image's layers unpack to: the
-	// bytes of its uncompressed layers, summed (and the file data they
-	// write). Larger images are refused; 0 is DefaultMaxUnpackedSize.
-	MaxUnpackedSize int64
-	// MaxUnpackedEntries bounds the entries (files, directories, links,
-	// whiteouts) of one compat image's layers, summed; 0 is
-	// DefaultMaxUnpackedEntries.
-	MaxUnpackedEntries int64
-	// PullTimeout bounds one pull, unpacking included.
-	PullTimeout time.Duration
-	// Validate checks a module fully (e.g. wasmtime's validator) before
-	// the image is recorded; nil checks the header only.
-	Validate func(module []byte) error
-	Logger   *slog.Logger
-}
-
-// Defaults of the unpacking limits.
-const (
-	DefaultMaxUnpackedSize    = 4 << 30
-	DefaultMaxUnpackedEntries = 200_000
-)
-
-// Service is the image side of the runtime: pulls into the Store and
-// answers lookups from it.
-type Service struct {
-	*Store
-	opts  Options
-	pulls singleflight.Group
-}
-
-// NewService opens the image store under contentDir with metadata in db,
-// unpacked images in image-fs beside it. Before anything is served it
-// makes both directories private to the daemon and reclaims what a crash
-// can leave behind (see reclaim).
-func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) {
-	st, err := NewStore(db, contentDir)
-	if err != nil {
-		return nil, err
-	}
-	if opts.Logger == nil {
-		opts.Logger = slog.Default()
-	}
-	if opts.MaxLayerSize <= 0 {
-		opts.MaxLayerSize = 512 << 20
-	}
-	if opts.MaxModuleSize <= 0 {
-		opts.MaxModuleSize = opts.MaxLayerSize
-	}
-	if opts.MaxUnpackedSize <= 0 {
-		opts.MaxUnpackedSize = DefaultMaxUnpackedSize
-	}
-	if opts.MaxUnpackedEntries <= 0 {
-		opts.MaxUnpackedEntries = DefaultMaxUnpackedEntries
-	}
-	if opts.PullTimeout <= 0 {
-		opts.PullTimeout = 10 * time.Minute
-	}
-	st.fsDir = filepath.Join(filepath.Dir(contentDir), "image-fs")
-	if err := st.private(); err != nil {
-		return nil, err
-	}
-	r, err := st.reclaim(context.Background())
-	if err != nil {
-		// Leftovers waste disk; they harm nothing else.
-		opts.Logger.Warn("reclaiming what a crash left in the image store", "error", err)
-	}
-	if r != (reclaimed{}) {
-		opts.Logger.Info("reclaimed what a crash left in the image store",
-			"ingests", r.ingests, "blobs", r.blobs, "unpacked trees", r.trees, "bytes", r.bytes)
-	}
-	return &Service{Store: st, opts: opts}, nil
-}
-
-// budget is a fresh unpacking budget under the service's limits.
-func (s *Service) budget() *budget {
-	return &budget{maxBytes: s.opts.MaxUnpackedSize, maxEntries: s.opts.MaxUnpackedEntries}
-}
 
 // Pull fetches ref from its registry, checks that it is a Wasm image in a
 // known layout, and records it. Concurrent pulls of one reference with the
@@ -138,7 +49,7 @@ func (s *Service) Pull(ctx context.Context, ref string, auth *Auth) (*Image, err
 		}
 		return r.Val.(*Image), nil
 	case <-ctx.Done():
-		return nil, registryError(named.String(), ctx.Err())
+		return nil, RegistryError(named.String(), ctx.Err())
 	}
 }
 
@@ -160,16 +71,16 @@ func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (
 	start := time.Now()
 	log.Info("pulling image")
 
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.opts.Registry.registryHosts(ctx, auth)})
+	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: s.opts.Registry.Hosts(ctx, auth)})
 	name, root, err := resolver.Resolve(ctx, ref)
 	if err != nil {
-		err = registryError(ref, err)
+		err = RegistryError(ref, err)
 		log.Warn("pull failed", "error", err)
 		return nil, err
 	}
 	fetcher, err := resolver.Fetcher(ctx, name)
 	if err != nil {
-		return nil, registryError(ref, err)
+		return nil, RegistryError(ref, err)
 	}
 	p := &pull{s: s, ref: ref, fetcher: fetcher, cs: s.content}
 	img, err := p.run(ctx, named, root)
@@ -216,7 +127,7 @@ func (p *pull) fetch(ctx context.Context, desc ocispec.Descriptor, limit int64, 
 		if _, local := p.fetcher.(*Layout); local {
 			return nil, fmt.Errorf("%s: %w", p.ref, err)
 		}
-		return nil, registryError(p.ref, err)
+		return nil, RegistryError(p.ref, err)
 	}
 	if !read {
 		return nil, nil
@@ -360,7 +271,7 @@ func (p *pull) checkModule(module []byte) error {
 // cancellation, and names the image in any other.
 func (p *pull) stopped(err error) error {
 	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, context.Canceled) {
-		return registryError(p.ref, err)
+		return RegistryError(p.ref, err)
 	}
 	return fmt.Errorf("%s: %w", p.ref, err)
 }

@@ -1,4 +1,4 @@
-package image
+package image_test
 
 import (
 	"bytes"
@@ -14,6 +14,8 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
+	. "github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	bolt "go.etcd.io/bbolt"
 )
@@ -47,7 +49,7 @@ func TestReclaimAtStartup(t *testing.T) {
 	dir := t.TempDir()
 	push(t, reg+"/ok/kept:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", moduleNamed("kept")), file("etc/motd", []byte("hi")))))
 	push(t, reg+"/ok/old:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", moduleNamed("old")))))
-	push(t, reg+"/ok/artifact:1", BuildArtifact(moduleNamed("artifact"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
+	push(t, reg+"/ok/artifact:1", imagebuild.BuildArtifact(moduleNamed("artifact"), MediaTypeWasmConfigV0, MediaTypeWasmLayer))
 
 	s, stop := openService(t, dir, Options{})
 	kept, err := s.Pull(ctx, reg+"/ok/kept:1", nil)
@@ -66,13 +68,13 @@ func TestReclaimAtStartup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	keptDir, _ := s.fsPath(kept.ID)
-	oldDir, _ := s.fsPath(old.ID)
+	keptDir, _ := s.FSPath(kept.ID)
+	oldDir, _ := s.FSPath(old.ID)
 	edit(t, s, old.ID, func(img *Image) { img.Size -= img.Unpacked.Bytes; img.Unpacked = nil })
 
 	// The leftovers.
-	half := filepath.Join(s.fsDir, tempPrefix+"123456")
-	stray := filepath.Join(s.fsDir, strings.Repeat("ab", 32))
+	half := filepath.Join(s.FSDir(), TempPrefix+"123456")
+	stray := filepath.Join(s.FSDir(), strings.Repeat("ab", 32))
 	for _, d := range []string{filepath.Join(half, "usr", "lib"), filepath.Join(stray, "etc")} {
 		if err := os.MkdirAll(d, 0o755); err != nil {
 			t.Fatal(err)
@@ -85,7 +87,7 @@ func TestReclaimAtStartup(t *testing.T) {
 	if err := os.Chmod(filepath.Join(half, "usr"), 0); err != nil {
 		t.Fatal(err)
 	}
-	w, err := content.OpenWriter(ctx, s.content, content.WithRef("interrupted"), content.WithDescriptor(ocispec.Descriptor{Size: 1 << 20}))
+	w, err := content.OpenWriter(ctx, s.Content(), content.WithRef("interrupted"), content.WithDescriptor(ocispec.Descriptor{Size: 1 << 20}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -94,10 +96,10 @@ func TestReclaimAtStartup(t *testing.T) {
 	}
 	w.Close()
 	orphan := []byte("fetched, never recorded")
-	if err := content.WriteBlob(ctx, s.content, "orphan", strings.NewReader(string(orphan)), ocispec.Descriptor{Digest: digest.FromBytes(orphan), Size: int64(len(orphan))}); err != nil {
+	if err := content.WriteBlob(ctx, s.Content(), "orphan", strings.NewReader(string(orphan)), ocispec.Descriptor{Digest: digest.FromBytes(orphan), Size: int64(len(orphan))}); err != nil {
 		t.Fatal(err)
 	}
-	if st, _ := s.content.ListStatuses(ctx); len(st) != 1 {
+	if st, _ := s.Content().ListStatuses(ctx); len(st) != 1 {
 		t.Fatalf("test expects one ingest, has %v", st)
 	}
 	stop()
@@ -109,13 +111,13 @@ func TestReclaimAtStartup(t *testing.T) {
 			t.Errorf("%s is still there: %v", gone, err)
 		}
 	}
-	if st, err := s.content.ListStatuses(ctx); err != nil || len(st) != 0 {
+	if st, err := s.Content().ListStatuses(ctx); err != nil || len(st) != 0 {
 		t.Errorf("ingests after start-up: %v, %v", st, err)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(dir, "content", "ingest")); len(entries) != 0 {
 		t.Errorf("ingest directory holds %v", entries)
 	}
-	if _, err := s.content.Info(ctx, digest.FromBytes(orphan)); !errdefs.IsNotFound(err) {
+	if _, err := s.Content().Info(ctx, digest.FromBytes(orphan)); !errdefs.IsNotFound(err) {
 		t.Errorf("the orphan blob is still there: %v", err)
 	}
 	for _, d := range []string{keptDir, artifactDir} {
@@ -126,7 +128,7 @@ func TestReclaimAtStartup(t *testing.T) {
 	for _, img := range []*Image{kept, old, artifact} {
 		got := mustGet(t, s, img.ID)
 		for _, d := range got.Blobs {
-			if _, err := s.content.Info(ctx, d); err != nil {
+			if _, err := s.Content().Info(ctx, d); err != nil {
 				t.Errorf("blob %s of %s went: %v", d, img.RepoTags, err)
 			}
 		}
@@ -170,7 +172,7 @@ func TestStoreDirectoriesArePrivate(t *testing.T) {
 			t.Errorf("%s: %v %v, want 0700", d, fi.Mode(), err)
 		}
 	}
-	tree, _ := s.fsPath(img.ID)
+	tree, _ := s.FSPath(img.ID)
 	if fi, err := os.Stat(filepath.Join(tree, "etc", "motd")); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Errorf("an unpacked file's own mode: %v %v", fi.Mode(), err)
 	}
@@ -194,7 +196,7 @@ func TestRefusedPullFreesItsBlobs(t *testing.T) {
 	_, err = s.Pull(ctx, reg+"/bad/whiteout:1", nil)
 	wantErr(t, err, errdefs.ErrInvalidArgument, "not a name in its directory")
 	for d := range bad.Blobs {
-		_, err := s.content.Info(ctx, d)
+		_, err := s.Content().Info(ctx, d)
 		if slices.Contains(good.Blobs, d) {
 			if err != nil {
 				t.Errorf("blob %s of the recorded image went: %v", d, err)

@@ -31,9 +31,17 @@ type RegistryOptions struct {
 	DockerConfig string
 }
 
-// registryHosts builds the per-pull host list: hosts.toml when configured,
-// plain HTTP where allowed, and the pull's own credentials.
-func (o RegistryOptions) registryHosts(ctx context.Context, auth *Auth) docker.RegistryHosts {
+// Auth is the registry credential for one pull, from PullImageRequest.Auth.
+type Auth struct {
+	Username      string
+	Password      string
+	IdentityToken string
+	RegistryToken string
+}
+
+// Hosts builds the host list of one pull (or push): hosts.toml when
+// configured, plain HTTP where allowed, and its own credentials.
+func (o RegistryOptions) Hosts(ctx context.Context, auth *Auth) docker.RegistryHosts {
 	opts := dockerconfig.HostOptions{}
 	if o.ConfigPath != "" {
 		opts.HostDir = dockerconfig.HostDirFromRoot(o.ConfigPath)
@@ -76,8 +84,9 @@ func (o RegistryOptions) registryHosts(ctx context.Context, auth *Auth) docker.R
 	}
 }
 
-// registryError gives a registry failure the error class CRI callers act on.
-func registryError(ref string, err error) error {
+// RegistryError gives a registry failure the error class CRI callers act
+// on; a push's failures get the same.
+func RegistryError(ref string, err error) error {
 	var status remoteerrors.ErrUnexpectedStatus
 	switch {
 	case errors.Is(err, context.DeadlineExceeded):

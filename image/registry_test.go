@@ -21,7 +21,7 @@ func TestRegistryHostsScheme(t *testing.T) {
 		// Loopback hosts try https and fall back to http in containerd's
 		// transport; every test registry here relies on that.
 	} {
-		hosts, err := tc.opts.registryHosts(ctx, nil)(tc.host)
+		hosts, err := tc.opts.Hosts(ctx, nil)(tc.host)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -41,7 +41,7 @@ func TestRegistryHostsConfigPath(t *testing.T) {
 	if err := os.WriteFile(filepath.Join(dir, "registry.k8s.io", "hosts.toml"), []byte(hostsToml), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	hosts, err := RegistryOptions{ConfigPath: dir}.registryHosts(context.Background(), nil)("registry.k8s.io")
+	hosts, err := RegistryOptions{ConfigPath: dir}.Hosts(context.Background(), nil)("registry.k8s.io")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,6 +18,7 @@ import (
 	"time"
 
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -89,15 +90,15 @@ func conformanceImages() []wasmboxImage {
 // wasmboxCompat is the Wasm test image as a compat image: the module at
 // /bin/busybox.wasm, its applets as symlinks in /bin, and the /etc files
 // a busybox image has.
-func wasmboxCompat(t *testing.T, module []byte, img wasmboxImage) *image.Built {
+func wasmboxCompat(t *testing.T, module []byte, img wasmboxImage) *imagebuild.Built {
 	t.Helper()
-	files := []image.TarEntry{
+	files := []imagebuild.TarEntry{
 		{Name: "/etc/passwd", Data: []byte("root:x:0:0:root:/root:/bin/sh\nwww-data:x:33:33:www-data:/var/www:/bin/false\nuser:x:1000:1000::/home/user:/bin/sh\n")},
 		{Name: "/etc/group", Data: []byte("root:x:0:\nwww-data:x:33:\nuser:x:1000:\ngroup:x:50000:user\n")},
 		{Name: "/tmp/.keep"},
 	}
 	for _, applet := range []string{"sh", "echo", "cat", "sleep", "top", "ls", "test", "[", "touch", "mkdir", "rm", "env", "hostname", "pwd", "true", "false", "grep", "id", "pgrep", "dd", "head", "wc", "httpd", "seq", "sync"} {
-		files = append(files, image.TarEntry{Name: "/bin/" + applet, Link: "busybox.wasm"})
+		files = append(files, imagebuild.TarEntry{Name: "/bin/" + applet, Link: "busybox.wasm"})
 	}
 	// Images are distinct (their own image IDs) unless extra says which
 	// must be one image under several names.
@@ -105,12 +106,12 @@ func wasmboxCompat(t *testing.T, module []byte, img wasmboxImage) *image.Built {
 	if mark == "" {
 		mark = img.name
 	}
-	files = append(files, image.TarEntry{Name: "/etc/wasmbox-image", Data: []byte(mark + "\n")})
+	files = append(files, imagebuild.TarEntry{Name: "/etc/wasmbox-image", Data: []byte(mark + "\n")})
 	cmd := img.cmd
 	if cmd == nil {
 		cmd = []string{"sh"}
 	}
-	b, err := image.BuildCompat(module, image.CompatOptions{
+	b, err := imagebuild.BuildCompat(module, imagebuild.CompatOptions{
 		ModulePath: "/bin/busybox.wasm",
 		Entrypoint: []string{},
 		Cmd:        cmd,
@@ -133,12 +134,12 @@ func TestCritest(t *testing.T) {
 	defer cancel()
 	for _, img := range conformanceImages() {
 		_, path, _ := strings.Cut(img.name, "/")
-		if err := image.Push(ctx, reg+"/"+path, wasmboxCompat(t, module, img), image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
+		if err := imagebuild.Push(ctx, reg+"/"+path, wasmboxCompat(t, module, img), image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
 			t.Fatalf("push %s: %v", img.name, err)
 		}
 	}
 	own := reg + "/wasmcri/wasmbox:conformance"
-	if err := image.Push(ctx, own, wasmboxCompat(t, module, wasmboxImage{name: "wasmbox"}), image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
+	if err := imagebuild.Push(ctx, own, wasmboxCompat(t, module, wasmboxImage{name: "wasmbox"}), image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
 		t.Fatal(err)
 	}
 

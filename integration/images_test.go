@@ -22,6 +22,7 @@ import (
 	"time"
 
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -100,7 +101,7 @@ func TestImageImport(t *testing.T) {
 	os.WriteFile(wasmFile, hello, 0o644)
 
 	var tarBuf bytes.Buffer
-	image.LayoutOf(image.BuildArtifact(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), "layout-tar").WriteTar(&tarBuf)
+	imagebuild.LayoutOf(imagebuild.BuildArtifact(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), "layout-tar").WriteTar(&tarBuf)
 	var gzBuf bytes.Buffer
 	gz := gzip.NewWriter(&gzBuf)
 	gz.Write(tarBuf.Bytes())

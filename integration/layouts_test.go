@@ -11,6 +11,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -21,35 +22,35 @@ func TestEveryWasmLayout(t *testing.T) {
 	reg := startRegistry(t)
 	d := newDaemon(t)
 	hello := testmodule.Hello(t)
-	mustCompat := func(opts image.CompatOptions) *image.Built {
-		b, err := image.BuildCompat(hello, opts)
+	mustCompat := func(opts imagebuild.CompatOptions) *imagebuild.Built {
+		b, err := imagebuild.BuildCompat(hello, opts)
 		if err != nil {
 			t.Fatal(err)
 		}
 		return b
 	}
-	linux := &image.Built{}
+	linux := &imagebuild.Built{}
 	cfg := linux.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}})
 	layer := linux.Add(ocispec.MediaTypeImageLayerGzip, []byte("a linux layer"))
 	linux.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{layer}, nil)
 
 	layouts := []struct {
 		name  string
-		image *image.Built
+		image *imagebuild.Built
 		argv0 string
 	}{
-		{"cncf-artifact", image.BuildArtifact(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), "cncf-artifact"},
-		{"cncf-artifact-with-artifact-type", image.BuildArtifactOf(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer, image.MediaTypeWasmConfigV0), "cncf-artifact-with-artifact-type"},
-		{"wasm-to-oci-v1-config", image.BuildArtifact(hello, image.MediaTypeWasmConfigV1, image.MediaTypeWasmLayerV1), "wasm-to-oci-v1-config"},
-		{"wasm-to-oci-v0-config", image.BuildArtifact(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayerV1), "wasm-to-oci-v0-config"},
-		{"compat-wasip1-annotated", mustCompat(image.CompatOptions{ModulePath: "/app.wasm", Annotations: map[string]string{image.AnnotationCompatVariant: "compat"}}), "/app.wasm"},
-		{"compat-wasi-plain", mustCompat(image.CompatOptions{ModulePath: "/app.wasm", OS: "wasi"}), "/app.wasm"},
-		{"compat-docker-schema2", mustCompat(image.CompatOptions{ModulePath: "/app.wasm", Docker: true}), "/app.wasm"},
-		{"compat-uncompressed", mustCompat(image.CompatOptions{ModulePath: "/app.wasm", Uncompressed: true}), "/app.wasm"},
-		{"compat-no-entrypoint", mustCompat(image.CompatOptions{ModulePath: "/srv/only.wasm", Entrypoint: []string{}}), "/srv/only.wasm"},
-		{"index-linux-and-wasm", image.BuildIndex(
-			image.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}},
-			image.IndexEntry{Image: mustCompat(image.CompatOptions{ModulePath: "/app.wasm"}), Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
+		{"cncf-artifact", imagebuild.BuildArtifact(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), "cncf-artifact"},
+		{"cncf-artifact-with-artifact-type", imagebuild.BuildArtifactOf(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer, image.MediaTypeWasmConfigV0), "cncf-artifact-with-artifact-type"},
+		{"wasm-to-oci-v1-config", imagebuild.BuildArtifact(hello, image.MediaTypeWasmConfigV1, image.MediaTypeWasmLayerV1), "wasm-to-oci-v1-config"},
+		{"wasm-to-oci-v0-config", imagebuild.BuildArtifact(hello, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayerV1), "wasm-to-oci-v0-config"},
+		{"compat-wasip1-annotated", mustCompat(imagebuild.CompatOptions{ModulePath: "/app.wasm", Annotations: map[string]string{image.AnnotationCompatVariant: "compat"}}), "/app.wasm"},
+		{"compat-wasi-plain", mustCompat(imagebuild.CompatOptions{ModulePath: "/app.wasm", OS: "wasi"}), "/app.wasm"},
+		{"compat-docker-schema2", mustCompat(imagebuild.CompatOptions{ModulePath: "/app.wasm", Docker: true}), "/app.wasm"},
+		{"compat-uncompressed", mustCompat(imagebuild.CompatOptions{ModulePath: "/app.wasm", Uncompressed: true}), "/app.wasm"},
+		{"compat-no-entrypoint", mustCompat(imagebuild.CompatOptions{ModulePath: "/srv/only.wasm", Entrypoint: []string{}}), "/srv/only.wasm"},
+		{"index-linux-and-wasm", imagebuild.BuildIndex(
+			imagebuild.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}},
+			imagebuild.IndexEntry{Image: mustCompat(imagebuild.CompatOptions{ModulePath: "/app.wasm"}), Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"}},
 		), "/app.wasm"},
 		{"compat-entrypoint-symlink", symlinkImage(t, hello), "/usr/bin/hello"},
 	}
@@ -58,7 +59,7 @@ func TestEveryWasmLayout(t *testing.T) {
 	for _, l := range layouts {
 		t.Run(l.name, func(t *testing.T) {
 			ref := reg + "/layouts/" + l.name + ":v1"
-			if err := image.Push(ctx, ref, l.image, image.RegistryOptions{}, nil); err != nil {
+			if err := imagebuild.Push(ctx, ref, l.image, image.RegistryOptions{}, nil); err != nil {
 				t.Fatal(err)
 			}
 			d.must("pull", ref)
@@ -76,15 +77,15 @@ func TestEveryWasmLayout(t *testing.T) {
 
 	for _, bad := range []struct {
 		name  string
-		image *image.Built
+		image *imagebuild.Built
 		says  string
 	}{
 		{"linux", linux, "platform linux/amd64"},
-		{"linux-index", image.BuildIndex(image.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}}), "holds linux/amd64"},
-		{"component", image.BuildArtifactOf([]byte("\x00asm\x0d\x00\x01\x00"), image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer, "application/vnd.wasm.component.v1+wasm"), "components are not yet supported"},
+		{"linux-index", imagebuild.BuildIndex(imagebuild.IndexEntry{Image: linux, Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"}}), "holds linux/amd64"},
+		{"component", imagebuild.BuildArtifactOf([]byte("\x00asm\x0d\x00\x01\x00"), image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer, "application/vnd.wasm.component.v1+wasm"), "components are not yet supported"},
 	} {
 		ref := reg + "/refused/" + bad.name + ":v1"
-		if err := image.Push(ctx, ref, bad.image, image.RegistryOptions{}, nil); err != nil {
+		if err := imagebuild.Push(ctx, ref, bad.image, image.RegistryOptions{}, nil); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := d.run("pull", ref); err == nil || !strings.Contains(err.Error(), "InvalidArgument") || !strings.Contains(err.Error(), bad.says) {
@@ -95,9 +96,9 @@ func TestEveryWasmLayout(t *testing.T) {
 
 // symlinkImage is a compat image whose entrypoint /usr/bin/hello is a
 // symlink to the module at /opt/app/hello.wasm.
-func symlinkImage(t *testing.T, module []byte) *image.Built {
+func symlinkImage(t *testing.T, module []byte) *imagebuild.Built {
 	t.Helper()
-	layer, err := image.TarGzEntries([]image.TarEntry{
+	layer, err := imagebuild.TarGzEntries([]imagebuild.TarEntry{
 		{Name: "opt/app/hello.wasm", Data: module},
 		{Name: "usr/bin/hello", Link: "../../opt/app/hello.wasm"},
 	})
@@ -114,7 +115,7 @@ func symlinkImage(t *testing.T, module []byte) *image.Built {
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := &image.Built{}
+	b := &imagebuild.Built{}
 	l := b.Add(ocispec.MediaTypeImageLayerGzip, layer)
 	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
 		Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"},

@@ -16,6 +16,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -55,20 +56,20 @@ func TestHostileImageAndModuleThroughCrictl(t *testing.T) {
 	d := newDaemon(t)
 	dir, secret := hostCanary(t)
 	up := strings.Repeat("../", 20)
-	push := func(name string, files ...image.TarEntry) string {
+	push := func(name string, files ...imagebuild.TarEntry) string {
 		ref := reg + "/hostile/" + name + ":v1"
-		b, err := image.BuildCompat(testmodule.Wasmbox(t), image.CompatOptions{ModulePath: "/bin/wasmbox.wasm", Files: files})
+		b, err := imagebuild.BuildCompat(testmodule.Wasmbox(t), imagebuild.CompatOptions{ModulePath: "/bin/wasmbox.wasm", Files: files})
 		if err != nil {
 			t.Fatal(err)
 		}
-		if err := image.Push(context.Background(), ref, b, image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
+		if err := imagebuild.Push(context.Background(), ref, b, image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
 			t.Fatal(err)
 		}
 		d.must("pull", ref)
 		return ref
 	}
-	escaping := push("escaping-etc", image.TarEntry{Name: "/etc", Link: up + strings.TrimPrefix(dir, "/")})
-	planter := push("planter", image.TarEntry{Name: "/data/ro", Link: dir})
+	escaping := push("escaping-etc", imagebuild.TarEntry{Name: "/etc", Link: up + strings.TrimPrefix(dir, "/")})
+	planter := push("planter", imagebuild.TarEntry{Name: "/data/ro", Link: dir})
 	termination := filepath.Join(t.TempDir(), "termination-log")
 	os.WriteFile(termination, nil, 0o644)
 	podCfg := podJSON(t, "hostile")
@@ -191,7 +192,7 @@ func TestPullBombThroughCrictl(t *testing.T) {
 	d := newDaemonWithConfig(t, "[image]\nmax_unpacked_size = 16777216\n")
 	ref := reg + "/hostile/gzip-bomb:v1"
 	layer, diffID := gzipBomb(t, testmodule.Hello(t), 256<<20)
-	b := &image.Built{}
+	b := &imagebuild.Built{}
 	l := b.Add(ocispec.MediaTypeImageLayerGzip, layer)
 	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
 		Platform: ocispec.Platform{OS: "wasip1", Architecture: "wasm"},
@@ -199,7 +200,7 @@ func TestPullBombThroughCrictl(t *testing.T) {
 		RootFS:   ocispec.RootFS{Type: "layers", DiffIDs: []digest.Digest{diffID}},
 	})
 	b.SetManifest(ocispec.MediaTypeImageManifest, cfg, []ocispec.Descriptor{l}, nil)
-	if err := image.Push(context.Background(), ref, b, image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, b, image.RegistryOptions{PlainHTTP: []string{reg}}, nil); err != nil {
 		t.Fatal(err)
 	}
 	_, err := d.run("pull", ref)

@@ -11,6 +11,7 @@ import (
 
 	clog "github.com/containerd/log"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	"github.com/wasmcri/wasmcri/wasm"
 	bolt "go.etcd.io/bbolt"
@@ -80,11 +81,11 @@ func (e *env) manager() *Manager {
 func (e *env) image(name string, module []byte) string {
 	e.t.Helper()
 	ref := e.reg + "/test/" + name + ":1"
-	b, err := image.BuildCompat(module, image.CompatOptions{ModulePath: "/" + name + ".wasm", Env: []string{"FROM_IMAGE=yes", "OVERRIDE=image"}})
+	b, err := imagebuild.BuildCompat(module, imagebuild.CompatOptions{ModulePath: "/" + name + ".wasm", Env: []string{"FROM_IMAGE=yes", "OVERRIDE=image"}})
 	if err != nil {
 		e.t.Fatal(err)
 	}
-	if err := image.Push(context.Background(), ref, b, image.RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(context.Background(), ref, b, image.RegistryOptions{}, nil); err != nil {
 		e.t.Fatal(err)
 	}
 	if _, err := e.images.Pull(context.Background(), ref, nil); err != nil {

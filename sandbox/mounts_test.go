@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -209,7 +210,7 @@ func TestImageVolume(t *testing.T) {
 func TestImageFilesMaskedAndReadOnlyPaths(t *testing.T) {
 	e := newEnv(t)
 	ref := e.reg + "/test/files:1"
-	b, err := image.BuildCompat(testmodule.Hello(t), image.CompatOptions{ModulePath: "/app/hello.wasm", Files: []image.TarEntry{
+	b, err := imagebuild.BuildCompat(testmodule.Hello(t), imagebuild.CompatOptions{ModulePath: "/app/hello.wasm", Files: []imagebuild.TarEntry{
 		{Name: "/etc/app.conf", Data: []byte("setting=1\n")},
 		{Name: "/data/d.txt", Data: []byte("data\n")},
 		{Name: "/data/link", Link: "d.txt"},
@@ -218,7 +219,7 @@ func TestImageFilesMaskedAndReadOnlyPaths(t *testing.T) {
 		t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := image.Push(ctx, ref, b, image.RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(ctx, ref, b, image.RegistryOptions{}, nil); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.images.Pull(ctx, ref, nil); err != nil {

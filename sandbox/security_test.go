@@ -16,6 +16,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	"github.com/wasmcri/wasmcri/internal/crilog/crilogtest"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -70,15 +71,15 @@ func (c canary) untouched(t *testing.T) {
 
 // hostileImage pushes and pulls a compat image of wasmbox (at
 // /bin/wasmbox.wasm) with the given extra entries.
-func (e *env) hostileImage(name string, files ...image.TarEntry) string {
+func (e *env) hostileImage(name string, files ...imagebuild.TarEntry) string {
 	e.t.Helper()
 	ref := e.reg + "/hostile/" + name + ":1"
-	b, err := image.BuildCompat(testmodule.Wasmbox(e.t), image.CompatOptions{ModulePath: "/bin/wasmbox.wasm", Files: files})
+	b, err := imagebuild.BuildCompat(testmodule.Wasmbox(e.t), imagebuild.CompatOptions{ModulePath: "/bin/wasmbox.wasm", Files: files})
 	if err != nil {
 		e.t.Fatal(err)
 	}
 	ctx := context.Background()
-	if err := image.Push(ctx, ref, b, image.RegistryOptions{}, nil); err != nil {
+	if err := imagebuild.Push(ctx, ref, b, image.RegistryOptions{}, nil); err != nil {
 		e.t.Fatal(err)
 	}
 	if _, err := e.images.Pull(ctx, ref, nil); err != nil {
@@ -105,37 +106,37 @@ func TestImageSymlinksNeverLeadOut(t *testing.T) {
 
 	cases := []struct {
 		name  string
-		files []image.TarEntry
+		files []imagebuild.TarEntry
 		cfg   func(*runtimeapi.ContainerConfig)
 	}{
-		{name: "etc", files: []image.TarEntry{{Name: "/etc", Link: c.dir}}},
-		{name: "etc-relative", files: []image.TarEntry{{Name: "/etc", Link: climb(c.dir)}}},
-		{name: "dev", files: []image.TarEntry{{Name: "/dev", Link: climb(c.dir)}}},
-		{name: "hostname", files: []image.TarEntry{{Name: "/etc/hostname", Link: c.secret}}},
-		{name: "resolv", files: []image.TarEntry{{Name: "/etc/resolv.conf", Link: climb(c.secret)}}},
-		{name: "null", files: []image.TarEntry{{Name: "/dev/null", Link: c.secret}}},
-		{name: "workdir", files: []image.TarEntry{{Name: "/work", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "etc", files: []imagebuild.TarEntry{{Name: "/etc", Link: c.dir}}},
+		{name: "etc-relative", files: []imagebuild.TarEntry{{Name: "/etc", Link: climb(c.dir)}}},
+		{name: "dev", files: []imagebuild.TarEntry{{Name: "/dev", Link: climb(c.dir)}}},
+		{name: "hostname", files: []imagebuild.TarEntry{{Name: "/etc/hostname", Link: c.secret}}},
+		{name: "resolv", files: []imagebuild.TarEntry{{Name: "/etc/resolv.conf", Link: climb(c.secret)}}},
+		{name: "null", files: []imagebuild.TarEntry{{Name: "/dev/null", Link: c.secret}}},
+		{name: "workdir", files: []imagebuild.TarEntry{{Name: "/work", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.WorkingDir = "/work/sub"
 		}},
-		{name: "file-mount-dir", files: []image.TarEntry{{Name: "/conf", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "file-mount-dir", files: []imagebuild.TarEntry{{Name: "/conf", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/conf/app.conf", HostPath: conf, Readonly: true}}
 		}},
-		{name: "file-mount-final", files: []image.TarEntry{{Name: "/app.conf", Link: c.secret}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "file-mount-final", files: []imagebuild.TarEntry{{Name: "/app.conf", Link: c.secret}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/app.conf", HostPath: conf, Readonly: true}}
 		}},
-		{name: "termination-log", files: []image.TarEntry{{Name: "/logs", Link: climb(c.dir)}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "termination-log", files: []imagebuild.TarEntry{{Name: "/logs", Link: climb(c.dir)}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/logs/termination-log", HostPath: termination}}
 		}},
-		{name: "mount-point", files: []image.TarEntry{{Name: "/mnt", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "mount-point", files: []imagebuild.TarEntry{{Name: "/mnt", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/mnt/data", HostPath: data}}
 		}},
-		{name: "masked", files: []image.TarEntry{{Name: "/hidden", Link: c.dir}, {Name: "/hidden-file", Link: c.secret}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "masked", files: []imagebuild.TarEntry{{Name: "/hidden", Link: c.dir}, {Name: "/hidden-file", Link: c.secret}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{MaskedPaths: []string{"/hidden", "/hidden-file"}}}
 		}},
-		{name: "readonly", files: []image.TarEntry{{Name: "/ro", Link: c.dir}, {Name: "/ro-rel", Link: climb(c.dir)}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "readonly", files: []imagebuild.TarEntry{{Name: "/ro", Link: c.dir}, {Name: "/ro-rel", Link: climb(c.dir)}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Linux = &runtimeapi.LinuxContainerConfig{SecurityContext: &runtimeapi.LinuxContainerSecurityContext{ReadonlyPaths: []string{"/ro", "/ro-rel"}}}
 		}},
-		{name: "image-volume", files: []image.TarEntry{{Name: "/link", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
+		{name: "image-volume", files: []imagebuild.TarEntry{{Name: "/link", Link: c.dir}}, cfg: func(cfg *runtimeapi.ContainerConfig) {
 			cfg.Mounts = []*runtimeapi.Mount{{ContainerPath: "/vol", Readonly: true, Image: &runtimeapi.ImageSpec{Image: cfg.Image.Image}, ImageSubPath: "link"}}
 		}},
 	}
@@ -188,7 +189,7 @@ func TestImageSymlinksNeverLeadOut(t *testing.T) {
 func TestModuleSymlinksNeverLeadOut(t *testing.T) {
 	e := newEnv(t)
 	c := newCanary(t)
-	img := e.hostileImage("planter", image.TarEntry{Name: "/ro/kept", Data: []byte("read-only")})
+	img := e.hostileImage("planter", imagebuild.TarEntry{Name: "/ro/kept", Data: []byte("read-only")})
 	sb := e.sandbox("planters")
 	ctx := context.Background()
 
@@ -251,7 +252,7 @@ func TestModuleSymlinksNeverLeadOut(t *testing.T) {
 // never becomes readable by others in the container's root.
 func TestFileMountCopiesKeepTheirMode(t *testing.T) {
 	e := newEnv(t)
-	img := e.hostileImage("modes", image.TarEntry{Name: "/etc/secret", Data: []byte("from the image")})
+	img := e.hostileImage("modes", imagebuild.TarEntry{Name: "/etc/secret", Data: []byte("from the image")})
 	sb := e.sandbox("modes")
 	host := t.TempDir()
 	modes := map[string]os.FileMode{"secret": 0o400, "config": 0o640, "plain": 0o644}

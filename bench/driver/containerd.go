@@ -14,6 +14,7 @@ import (
 	"github.com/opencontainers/go-digest"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 )
 
 const pauseSrc = `package main
@@ -39,16 +40,16 @@ func main() { os.Stdout.WriteString("Hello from a container!\n") }
 `
 
 // linuxImage builds a one-layer linux/amd64 image of a static binary.
-func linuxImage(bin, name string) (*image.Built, error) {
+func linuxImage(bin, name string) (*imagebuild.Built, error) {
 	data, err := os.ReadFile(bin)
 	if err != nil {
 		return nil, err
 	}
-	layer, err := image.TarGz(map[string][]byte{name: data})
+	layer, err := imagebuild.TarGz(map[string][]byte{name: data})
 	if err != nil {
 		return nil, err
 	}
-	b := &image.Built{}
+	b := &imagebuild.Built{}
 	l := b.Add(ocispec.MediaTypeImageLayerGzip, layer)
 	cfg := b.AddJSON(ocispec.MediaTypeImageConfig, ocispec.Image{
 		Platform: ocispec.Platform{OS: "linux", Architecture: "amd64"},
@@ -100,7 +101,7 @@ func startContainerd(ctx context.Context, dir, registry string) (*containerdEnv,
 		if err != nil {
 			return nil, err
 		}
-		if err := image.Push(ctx, ref, img, image.RegistryOptions{}, nil); err != nil {
+		if err := imagebuild.Push(ctx, ref, img, image.RegistryOptions{}, nil); err != nil {
 			return nil, err
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	clog "github.com/containerd/log"
 	"github.com/wasmcri/wasmcri/bench"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -260,7 +261,7 @@ func (s *suite) image(name string, module []byte) (string, error) {
 }
 
 func pushArtifact(s *suite, ref string, module []byte) error {
-	return image.Push(s.ctx, ref, image.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil)
+	return imagebuild.Push(s.ctx, ref, imagebuild.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), image.RegistryOptions{}, nil)
 }
 
 type podResult struct{ run, create, start, exit, total sample }

@@ -16,6 +16,7 @@ import (
 	"github.com/urfave/cli/v2"
 	"github.com/wasmcri/wasmcri/daemon"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
 )
 
 func imageCommand() *cli.Command {
@@ -48,16 +49,16 @@ func imageCommand() *cli.Command {
 }
 
 // buildFromWasm makes an image of a .wasm file in the chosen format.
-func buildFromWasm(file, format string) (*image.Built, error) {
+func buildFromWasm(file, format string) (*imagebuild.Built, error) {
 	module, err := os.ReadFile(file)
 	if err != nil {
 		return nil, err
 	}
 	switch format {
 	case "oci":
-		return image.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), nil
+		return imagebuild.BuildArtifact(module, image.MediaTypeWasmConfigV0, image.MediaTypeWasmLayer), nil
 	case "compat":
-		return image.BuildCompat(module, image.CompatOptions{ModulePath: "/" + path.Base(file)})
+		return imagebuild.BuildCompat(module, imagebuild.CompatOptions{ModulePath: "/" + path.Base(file)})
 	}
 	return nil, fmt.Errorf("--format %q: want oci or compat", format)
 }
@@ -105,7 +106,7 @@ func layoutTar(file, ref, format string) (io.ReadCloser, error) {
 		if err != nil {
 			return nil, err
 		}
-		go func() { pw.CloseWithError(image.LayoutOf(built, ref).WriteTar(pw)) }()
+		go func() { pw.CloseWithError(imagebuild.LayoutOf(built, ref).WriteTar(pw)) }()
 		return pr, nil
 	}
 	f, err := os.Open(file)
@@ -205,7 +206,7 @@ func pushImage(c *cli.Context) error {
 	if c.String("username") != "" {
 		auth = &image.Auth{Username: c.String("username"), Password: c.String("password")}
 	}
-	if err := image.Push(c.Context, named.String(), built, reg, auth); err != nil {
+	if err := imagebuild.Push(c.Context, named.String(), built, reg, auth); err != nil {
 		return err
 	}
 	fmt.Fprintf(c.App.Writer, "pushed %s@%s\n", named.String(), built.Root.Digest)

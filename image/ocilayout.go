@@ -16,7 +16,6 @@ import (
 	"github.com/containerd/errdefs"
 	"github.com/distribution/reference"
 	"github.com/opencontainers/go-digest"
-	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
@@ -26,16 +25,6 @@ import (
 type Layout struct {
 	Index ocispec.Index
 	Blobs map[digest.Digest][]byte
-}
-
-// LayoutOf makes a one-image layout of b, naming it ref.
-func LayoutOf(b *Built, ref string) *Layout {
-	root := b.Root
-	root.Annotations = map[string]string{ocispec.AnnotationRefName: ref}
-	return &Layout{
-		Index: ocispec.Index{Versioned: specs.Versioned{SchemaVersion: 2}, MediaType: ocispec.MediaTypeImageIndex, Manifests: []ocispec.Descriptor{root}},
-		Blobs: b.Blobs,
-	}
 }
 
 // WriteTar writes the layout as an OCI layout tarball.

@@ -1,20 +1,27 @@
-package image
+// Package imagebuild makes Wasm images of a .wasm file, in memory and
+// without Docker, and pushes them to a registry or writes them as an OCI
+// layout. It is the client side of images: `wasmcri image push` and
+// `wasmcri image import` use it, and the tests and benchmarks make their
+// images with it. The daemon only pulls and imports images (package
+// image, its image service), so this is a package of its own: it imports
+// image, for its registry options and OCI layout type, and image never
+// imports it. It lives under image/, not internal/, because it is part of
+// the CLI, not a test helper, and it makes the formats image accepts.
+package imagebuild
 
 import (
 	"archive/tar"
 	"bytes"
 	"compress/gzip"
-	"context"
 	"encoding/json"
-	"fmt"
+	"io"
+	"maps"
 	"path"
+	"slices"
 	"strings"
 	"time"
 
-	"github.com/containerd/containerd/v2/core/content"
 	"github.com/containerd/containerd/v2/core/images"
-	"github.com/containerd/containerd/v2/core/remotes/docker"
-	"github.com/containerd/errdefs"
 	"github.com/opencontainers/go-digest"
 	specs "github.com/opencontainers/image-spec/specs-go"
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
@@ -64,7 +71,7 @@ func (b *Built) setManifest(m ocispec.Manifest) ocispec.Descriptor {
 }
 
 // BuildArtifact makes a Wasm OCI artifact: one module layer of layerType
-// (MediaTypeWasmLayer or MediaTypeWasmLayerV1) and a wasm config.
+// (image.MediaTypeWasmLayer or image.MediaTypeWasmLayerV1) and a wasm config.
 func BuildArtifact(module []byte, configType, layerType string) *Built {
 	return BuildArtifactOf(module, configType, layerType, "")
 }
@@ -144,6 +151,19 @@ func BuildCompat(module []byte, opts CompatOptions) (*Built, error) {
 	return b, nil
 }
 
+// mustGunzip undoes TarGz for the config's diff ID.
+func mustGunzip(b []byte) []byte {
+	r, err := gzip.NewReader(bytes.NewReader(b))
+	if err != nil {
+		panic(err)
+	}
+	out, err := io.ReadAll(r)
+	if err != nil {
+		panic(err)
+	}
+	return out
+}
+
 // IndexEntry is one image of an index with its platform.
 type IndexEntry struct {
 	Image    *Built
@@ -174,7 +194,7 @@ func BuildIndex(entries ...IndexEntry) *Built {
 // TarGz writes files (path -> bytes) as a gzip tar, in path order.
 func TarGz(files map[string][]byte) ([]byte, error) {
 	entries := make([]TarEntry, 0, len(files))
-	for _, name := range sortedKeys(files) {
+	for _, name := range slices.Sorted(maps.Keys(files)) {
 		entries = append(entries, TarEntry{Name: name, Data: files[name]})
 	}
 	return TarGzEntries(entries)
@@ -211,49 +231,4 @@ func TarGzEntries(entries []TarEntry) ([]byte, error) {
 		return nil, err
 	}
 	return buf.Bytes(), nil
-}
-
-// Push uploads b to ref, children first.
-func Push(ctx context.Context, ref string, b *Built, reg RegistryOptions, auth *Auth) error {
-	named, err := ParseReference(ref)
-	if err != nil {
-		return err
-	}
-	resolver := docker.NewResolver(docker.ResolverOptions{Hosts: reg.registryHosts(ctx, auth)})
-	pusher, err := resolver.Pusher(ctx, named.String())
-	if err != nil {
-		return registryError(named.String(), err)
-	}
-	for _, d := range b.order {
-		if d.Digest == b.Root.Digest {
-			continue
-		}
-		if err := pushBlob(ctx, pusher, d, b.Blobs[d.Digest]); err != nil {
-			return registryError(named.String(), err)
-		}
-	}
-	if err := pushBlob(ctx, pusher, b.Root, b.Blobs[b.Root.Digest]); err != nil {
-		return registryError(named.String(), err)
-	}
-	return nil
-}
-
-func pushBlob(ctx context.Context, pusher interface {
-	Push(context.Context, ocispec.Descriptor) (content.Writer, error)
-}, d ocispec.Descriptor, data []byte) error {
-	w, err := pusher.Push(ctx, d)
-	if errdefs.IsAlreadyExists(err) {
-		return nil
-	}
-	if err != nil {
-		return fmt.Errorf("push %s: %w", d.Digest, err)
-	}
-	defer w.Close()
-	if _, err := w.Write(data); err != nil {
-		return fmt.Errorf("push %s: %w", d.Digest, err)
-	}
-	if err := w.Commit(ctx, d.Size, d.Digest); err != nil && !errdefs.IsAlreadyExists(err) {
-		return fmt.Errorf("push %s: %w", d.Digest, err)
-	}
-	return nil
 }

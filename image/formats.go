@@ -11,6 +11,18 @@ import (
 	ocispec "github.com/opencontainers/image-spec/specs-go/v1"
 )
 
+// Format says which of the Wasm image layouts an image was pulled in.
+type Format string
+
+const (
+	// FormatArtifact is a Wasm OCI artifact: the module is a layer of its own
+	// (application/wasm or application/vnd.wasm.content.layer.v1+wasm).
+	FormatArtifact Format = "wasm-artifact"
+	// FormatCompat is a regular image built for platform wasip1/wasi + wasm
+	// whose tar layer holds the module, named by the entrypoint.
+	FormatCompat Format = "compat"
+)
+
 // Media types of the Wasm image layouts in use.
 const (
 	// MediaTypeWasmLayer is the CNCF TAG Runtime Wasm OCI artifact layer.

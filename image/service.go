@@ -1,0 +1,103 @@
+package image
+
+import (
+	"context"
+	"log/slog"
+	"path/filepath"
+	"time"
+
+	bolt "go.etcd.io/bbolt"
+	"golang.org/x/sync/singleflight"
+)
+
+// Options configure a Service.
+type Options struct {
+	Registry RegistryOptions
+	// MaxLayerSize refuses larger blobs before storing them.
+	MaxLayerSize int64
+	// MaxModuleSize refuses larger WebAssembly modules; 0 is MaxLayerSize.
+	MaxModuleSize int64
+	// MaxUnpackedSize bounds what one compat image's layers unpack to: the
+	// bytes of its uncompressed layers, summed (and the file data they
+	// write). Larger images are refused; 0 is DefaultMaxUnpackedSize.
+	MaxUnpackedSize int64
+	// MaxUnpackedEntries bounds the entries (files, directories, links,
+	// whiteouts) of one compat image's layers, summed; 0 is
+	// DefaultMaxUnpackedEntries.
+	MaxUnpackedEntries int64
+	// PullTimeout bounds one pull, unpacking included.
+	PullTimeout time.Duration
+	// Validate checks a module fully (e.g. wasmtime's validator) before
+	// the image is recorded; nil checks the header only.
+	Validate func(module []byte) error
+	Logger   *slog.Logger
+}
+
+// Defaults of the unpacking limits.
+const (
+	DefaultMaxUnpackedSize    = 4 << 30
+	DefaultMaxUnpackedEntries = 200_000
+)
+
+// Config keys the limits are set by, named in the errors they cause.
+const (
+	keyMaxUnpackedSize    = "image.max_unpacked_size"
+	keyMaxUnpackedEntries = "image.max_unpacked_entries"
+	keyMaxModuleSize      = "image.max_module_size"
+)
+
+// Service is the image side of the runtime: pulls into the Store and
+// answers lookups from it.
+type Service struct {
+	*Store
+	opts  Options
+	pulls singleflight.Group
+}
+
+// NewService opens the image store under contentDir with metadata in db,
+// unpacked images in image-fs beside it. Before anything is served it
+// makes both directories private to the daemon and reclaims what a crash
+// can leave behind (see reclaim).
+func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) {
+	st, err := NewStore(db, contentDir)
+	if err != nil {
+		return nil, err
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.MaxLayerSize <= 0 {
+		opts.MaxLayerSize = 512 << 20
+	}
+	if opts.MaxModuleSize <= 0 {
+		opts.MaxModuleSize = opts.MaxLayerSize
+	}
+	if opts.MaxUnpackedSize <= 0 {
+		opts.MaxUnpackedSize = DefaultMaxUnpackedSize
+	}
+	if opts.MaxUnpackedEntries <= 0 {
+		opts.MaxUnpackedEntries = DefaultMaxUnpackedEntries
+	}
+	if opts.PullTimeout <= 0 {
+		opts.PullTimeout = 10 * time.Minute
+	}
+	st.fsDir = filepath.Join(filepath.Dir(contentDir), "image-fs")
+	if err := st.private(); err != nil {
+		return nil, err
+	}
+	r, err := st.reclaim(context.Background())
+	if err != nil {
+		// Leftovers waste disk; they harm nothing else.
+		opts.Logger.Warn("reclaiming what a crash left in the image store", "error", err)
+	}
+	if r != (reclaimed{}) {
+		opts.Logger.Info("reclaimed what a crash left in the image store",
+			"ingests", r.ingests, "blobs", r.blobs, "unpacked trees", r.trees, "bytes", r.bytes)
+	}
+	return &Service{Store: st, opts: opts}, nil
+}
+
+// budget is a fresh unpacking budget under the service's limits.
+func (s *Service) budget() *budget {
+	return &budget{maxBytes: s.opts.MaxUnpackedSize, maxEntries: s.opts.MaxUnpackedEntries}
+}
