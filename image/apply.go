@@ -190,6 +190,9 @@ func (a *applier) fsError(hdr *tar.Header, err error) error {
 	if errdefs.IsInvalidArgument(err) {
 		return err
 	}
+	if _, ok := errors.AsType[*layerDataError](err); ok {
+		return a.refuse(hdr, "%v", err)
+	}
 	for _, e := range []error{unix.ENOTDIR, unix.EISDIR, unix.ENOENT, unix.ELOOP, unix.EEXIST, unix.EINVAL, unix.ENAMETOOLONG, unix.EMLINK, unix.ENOTEMPTY, unix.EXDEV} {
 		if errors.Is(err, e) {
 			return a.refuse(hdr, "%v", err)
@@ -287,12 +290,38 @@ func (a *applier) create(d *inroot.Dir, name string, mode os.FileMode, r io.Read
 	if err != nil {
 		return 0, err
 	}
-	n, err := io.Copy(f, r)
+	src := &layerReader{r: r}
+	n, err := io.Copy(f, src)
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
+	if err != nil && src.err != nil {
+		return n, &layerDataError{src.err}
+	}
 	return n, err
 }
+
+// layerReader notes a failure to read an entry's data: that is the
+// layer's fault (corrupt or cut short), where a failure to write it is
+// the node's.
+type layerReader struct {
+	r   io.Reader
+	err error
+}
+
+func (l *layerReader) Read(p []byte) (int, error) {
+	n, err := l.r.Read(p)
+	if err != nil && err != io.EOF {
+		l.err = err
+	}
+	return n, err
+}
+
+// layerDataError is an entry whose data could not be read from its layer.
+type layerDataError struct{ err error }
+
+func (e *layerDataError) Error() string { return "its data cannot be read: " + e.err.Error() }
+func (e *layerDataError) Unwrap() error { return e.err }
 
 // link makes a hard link to a regular file already in the tree, named by
 // a path that goes through no symlink.
