@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"os"
 	"path"
-	"strings"
 	"time"
 
 	"github.com/containerd/containerd/v2/core/content"
@@ -261,7 +260,7 @@ func (p *pull) checkModule(module []byte) error {
 	}
 	if p.s.opts.Validate != nil {
 		if err := p.s.opts.Validate(module); err != nil {
-			return fmt.Errorf("%s: the module is not valid WebAssembly: %s: %w", p.ref, firstLine(err.Error()), errdefs.ErrInvalidArgument)
+			return fmt.Errorf("%s: the module is not valid WebAssembly: %s: %w", p.ref, err, errdefs.ErrInvalidArgument)
 		}
 	}
 	return nil
@@ -375,11 +374,4 @@ func imageID(format Format, m ocispec.Manifest, manifest ocispec.Descriptor) str
 		return manifest.Digest.String()
 	}
 	return m.Config.Digest.String()
-}
-
-func firstLine(s string) string {
-	if i := strings.IndexByte(s, '\n'); i >= 0 {
-		return s[:i]
-	}
-	return s
 }

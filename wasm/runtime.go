@@ -177,7 +177,7 @@ func (r *Runtime) Close() {
 // Validate checks that b is a valid core module for this wasmtime, that
 // Prepare will take: not over MaxModuleSize, not using the reserved export
 // names. It runs in the daemon (wasmtime's validator is linear in the
-// module's size); compilation does not.
+// module's size); compilation does not. Its error is one line.
 func (r *Runtime) Validate(b []byte) error {
 	if max := r.opts.MaxModuleSize; max > 0 && int64(len(b)) > max {
 		return fmt.Errorf("%d bytes, over max_module_size %d", len(b), max)
@@ -185,7 +185,12 @@ func (r *Runtime) Validate(b []byte) error {
 	if _, err := parseModule(b); err != nil {
 		return err
 	}
-	return wasmtime.ModuleValidate(r.compiler, b)
+	if err := wasmtime.ModuleValidate(r.compiler, b); err != nil {
+		// wasmtime's message goes on with a backtrace-like context; the
+		// first line says what is wrong.
+		return errors.New(firstLine(err.Error()))
+	}
+	return nil
 }
 
 // Compiled is a module ready to instantiate: its cached compiled form.
@@ -404,10 +409,6 @@ func describeExtern(t *wasmtime.ExternType) string {
 }
 
 func firstLine(s string) string {
-	for i := 0; i < len(s); i++ {
-		if s[i] == '\n' {
-			return s[:i]
-		}
-	}
-	return s
+	line, _, _ := strings.Cut(s, "\n")
+	return line
 }
