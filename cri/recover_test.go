@@ -1,17 +1,16 @@
 package cri_test
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"net"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/wasmcri/wasmcri/cri"
+	"github.com/wasmcri/wasmcri/internal/syncbuf"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -43,21 +42,9 @@ var panics = grpc.ServiceDesc{
 	}},
 }
 
-// syncBuffer is a log destination the server and the test share.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-func (b *syncBuffer) String() string { b.mu.Lock(); defer b.mu.Unlock(); return b.buf.String() }
-
 func TestHandlerPanicIsAnInternalError(t *testing.T) {
-	var logged syncBuffer
+	// The log destination the server and the test share.
+	var logged syncbuf.Buffer
 	s := cri.NewServer(nil, nil, nil, cri.Info{Version: "test", Handlers: []string{"wasmtime"}}, slog.New(slog.NewTextHandler(&logged, nil)))
 	g := s.NewGRPCServer(1<<20, 1<<20)
 	g.RegisterService(&panics, struct{}{})

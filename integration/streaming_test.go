@@ -7,10 +7,10 @@ import (
 	"net"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/wasmcri/wasmcri/internal/syncbuf"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -113,7 +113,7 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 		local := freePort(t)
 		ctx, cancel := context.WithCancel(context.Background())
 		cmd := d.crictlCmd(ctx, "port-forward", pod, fmt.Sprintf("%d:%d", local, podPort))
-		stderr := &lockedBuffer{}
+		stderr := &syncbuf.Buffer{}
 		cmd.Stderr = stderr
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
@@ -232,22 +232,4 @@ func TestCrictlLogsLongLinesAndFloods(t *testing.T) {
 			t.Fatalf("line %d is %q", i, l)
 		}
 	}
-}
-
-// lockedBuffer collects a command's output while the test reads it.
-type lockedBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

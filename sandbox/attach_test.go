@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/internal/syncbuf"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -18,7 +19,7 @@ func TestAttach(t *testing.T) {
 	cfg.Stdin, cfg.StdinOnce = true, true
 	c := e.start(sb, cfg)
 
-	out, errs := &bufCloser{}, &bufCloser{}
+	out, errs := &syncbuf.Buffer{}, &syncbuf.Buffer{}
 	done := make(chan error, 1)
 	go func() {
 		done <- e.m.Attach(context.Background(), c.ID, strings.NewReader("hello through attach\n"), out, errs, false)
@@ -31,8 +32,8 @@ func TestAttach(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("attach did not end when the container did")
 	}
-	if out.String() != "hello through attach\n" || !out.closed {
-		t.Fatalf("attached stdout = %q (closed %v)", out.String(), out.closed)
+	if out.String() != "hello through attach\n" || !out.Closed() {
+		t.Fatalf("attached stdout = %q (closed %v)", out.String(), out.Closed())
 	}
 	got := e.waitExited(c.ID, 5*time.Second)
 	if got.ExitCode != 0 {
@@ -44,13 +45,13 @@ func TestAttach(t *testing.T) {
 
 	// A container without stdin refuses attached input; output still flows.
 	ticker := e.start(sb, ctrConfig("ticker", img, "sleep-forever"))
-	if err := e.m.Attach(context.Background(), ticker.ID, strings.NewReader("x"), &bufCloser{}, nil, false); !errdefs.IsFailedPrecondition(err) {
+	if err := e.m.Attach(context.Background(), ticker.ID, strings.NewReader("x"), &syncbuf.Buffer{}, nil, false); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("stdin to a container without stdin: %v", err)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 350*time.Millisecond)
 	defer cancel()
-	out = &bufCloser{}
-	if err := e.m.Attach(ctx, ticker.ID, nil, out, &bufCloser{}, false); err != nil {
+	out = &syncbuf.Buffer{}
+	if err := e.m.Attach(ctx, ticker.ID, nil, out, &syncbuf.Buffer{}, false); err != nil {
 		t.Fatal(err)
 	}
 	if !strings.Contains(out.String(), "tick ") {

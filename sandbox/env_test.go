@@ -1,11 +1,9 @@
 package sandbox
 
 import (
-	"bytes"
 	"context"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 	"time"
 
@@ -174,26 +172,6 @@ func ctrConfig(name, img string, args ...string) *runtimeapi.ContainerConfig {
 		Envs:     []*runtimeapi.KeyValue{{Key: "SECRET", Value: []byte("s3")}},
 		LogPath:  name + ".log",
 	}
-}
-
-type bufCloser struct {
-	mu     sync.Mutex
-	buf    bytes.Buffer
-	closed bool
-}
-
-func (b *bufCloser) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *bufCloser) Close() error { b.mu.Lock(); b.closed = true; b.mu.Unlock(); return nil }
-
-func (b *bufCloser) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
 
 // waitFor polls cond until it holds, failing the test after a generous

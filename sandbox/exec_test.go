@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/containerd/errdefs"
+	"github.com/wasmcri/wasmcri/internal/syncbuf"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -70,12 +71,12 @@ func TestExecWithStdinAndTTY(t *testing.T) {
 	e := newEnv(t)
 	img := e.image("hello", testmodule.Hello(t))
 	c := e.start(e.sandbox("pod"), ctrConfig("main", img, "sleep-forever"))
-	out := &bufCloser{}
-	code, err := e.m.Exec(context.Background(), c.ID, ExecOptions{Cmd: []string{"x", "echo-stdin"}, Stdin: strings.NewReader("piped in\n"), Stdout: out, Stderr: &bufCloser{}})
-	if err != nil || code != 0 || out.String() != "piped in\n" || !out.closed {
-		t.Fatalf("exec with stdin: %d %v %q closed=%v", code, err, out.String(), out.closed)
+	out := &syncbuf.Buffer{}
+	code, err := e.m.Exec(context.Background(), c.ID, ExecOptions{Cmd: []string{"x", "echo-stdin"}, Stdin: strings.NewReader("piped in\n"), Stdout: out, Stderr: &syncbuf.Buffer{}})
+	if err != nil || code != 0 || out.String() != "piped in\n" || !out.Closed() {
+		t.Fatalf("exec with stdin: %d %v %q closed=%v", code, err, out.String(), out.Closed())
 	}
-	tty := &bufCloser{}
+	tty := &syncbuf.Buffer{}
 	code, err = e.m.Exec(context.Background(), c.ID, ExecOptions{Cmd: []string{"x"}, Stdout: tty, TTY: true})
 	if err != nil || code != 0 || !strings.Contains(tty.String(), "Hello from WebAssembly!") || !strings.Contains(tty.String(), "this line went to stderr") {
 		t.Fatalf("exec with a TTY: %d %v %q", code, err, tty.String())

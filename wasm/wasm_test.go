@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"io"
@@ -15,6 +14,7 @@ import (
 	"time"
 
 	"github.com/opencontainers/go-digest"
+	"github.com/wasmcri/wasmcri/internal/syncbuf"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 )
 
@@ -100,24 +100,7 @@ func wait(t *testing.T, inst *Instance, within time.Duration) Result {
 type output struct{ stdout, stderr syncBuffer }
 
 // syncBuffer is an output stream the test reads while the instance writes.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) Close() error { return nil }
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
+type syncBuffer struct{ syncbuf.Buffer }
 
 // lines are the lines written so far, a last one without its newline
 // left out.
