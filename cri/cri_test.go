@@ -123,7 +123,7 @@ func TestVersionAndStatus(t *testing.T) {
 	c := start(t)
 	ctx := context.Background()
 	v, err := c.rt.Version(ctx, &runtimeapi.VersionRequest{})
-	if err != nil || v.RuntimeName != "wasmcri" || v.RuntimeApiVersion != "v1" || v.RuntimeVersion != "test" {
+	if err != nil || v.RuntimeName != "wasmcri" || v.RuntimeApiVersion != "v1" || v.RuntimeVersion != "0.0.0-dev+test" {
 		t.Fatalf("Version = %v, %v", v, err)
 	}
 	st, err := c.rt.Status(ctx, &runtimeapi.StatusRequest{Verbose: true})
@@ -137,8 +137,17 @@ func TestVersionAndStatus(t *testing.T) {
 	if !ready[runtimeapi.RuntimeReady] || !ready[runtimeapi.NetworkReady] {
 		t.Errorf("conditions = %v", st.Status.Conditions)
 	}
-	if len(st.RuntimeHandlers) != 2 || st.RuntimeHandlers[0].Name != "wasmtime" || st.Info["config"] == "" {
-		t.Errorf("handlers %v info %v", st.RuntimeHandlers, st.Info)
+	// The default handler, also under "" (kubelet asks for the handler a
+	// pod names, and most name none), then each configured one.
+	var names []string
+	for _, h := range st.RuntimeHandlers {
+		names = append(names, h.Name)
+		if !h.GetFeatures().GetRecursiveReadOnlyMounts() {
+			t.Errorf("handler %q without recursive read-only mounts", h.Name)
+		}
+	}
+	if strings.Join(names, ",") != ",wasmtime,spare" || st.Info["config"] == "" {
+		t.Errorf("handlers %q info %v", names, st.Info)
 	}
 }
 

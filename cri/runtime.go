@@ -3,6 +3,8 @@ package cri
 import (
 	"context"
 	"encoding/json"
+	"regexp"
+	"strings"
 
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -19,9 +21,31 @@ func (s *Server) Version(ctx context.Context, req *runtimeapi.VersionRequest) (*
 	return &runtimeapi.VersionResponse{
 		Version:           kubeAPIVersion,
 		RuntimeName:       RuntimeName,
-		RuntimeVersion:    s.info.Version,
+		RuntimeVersion:    semanticVersion(s.info.Version),
 		RuntimeApiVersion: "v1",
 	}, nil
+}
+
+// semVer is a semantic version (semver.org), which kubelet parses the
+// runtime version as; anything else shows on the node as "Unknown".
+var semVer = regexp.MustCompile(`^(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)\.(0|[1-9][0-9]*)(-[0-9A-Za-z.-]+)?(\+[0-9A-Za-z.-]+)?$`)
+
+// semanticVersion is the build's version as a semantic version: a tag
+// (v1.2.3, or v1.2.3-4-gabcdef past it) as it is, without its "v"; an
+// untagged build (a commit, maybe -dirty) as a 0.0.0 pre-release that
+// carries the commit as build metadata.
+func semanticVersion(v string) string {
+	if s := strings.TrimPrefix(v, "v"); semVer.MatchString(s) {
+		return s
+	}
+	// Build metadata is dot-separated non-empty [0-9A-Za-z-] identifiers.
+	ids := strings.FieldsFunc(v, func(r rune) bool {
+		return !(r >= '0' && r <= '9' || r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r == '-')
+	})
+	if len(ids) == 0 {
+		return "0.0.0-dev"
+	}
+	return "0.0.0-dev+" + strings.Join(ids, ".")
 }
 
 // Status reports the runtime ready. The network is ready too: Wasm pods
@@ -39,7 +63,13 @@ func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*ru
 		caps.Status, caps.Reason, caps.Message = false, "NoCgroupCPUController", err.Error()
 	}
 	resp.Status.Conditions = append(resp.Status.Conditions, caps)
-	for _, h := range s.info.Handlers {
+	// The default handler is listed under "" too: kubelet asks for the
+	// features of the handler a pod names, and most pods name none.
+	handlers := s.info.Handlers
+	if len(handlers) > 0 {
+		handlers = append([]string{""}, handlers...)
+	}
+	for _, h := range handlers {
 		resp.RuntimeHandlers = append(resp.RuntimeHandlers, &runtimeapi.RuntimeHandler{
 			Name: h,
 			// A read-only preopen is read-only all the way down.
