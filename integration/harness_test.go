@@ -323,8 +323,9 @@ func pushWasm(t *testing.T, module []byte, ref, format string, extra ...string) 
 		t.Fatal(err)
 	}
 	// No --insecure: a loopback registry is tried over HTTPS, then HTTP.
-	args := append([]string{"image", "push", "--format", format}, extra...)
-	out, err := exec.Command(wasmcriBin, append(args, file, ref)...).CombinedOutput()
+	// The flags come after the arguments, as the README shows them.
+	args := append([]string{"image", "push", file, ref, "--format", format}, extra...)
+	out, err := exec.Command(wasmcriBin, args...).CombinedOutput()
 	if err != nil {
 		t.Fatalf("wasmcri image push %s: %v\n%s", ref, err, out)
 	}

@@ -13,7 +13,15 @@ import (
 var version = "0.1.0-dev"
 
 func main() {
-	app := &cli.App{
+	app := newApp()
+	if err := app.Run(flagsFirst(app, os.Args)); err != nil {
+		fmt.Fprintln(os.Stderr, "wasmcri:", err)
+		os.Exit(1)
+	}
+}
+
+func newApp() *cli.App {
+	return &cli.App{
 		Name:  "wasmcri",
 		Usage: "a Kubernetes CRI runtime for WebAssembly workloads on wasmtime",
 		Before: func(*cli.Context) error {
@@ -27,9 +35,5 @@ func main() {
 			configCommand(),
 			imageCommand(),
 		},
-	}
-	if err := app.Run(os.Args); err != nil {
-		fmt.Fprintln(os.Stderr, "wasmcri:", err)
-		os.Exit(1)
 	}
 }
