@@ -35,10 +35,16 @@ type clients struct {
 	rt  runtimeapi.RuntimeServiceClient
 	img runtimeapi.ImageServiceClient
 	reg string
+	// root is the daemon's root directory.
+	root string
 }
 
 // start runs the real daemon on temp dirs and connects to its socket.
-func start(t *testing.T) clients {
+func start(t *testing.T) clients { t.Helper(); return startWith(t, nil, io.Discard) }
+
+// startWith is start with the config changed by tweak (when not nil) and
+// the daemon's log written to log.
+func startWith(t *testing.T, tweak func(*config.Config), log io.Writer) clients {
 	t.Helper()
 	sockDir, err := os.MkdirTemp("", "wcri") // short: unix socket paths are limited
 	if err != nil {
@@ -50,7 +56,10 @@ func start(t *testing.T) clients {
 	cfg.Root, cfg.State = filepath.Join(dir, "root"), filepath.Join(dir, "state")
 	cfg.GRPC.Address = filepath.Join(sockDir, "cri.sock")
 	cfg.Runtime.Handlers = []string{"wasmtime", "spare"}
-	d, err := daemon.Start(cfg, "test", slog.New(slog.NewTextHandler(io.Discard, nil)))
+	if tweak != nil {
+		tweak(cfg)
+	}
+	d, err := daemon.Start(cfg, "test", slog.New(slog.NewTextHandler(log, nil)))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -60,7 +69,7 @@ func start(t *testing.T) clients {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
-	return clients{rt: runtimeapi.NewRuntimeServiceClient(conn), img: runtimeapi.NewImageServiceClient(conn), reg: testregistry.Start(t)}
+	return clients{rt: runtimeapi.NewRuntimeServiceClient(conn), img: runtimeapi.NewImageServiceClient(conn), reg: testregistry.Start(t), root: cfg.Root}
 }
 
 func (c clients) push(t *testing.T, name string, module []byte) string {

@@ -4,6 +4,7 @@
 package daemon
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -15,6 +16,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/containerd/errdefs"
+	"github.com/opencontainers/go-digest"
 	"github.com/wasmcri/wasmcri/config"
 	"github.com/wasmcri/wasmcri/cri"
 	"github.com/wasmcri/wasmcri/image"
@@ -97,6 +100,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		MaxUnpackedEntries: cfg.Image.MaxUnpackedEntries,
 		PullTimeout:        cfg.Image.PullTimeout.Duration,
 		Validate:           d.runtime.Validate,
+		Compile:            d.compileAtPull,
 		Logger:             log,
 	})
 	if err != nil {
@@ -279,4 +283,18 @@ func (d *Daemon) syncState() {
 			}
 		}
 	}
+}
+
+// compileAtPull compiles a pulled module into the runtime's cache, so
+// that CreateContainer never compiles an image pulled or imported here. A
+// module wasmtime cannot compile is the image's fault.
+func (d *Daemon) compileAtPull(ctx context.Context, module digest.Digest, load func() ([]byte, error)) error {
+	_, err := d.runtime.Prepare(ctx, module, load)
+	switch {
+	case errors.Is(err, wasm.ErrInvalidModule):
+		return fmt.Errorf("%w: %w", err, errdefs.ErrInvalidArgument)
+	case errors.Is(err, wasm.ErrCompileLimit):
+		return fmt.Errorf("%w: %w", err, errdefs.ErrResourceExhausted)
+	}
+	return err
 }

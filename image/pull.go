@@ -62,6 +62,8 @@ type pull struct {
 	sizes   map[digest.Digest]int64
 	size    int64
 	release []func()
+	// compiled says checkModule has compiled the module.
+	compiled bool
 }
 
 func (s *Service) pull(ctx context.Context, named reference.Named, auth *Auth) (*Image, error) {
@@ -230,7 +232,7 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 		if err != nil {
 			return nil, err
 		}
-		if err := p.checkModule(module); err != nil {
+		if err := p.checkModule(ctx, module); err != nil {
 			return nil, err
 		}
 		img.Module = Module{Digest: layer.Digest, Size: layer.Size, Name: path.Base(reference.Path(named))}
@@ -250,11 +252,20 @@ func (p *pull) run(ctx context.Context, named reference.Named, root ocispec.Desc
 	if img.Unpacked != nil {
 		img.Size += img.Unpacked.Bytes
 	}
+	if !p.compiled {
+		// Pulled before with the same files: compiled then, unless the
+		// compile cache has been dropped since (a wasmtime upgrade).
+		desc := ocispec.Descriptor{MediaType: MediaTypeWasmLayer, Digest: img.Module.Digest, Size: img.Module.Size}
+		if err := p.compile(ctx, desc.Digest, func() ([]byte, error) { return content.ReadBlob(ctx, p.cs, desc) }); err != nil {
+			return nil, err
+		}
+	}
 	return p.s.record(img, p.sizes)
 }
 
-// checkModule refuses what is not a WebAssembly module wasmcri can run.
-func (p *pull) checkModule(module []byte) error {
+// checkModule refuses what is not a WebAssembly module wasmcri can run,
+// and compiles it: a container start then never does.
+func (p *pull) checkModule(ctx context.Context, module []byte) error {
 	if err := checkModuleHeader(p.ref, module); err != nil {
 		return err
 	}
@@ -262,6 +273,21 @@ func (p *pull) checkModule(module []byte) error {
 		if err := p.s.opts.Validate(module); err != nil {
 			return fmt.Errorf("%s: the module is not valid WebAssembly: %s: %w", p.ref, err, errdefs.ErrInvalidArgument)
 		}
+	}
+	if err := p.compile(ctx, digestOf(module), func() ([]byte, error) { return module, nil }); err != nil {
+		return err
+	}
+	p.compiled = true
+	return nil
+}
+
+// compile makes the module ready to run, naming the image in a failure.
+func (p *pull) compile(ctx context.Context, d digest.Digest, load func() ([]byte, error)) error {
+	if p.s.opts.Compile == nil {
+		return nil
+	}
+	if err := p.s.opts.Compile(ctx, d, load); err != nil {
+		return fmt.Errorf("%s: module %s: %w", p.ref, d, err)
 	}
 	return nil
 }
@@ -338,7 +364,7 @@ func (p *pull) unpack(ctx context.Context, img *Image, m ocispec.Manifest, cfg *
 			if modPath, module, err = findModule(tree, cfg, st, s.opts.MaxModuleSize); err != nil {
 				return err
 			}
-			if err := p.checkModule(module); err != nil {
+			if err := p.checkModule(ctx, module); err != nil {
 				return err
 			}
 			// Refused before the files take the ID's place.

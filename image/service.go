@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/opencontainers/go-digest"
 	bolt "go.etcd.io/bbolt"
 	"golang.org/x/sync/singleflight"
 )
@@ -30,7 +31,14 @@ type Options struct {
 	// Validate checks a module fully (e.g. wasmtime's validator) before
 	// the image is recorded; nil checks the header only.
 	Validate func(module []byte) error
-	Logger   *slog.Logger
+	// Compile makes a module ready to run (wasm's compile cache, keyed by
+	// the module's digest) before the image is recorded, so that no
+	// container start compiles; an error refuses the pull, and should be
+	// errdefs-classed (a module that cannot compile is InvalidArgument).
+	// It is called for every pull and import and is cheap for a module
+	// compiled before. nil compiles nothing.
+	Compile func(ctx context.Context, module digest.Digest, load func() ([]byte, error)) error
+	Logger  *slog.Logger
 }
 
 // Defaults of the unpacking limits.

@@ -14,8 +14,11 @@ import (
 // prepare makes sure the image's module is compiled in the cache.
 func (m *Manager) prepare(ctx context.Context, img *image.Image) (wasm.Compiled, error) {
 	c, err := m.runtime.Prepare(ctx, img.Module.Digest, func() ([]byte, error) { return m.images.ReadModule(ctx, img) })
-	if errors.Is(err, wasm.ErrInvalidModule) {
+	switch {
+	case errors.Is(err, wasm.ErrInvalidModule):
 		return c, fmt.Errorf("image %s: %w: %w", img.ID, err, errdefs.ErrInvalidArgument)
+	case errors.Is(err, wasm.ErrCompileLimit):
+		return c, fmt.Errorf("image %s: %w: %w", img.ID, err, errdefs.ErrResourceExhausted)
 	}
 	return c, err
 }

@@ -231,7 +231,7 @@ func (r *Runtime) compileInChild(ctx context.Context, d digest.Digest, module []
 	case ctx.Err() != nil:
 		return fmt.Errorf("compile of module %s: %w", d, ctx.Err())
 	case errors.Is(cctx.Err(), context.DeadlineExceeded):
-		return fmt.Errorf("compile of module %s took longer than compile_timeout %v", d, r.opts.CompileTimeout)
+		return fmt.Errorf("%w: compile of module %s took longer than runtime.compile_timeout %v", ErrCompileLimit, d, r.opts.CompileTimeout)
 	}
 	var exit *exec.ExitError
 	if !errors.As(err, &exit) {
@@ -241,7 +241,7 @@ func (r *Runtime) compileInChild(ctx context.Context, d digest.Digest, module []
 	case exit.ExitCode() == exitInvalid:
 		return fmt.Errorf("%w %s: %s", ErrInvalidModule, d, firstLine(msg))
 	case r.opts.CompileMemoryLimit > 0 && oomLine(msg) != "":
-		return fmt.Errorf("compile of module %s ran out of memory under compile_memory_limit %d bytes: %s", d, r.opts.CompileMemoryLimit, oomLine(msg))
+		return fmt.Errorf("%w: compile of module %s ran out of memory under runtime.compile_memory_limit %d bytes: %s", ErrCompileLimit, d, r.opts.CompileMemoryLimit, oomLine(msg))
 	case exit.ExitCode() == exitUncompilable:
 		return fmt.Errorf("%w %s: cannot be compiled: %s", ErrInvalidModule, d, firstLine(msg))
 	}

@@ -105,7 +105,7 @@ func TestCompileLimits(t *testing.T) {
 	timeout := took / 10
 	r := newRuntimeWith(t, Options{CompileTimeout: timeout})
 	refusedIn, err := prepareErr(context.Background(), r, slow)
-	if err == nil || !strings.Contains(err.Error(), "took longer than compile_timeout "+timeout.String()) || errors.Is(err, ErrInvalidModule) {
+	if err == nil || !strings.Contains(err.Error(), "took longer than runtime.compile_timeout "+timeout.String()) || errors.Is(err, ErrInvalidModule) || !errors.Is(err, ErrCompileLimit) {
 		t.Fatalf("compile_timeout %v: err = %v", timeout, err)
 	}
 	if refusedIn >= took {
@@ -118,7 +118,7 @@ func TestCompileLimits(t *testing.T) {
 	const limit = 8 << 20
 	r = newRuntimeWith(t, Options{CompileMemoryLimit: limit})
 	_, err = prepareErr(context.Background(), r, slow)
-	if err == nil || !strings.Contains(err.Error(), "ran out of memory under compile_memory_limit 8388608 bytes") || errors.Is(err, ErrInvalidModule) {
+	if err == nil || !strings.Contains(err.Error(), "ran out of memory under runtime.compile_memory_limit 8388608 bytes") || errors.Is(err, ErrInvalidModule) || !errors.Is(err, ErrCompileLimit) {
 		t.Fatalf("compile_memory_limit %d: err = %v", limit, err)
 	}
 	t.Logf("under %d bytes: %v", limit, err)

@@ -267,6 +267,11 @@ func (r *Runtime) leaveCompile(path string, f *compileWaiters) {
 // ErrInvalidModule wraps compile failures of the module itself.
 var ErrInvalidModule = errors.New("invalid WebAssembly module")
 
+// ErrCompileLimit wraps compiles stopped by the node's limits
+// (runtime.compile_timeout, runtime.compile_memory_limit): the module may
+// be valid, but is too costly to compile here.
+var ErrCompileLimit = errors.New("compile limit reached")
+
 // loaded is an engine with a compiled module deserialized into it and WASI
 // linked: all an instance needs but its store. An instance has one to
 // itself, since stopping it increments the engine's epoch; when it ends,
