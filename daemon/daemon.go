@@ -101,11 +101,13 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		PullTimeout:        cfg.Image.PullTimeout.Duration,
 		Validate:           d.runtime.Validate,
 		Compile:            d.compileAtPull,
+		Deleted:            d.forgetCompiled,
 		Logger:             log,
 	})
 	if err != nil {
 		return nil, err
 	}
+	d.collectCompiled(context.Background())
 	d.Sandboxes, err = sandbox.NewManager(d.stateDB, d.Images, d.runtime, sandbox.Options{
 		RootDir: cfg.Root, Handlers: cfg.Runtime.Handlers, Logger: log,
 	})
@@ -297,4 +299,29 @@ func (d *Daemon) compileAtPull(ctx context.Context, module digest.Digest, load f
 		return fmt.Errorf("%w: %w", err, errdefs.ErrResourceExhausted)
 	}
 	return err
+}
+
+// forgetCompiled drops what was compiled from a module when the store
+// deletes its blob: the compiled module goes with the last image holding it.
+func (d *Daemon) forgetCompiled(blob digest.Digest) {
+	if err := d.runtime.Forget(blob); err != nil {
+		d.log.Warn("compiled module not removed", "module", blob, "error", err)
+	}
+}
+
+// collectCompiled removes, at start-up, compiled modules whose module no
+// image holds: images removed by a wasmcri that kept them, or a crash
+// between a blob's deletion and its compiled module's.
+func (d *Daemon) collectCompiled(ctx context.Context) {
+	mods, err := d.runtime.CompiledModules()
+	if err != nil {
+		d.log.Warn("compiled modules not listed", "error", err)
+		return
+	}
+	for _, m := range mods {
+		if !d.Images.HasBlob(ctx, m) {
+			d.forgetCompiled(m)
+			d.log.Info("removed a compiled module no image holds", "module", m)
+		}
+	}
 }

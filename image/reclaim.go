@@ -101,7 +101,7 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 		return r, fmt.Errorf("list blobs: %w", err)
 	}
 	for _, info := range orphans {
-		if err := s.content.Delete(ctx, info.Digest); err == nil {
+		if err := s.deleteBlob(ctx, info.Digest); err == nil {
 			r.blobs++
 			r.bytes += info.Size
 		}

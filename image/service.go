@@ -38,6 +38,11 @@ type Options struct {
 	// It is called for every pull and import and is cheap for a module
 	// compiled before. nil compiles nothing.
 	Compile func(ctx context.Context, module digest.Digest, load func() ([]byte, error)) error
+	// Deleted is told each blob the store deletes, because no image holds
+	// it any more (removed, or left by a crash and reclaimed). A module is
+	// a blob of its own, under its digest, so this is how what was
+	// compiled from it goes with its images. nil does nothing.
+	Deleted func(blob digest.Digest)
 	Logger  *slog.Logger
 }
 
@@ -90,6 +95,7 @@ func NewService(db *bolt.DB, contentDir string, opts Options) (*Service, error) 
 		opts.PullTimeout = 10 * time.Minute
 	}
 	st.fsDir = filepath.Join(filepath.Dir(contentDir), "image-fs")
+	st.deleted = opts.Deleted
 	if err := st.private(); err != nil {
 		return nil, err
 	}

@@ -43,6 +43,25 @@ type Store struct {
 	// ids serializes what writes one image ID's record and files: a pull
 	// unpacking and recording it, Filesystem unpacking it, Remove.
 	ids idLocks
+	// deleted, when set, is told each blob deleted (Options.Deleted).
+	deleted func(digest.Digest)
+}
+
+// HasBlob says whether the store holds blob d.
+func (s *Store) HasBlob(ctx context.Context, d digest.Digest) bool {
+	_, err := s.content.Info(ctx, d)
+	return err == nil
+}
+
+// deleteBlob deletes a blob no image holds and says so.
+func (s *Store) deleteBlob(ctx context.Context, d digest.Digest) error {
+	if err := s.content.Delete(ctx, d); err != nil {
+		return err
+	}
+	if s.deleted != nil {
+		s.deleted(d)
+	}
+	return nil
 }
 
 // NewStore opens the store with content under contentDir and metadata in db.
@@ -448,7 +467,7 @@ func (s *Store) free(ctx context.Context, ds []digest.Digest) error {
 		if inUse[d] || s.leases[d] > 0 {
 			continue
 		}
-		if err := s.content.Delete(ctx, d); err != nil && !errdefs.IsNotFound(err) {
+		if err := s.deleteBlob(ctx, d); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("free blob %s: %w", d, err)
 		}
 	}

@@ -10,6 +10,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -211,7 +212,7 @@ func (r *Runtime) Prepare(ctx context.Context, d digest.Digest, load func() ([]b
 	if err := d.Validate(); err != nil {
 		return Compiled{}, fmt.Errorf("module digest %q: %w", d, err)
 	}
-	path := filepath.Join(r.cacheDir, d.Algorithm().String()+"-"+d.Encoded()+".cwasm")
+	path := r.compiledPath(d)
 	if _, err := os.Stat(path); err == nil {
 		return Compiled{Digest: d, Path: path}, nil
 	}
@@ -297,6 +298,52 @@ func (l *loaded) close() {
 	l.linker.Close()
 	l.module.Close()
 	l.engine.Close()
+}
+
+// compiledPath is where the compiled form of module d is cached.
+func (r *Runtime) compiledPath(d digest.Digest) string {
+	return filepath.Join(r.cacheDir, d.Algorithm().String()+"-"+d.Encoded()+".cwasm")
+}
+
+// Forget drops what was compiled from module d, if anything: its cached
+// file and its idle loaded engines. Running instances keep theirs. The
+// image store calls it when no image holds the module any more.
+func (r *Runtime) Forget(d digest.Digest) error {
+	if d.Validate() != nil {
+		return nil
+	}
+	path := r.compiledPath(d)
+	r.idleMu.Lock()
+	idle := r.idle[path]
+	delete(r.idle, path)
+	r.idleMu.Unlock()
+	for _, ld := range idle {
+		ld.close()
+	}
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return nil
+}
+
+// CompiledModules lists the modules the cache holds a compiled form of.
+func (r *Runtime) CompiledModules() ([]digest.Digest, error) {
+	entries, err := os.ReadDir(r.cacheDir)
+	if err != nil {
+		return nil, err
+	}
+	var out []digest.Digest
+	for _, e := range entries {
+		name, ok := strings.CutSuffix(e.Name(), ".cwasm")
+		alg, hex, found := strings.Cut(name, "-")
+		if !ok || !found {
+			continue
+		}
+		if d := digest.NewDigestFromEncoded(digest.Algorithm(alg), hex); d.Validate() == nil {
+			out = append(out, d)
+		}
+	}
+	return out, nil
 }
 
 // acquire takes an idle loaded engine for c, or loads one.
