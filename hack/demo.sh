@@ -6,11 +6,10 @@ set -euo pipefail
 
 WASMCRI=${WASMCRI:?set WASMCRI to the wasmcri binary (make demo does)}
 CRICTL=${CRICTL:?set CRICTL to the crictl binary (make demo does)}
-REGISTRY=${REGISTRY:-$(command -v docker-registry || true)}
-if [ -z "$REGISTRY" ]; then
-  echo "demo: docker-registry is not installed (apt-get install docker-registry, or run .ci/run)" >&2
-  exit 1
-fi
+# REGISTRY is a docker-registry binary, or "builtin" for an in-memory
+# registry built from this repository (the default when docker-registry
+# is not installed: the demo needs nothing but Go).
+REGISTRY=${REGISTRY:-$(command -v docker-registry || echo builtin)}
 
 work=$(mktemp -d /tmp/wasmcri-demo.XXXXXX)
 pids=()
@@ -23,21 +22,30 @@ trap cleanup EXIT
 
 step() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
-# A free loopback port for the registry.
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 5055)
-registry=127.0.0.1:$port
-image=$registry/demo/hello:v1
-
-step "registry on $registry"
-cat >"$work/registry.yml" <<YAML
+if [ "$REGISTRY" = builtin ]; then
+  step "registry: in memory (hack/demoregistry; docker-registry is not installed)"
+  go build -C "$(dirname "$0")/.." -o "$work/demoregistry" ./hack/demoregistry
+  mkfifo "$work/registry.addr"
+  "$work/demoregistry" >"$work/registry.addr" 2>"$work/registry.log" &
+  pids+=($!)
+  # It prints its address once it listens.
+  read -r registry <"$work/registry.addr"
+else
+  # A free loopback port for the registry.
+  port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' 2>/dev/null || echo 5055)
+  registry=127.0.0.1:$port
+  step "registry: $REGISTRY on $registry"
+  cat >"$work/registry.yml" <<YAML
 version: 0.1
 log: {level: warn}
 storage: {filesystem: {rootdirectory: $work/registry}}
 http: {addr: $registry}
 YAML
-"$REGISTRY" serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
-pids+=($!)
-for _ in $(seq 50); do curl -fs "http://$registry/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+  "$REGISTRY" serve "$work/registry.yml" >"$work/registry.log" 2>&1 &
+  pids+=($!)
+  for _ in $(seq 50); do curl -fs "http://$registry/v2/" >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+image=$registry/demo/hello:v1
 
 step "build examples/hello for wasip1 and push it as a Wasm OCI artifact"
 GOOS=wasip1 GOARCH=wasm go build -C "$(dirname "$0")/../examples/hello" -o "$work/hello.wasm" .
