@@ -24,14 +24,15 @@ func TestStatsEventsResourcesAndLogs(t *testing.T) {
 	cfg.Linux = &runtimeapi.LinuxContainerConfig{Resources: &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 256 << 20}}
 	holder := e.start(sb, cfg)
 	crilogtest.WaitFor(t, holder.LogPath, "stdout", "holding 24 MiB")
-	time.Sleep(200 * time.Millisecond)
-	st, err := e.m.ContainerStats(holder.ID)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if st.MemoryBytes < 24<<20 || st.CPU <= 0 || st.WritableInodes == 0 {
-		t.Errorf("stats = %+v", st)
-	}
+	// Its figures show what it holds, once its thread has been sampled.
+	var st Stats
+	waitFor(t, "the holder's stats", func() bool {
+		var err error
+		if st, err = e.m.ContainerStats(holder.ID); err != nil {
+			t.Fatal(err)
+		}
+		return st.MemoryBytes >= 24<<20 && st.CPU > 0 && st.WritableInodes > 0
+	})
 
 	// Lowering the memory limit below what it holds: the next allocation
 	// fails and the container is OOMKilled.
