@@ -204,3 +204,42 @@ func (c *Client) Pull(ctx context.Context, ref string) error {
 	_, err := c.Img.PullImage(ctx, &runtimeapi.PullImageRequest{Image: &runtimeapi.ImageSpec{Image: ref}})
 	return err
 }
+
+// CreateTimes runs one pod and times CreateContainer of image in it
+// iterations times, removing each container after; the first create,
+// which warms caches, is not counted.
+func (c *Client) CreateTimes(ctx context.Context, image string, iterations int, logDirectory string) ([]time.Duration, error) {
+	name := fmt.Sprintf("bench-create-%d", time.Now().UnixNano())
+	sbCfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: name, Namespace: "bench", Uid: name},
+		LogDirectory: logDirectory,
+	}
+	sb, err := c.RT.RunPodSandbox(ctx, &runtimeapi.RunPodSandboxRequest{Config: sbCfg})
+	if err != nil {
+		return nil, fmt.Errorf("RunPodSandbox: %w", err)
+	}
+	defer c.RemovePod(ctx, sb.PodSandboxId)
+	var out []time.Duration
+	for i := 0; i < iterations; i++ {
+		start := time.Now()
+		ctr, err := c.RT.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
+			PodSandboxId: sb.PodSandboxId,
+			Config: &runtimeapi.ContainerConfig{
+				Metadata: &runtimeapi.ContainerMetadata{Name: fmt.Sprint("app-", i)},
+				Image:    &runtimeapi.ImageSpec{Image: image},
+				LogPath:  fmt.Sprintf("app-%d.log", i),
+			},
+			SandboxConfig: sbCfg,
+		})
+		if err != nil {
+			return nil, fmt.Errorf("CreateContainer: %w", err)
+		}
+		if i > 0 {
+			out = append(out, time.Since(start))
+		}
+		if _, err := c.RT.RemoveContainer(ctx, &runtimeapi.RemoveContainerRequest{ContainerId: ctr.ContainerId}); err != nil {
+			return nil, fmt.Errorf("RemoveContainer: %w", err)
+		}
+	}
+	return out, nil
+}

@@ -110,6 +110,12 @@ type RuntimeConfig struct {
 	// CompileMemoryLimit bounds, in bytes, the memory one compilation may
 	// take (the compiler process's data size rlimit).
 	CompileMemoryLimit int64 `toml:"compile_memory_limit"`
+	// WritableLayerSize and WritableLayerInodes bound each container's
+	// writable layer: a tmpfs under the state directory, so what modules
+	// write there counts in the node's memory, as an emptyDir of medium
+	// Memory does. Data to keep belongs in volumes.
+	WritableLayerSize   int64 `toml:"writable_layer_size"`
+	WritableLayerInodes int64 `toml:"writable_layer_inodes"`
 }
 
 // ImageConfig configures pulling and storing images.
@@ -160,6 +166,7 @@ func Default() *Config {
 		Runtime: RuntimeConfig{
 			Handlers: []string{DefaultRuntimeHandler}, MaxWasmStack: 1 << 20, CgroupDriver: "cgroupfs",
 			DefaultMemoryLimit: 4 << 30, CompileTimeout: Duration{2 * time.Minute}, CompileMemoryLimit: 2 << 30,
+			WritableLayerSize: 256 << 20, WritableLayerInodes: 16384,
 		},
 		Image: ImageConfig{
 			MaxLayerSize:       512 << 20,
@@ -285,6 +292,12 @@ func (c *Config) Validate() error {
 	}
 	if c.Runtime.CompileTimeout.Duration <= 0 {
 		return bad("runtime.compile_timeout", "%s must be positive", c.Runtime.CompileTimeout)
+	}
+	if c.Runtime.WritableLayerSize < 64<<10 {
+		return bad("runtime.writable_layer_size", "%d is below 65536 bytes (64 KiB)", c.Runtime.WritableLayerSize)
+	}
+	if c.Runtime.WritableLayerInodes < 64 {
+		return bad("runtime.writable_layer_inodes", "%d is below 64", c.Runtime.WritableLayerInodes)
 	}
 	if c.Runtime.CompileMemoryLimit < 64<<20 {
 		return bad("runtime.compile_memory_limit", "%d is below 67108864 bytes (64 MiB)", c.Runtime.CompileMemoryLimit)

@@ -109,10 +109,18 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	}
 	d.collectCompiled(context.Background())
 	d.Sandboxes, err = sandbox.NewManager(d.stateDB, d.Images, d.runtime, sandbox.Options{
-		RootDir: cfg.Root, Handlers: cfg.Runtime.Handlers, Logger: log,
+		RootDir: cfg.Root, RootsDir: filepath.Join(cfg.State, "containers"), Handlers: cfg.Runtime.Handlers, Logger: log,
+		WritableLayerSize: cfg.Runtime.WritableLayerSize, WritableLayerInodes: cfg.Runtime.WritableLayerInodes,
 	})
 	if err != nil {
 		return nil, err
+	}
+	// The loaded containers hold the unpacked files their roots show; what
+	// nothing holds any more goes.
+	if n, err := d.Images.CollectFilesystems(context.Background()); err != nil {
+		log.Warn("unpacked images not collected", "error", err)
+	} else if n > 0 {
+		log.Info("collected unpacked files of removed images", "trees", n)
 	}
 	d.streams, err = cri.NewStreamServer(net.JoinHostPort(cfg.Stream.Address, cfg.Stream.Port), cfg.Stream.IdleTimeout.Duration, d.Sandboxes)
 	if err != nil {

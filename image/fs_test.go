@@ -5,6 +5,7 @@ import (
 	"context"
 	"maps"
 	"os"
+	"path/filepath"
 	"testing"
 
 	"github.com/containerd/errdefs"
@@ -140,5 +141,47 @@ func TestUnpackedBytesCount(t *testing.T) {
 	}
 	if entries, _ := os.ReadDir(s.FSDir()); len(entries) != 0 {
 		t.Fatalf("image-fs holds %v after the remove", entries)
+	}
+}
+
+// A held image's files outlive its removal until the last hold ends, and a
+// hold taken after the removal finds nothing.
+func TestHeldFilesystemOutlivesItsImage(t *testing.T) {
+	reg := testregistry.Start(t)
+	ctx := context.Background()
+	push(t, reg+"/ok/held:1", compatOf("/app.wasm", gzLayer(t, file("app.wasm", emptyModule), file("etc/motd", []byte("hi")))))
+	s, stop := openService(t, t.TempDir(), Options{})
+	defer stop()
+	img, err := s.Pull(ctx, reg+"/ok/held:1", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir, err := s.HoldFilesystem(ctx, img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.HoldFilesystem(ctx, img); err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Remove(ctx, img.ID); err != nil {
+		t.Fatal(err)
+	}
+	motd := filepath.Join(dir, "etc", "motd")
+	if _, err := os.Stat(motd); err != nil {
+		t.Fatalf("the held files went with the image: %v", err)
+	}
+	if n, err := s.CollectFilesystems(ctx); n != 0 || err != nil {
+		t.Fatalf("CollectFilesystems took a held tree: %d, %v", n, err)
+	}
+	s.ReleaseFilesystem(img.ID)
+	if _, err := os.Stat(motd); err != nil {
+		t.Fatalf("the files went with the first of two holds: %v", err)
+	}
+	s.ReleaseFilesystem(img.ID)
+	if _, err := os.Stat(dir); !os.IsNotExist(err) {
+		t.Fatalf("the files of a removed image outlived their last hold: %v", err)
+	}
+	if _, err := s.HoldFilesystem(ctx, img); !errdefs.IsNotFound(err) {
+		t.Fatalf("a hold of a removed image: %v, want NotFound", err)
 	}
 }

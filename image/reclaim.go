@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
+	"strings"
 
 	"github.com/containerd/containerd/v2/core/content"
 	"github.com/opencontainers/go-digest"
@@ -41,9 +42,11 @@ type reclaimed struct {
 //   - blobs no image record holds: fetched by a pull that crashed before
 //     recording its image;
 //   - in image-fs, unpackings a crash interrupted (tempPrefix), and trees
-//     of images without a record, or whose record does not say they were
-//     unpacked (a crash between the rename and the record, a tree made by
-//     an older wasmcri, unchecked: it is unpacked again when asked for).
+//     of images whose record does not say they were unpacked (a crash
+//     between the rename and the record, a tree made by an older wasmcri,
+//     unchecked: it is unpacked again when asked for). Trees of images
+//     without a record are left to CollectFilesystems: a container may
+//     hold one (holds.go).
 //
 // It must run before the service serves anything: a pull under way holds
 // ingests, blobs and trees that no record names yet.
@@ -70,7 +73,8 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 	}
 
 	inUse := map[digest.Digest]bool{}
-	trees := map[string]bool{}
+	unpacked := map[string]bool{}
+	recorded := map[string]bool{}
 	err = s.db.View(func(tx *bolt.Tx) error {
 		return tx.Bucket(bucketImages).ForEach(func(k, _ []byte) error {
 			img, err := getImage(tx, string(k))
@@ -80,8 +84,9 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 			for _, d := range img.Blobs {
 				inUse[d] = true
 			}
-			if name, err := fsName(img.ID); err == nil && img.Unpacked != nil {
-				trees[name] = true
+			if name, err := fsName(img.ID); err == nil {
+				recorded[name] = true
+				unpacked[name] = img.Unpacked != nil
 			}
 			return nil
 		})
@@ -112,7 +117,10 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 		return r, fmt.Errorf("list unpacked images: %w", err)
 	}
 	for _, e := range entries {
-		if trees[e.Name()] {
+		// Trees of no recorded image may be held by containers; they are
+		// CollectFilesystems' once the holds are known.
+		name := e.Name()
+		if stale := strings.HasPrefix(name, tempPrefix) || recorded[name] && !unpacked[name]; !stale {
 			continue
 		}
 		if err := os.RemoveAll(filepath.Join(s.fsDir, e.Name())); err != nil {
@@ -121,4 +129,18 @@ func (s *Store) reclaim(ctx context.Context) (reclaimed, error) {
 		r.trees++
 	}
 	return r, nil
+}
+
+// recordedTrees are the tree names of every recorded image.
+func (s *Store) recordedTrees() (map[string]bool, error) {
+	out := map[string]bool{}
+	err := s.db.View(func(tx *bolt.Tx) error {
+		return tx.Bucket(bucketImages).ForEach(func(k, _ []byte) error {
+			if name, err := fsName(string(k)); err == nil {
+				out[name] = true
+			}
+			return nil
+		})
+	})
+	return out, err
 }

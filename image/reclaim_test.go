@@ -106,6 +106,13 @@ func TestReclaimAtStartup(t *testing.T) {
 
 	s, stop = openService(t, dir, Options{})
 	defer stop()
+	// A tree of no recorded image stays until the holds are known.
+	if _, err := os.Stat(stray); err != nil {
+		t.Errorf("a tree of no recorded image went before CollectFilesystems: %v", err)
+	}
+	if n, err := s.CollectFilesystems(ctx); n != 1 || err != nil {
+		t.Errorf("CollectFilesystems: %d, %v; want the stray tree", n, err)
+	}
 	for _, gone := range []string{half, stray, oldDir} {
 		if _, err := os.Lstat(gone); !os.IsNotExist(err) {
 			t.Errorf("%s is still there: %v", gone, err)

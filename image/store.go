@@ -38,6 +38,9 @@ type Store struct {
 	// another image never deletes content a pull has just fetched.
 	mu     sync.Mutex
 	leases map[digest.Digest]int
+	// holds counts, by tree name, what keeps an image's unpacked files
+	// (holds.go).
+	holds map[string]int
 	// fsDir holds images' unpacked files, a directory per image ID.
 	fsDir string
 	// ids serializes what writes one image ID's record and files: a pull
@@ -81,7 +84,7 @@ func NewStore(db *bolt.DB, contentDir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init image metadata: %w", err)
 	}
-	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}, ids: idLocks{m: map[string]*idLock{}}}, nil
+	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}, holds: map[string]int{}, ids: idLocks{m: map[string]*idLock{}}}, nil
 }
 
 // idLocks are per-image-ID locks that a waiter can give up on.
@@ -422,9 +425,10 @@ func (s *Store) remove(ctx context.Context, ref, id string) (bool, error) {
 	if err != nil || removed == nil {
 		return true, err
 	}
-	if dir, err := s.fsPath(removed.ID); err == nil {
-		// What cannot be removed now is reclaimed when the daemon starts.
-		os.RemoveAll(dir)
+	if name, err := fsName(removed.ID); err == nil && !s.held(name) {
+		// What cannot be removed now is reclaimed when the daemon starts;
+		// a held tree goes with its last hold.
+		os.RemoveAll(filepath.Join(s.fsDir, name))
 	}
 	return true, s.free(ctx, removed.Blobs)
 }

@@ -4,14 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"os"
 	"path/filepath"
 	"syscall"
 	"time"
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/image"
-	"github.com/wasmcri/wasmcri/internal/inroot"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -27,9 +25,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 	// From here on a failure leaves nothing behind.
 	defer func() {
 		if err != nil {
-			if rerr := os.RemoveAll(m.rootfs(c.ID)); rerr != nil {
-				m.log.Warn("container root not removed", "container", c.ID, "error", rerr)
-			}
+			m.releaseRoot(c)
 		}
 	}()
 	if err := m.makeRoot(ctx, c, p.img, p.sandbox.Config); err != nil {
@@ -134,23 +130,6 @@ func newContainer(p createPlan) *containerEntry {
 		c.Env = append(c.Env, "HOSTNAME="+hostname(p.sandbox.Config))
 	}
 	return c
-}
-
-// makeRoot makes the container's writable root: the image's files, then
-// the files every container gets.
-func (m *Manager) makeRoot(ctx context.Context, c *containerEntry, img *image.Image, sb *runtimeapi.PodSandboxConfig) error {
-	if err := os.MkdirAll(m.rootfs(c.ID), 0o755); err != nil {
-		return fmt.Errorf("create container root: %w", err)
-	}
-	root, err := inroot.Open(m.rootfs(c.ID))
-	if err != nil {
-		return err
-	}
-	defer root.Close()
-	if err := m.populateRoot(ctx, img, root); err != nil {
-		return rootError(img, err)
-	}
-	return rootError(img, prepareRoot(root, c.WorkingDir, sb))
 }
 
 // commitContainer records the container, if its sandbox is still ready:

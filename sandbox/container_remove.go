@@ -1,8 +1,6 @@
 package sandbox
 
 import (
-	"os"
-
 	"github.com/containerd/errdefs"
 )
 
@@ -35,9 +33,7 @@ func (m *Manager) RemoveContainer(id string) error {
 	}
 	// The record is gone, so a crash from here on leaves a root that
 	// start-up reclaims.
-	if err := os.RemoveAll(m.rootfs(c.ID)); err != nil {
-		m.log.Warn("container directories not removed", "container", c.ID, "error", err)
-	}
+	m.releaseRoot(c)
 	m.log.Info("container removed", "container", c.ID)
 	return nil
 }

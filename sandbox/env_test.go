@@ -60,18 +60,22 @@ func newEnv(t *testing.T) *env {
 	}
 	t.Cleanup(e.rt.Close)
 	e.m = e.manager()
-	t.Cleanup(e.m.Shutdown)
 	return e
 }
 
-func (e *env) manager() *Manager {
+func (e *env) manager() *Manager { return e.managerWith(Options{}) }
+
+// managerWith opens a manager on the env's state with opts, its root dir
+// and handlers set.
+func (e *env) managerWith(opts Options) *Manager {
 	e.t.Helper()
-	m, err := NewManager(e.db, e.images, e.rt, Options{
-		RootDir: filepath.Join(e.dir, "root"), Handlers: []string{"wasmtime", "wasmtime-debug"},
-	})
+	opts.RootDir, opts.Handlers = filepath.Join(e.dir, "root"), []string{"wasmtime", "wasmtime-debug"}
+	m, err := NewManager(e.db, e.images, e.rt, opts)
 	if err != nil {
 		e.t.Fatal(err)
 	}
+	// Every manager a test opens shuts down, unmounting its roots.
+	e.t.Cleanup(m.Shutdown)
 	return m
 }
 

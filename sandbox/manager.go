@@ -22,12 +22,25 @@ type Images interface {
 	ReadModule(ctx context.Context, img *image.Image) ([]byte, error)
 	// Filesystem unpacks an image's files, for image volumes.
 	Filesystem(ctx context.Context, img *image.Image) (string, error)
+	// HoldFilesystem is Filesystem, keeping the files until
+	// ReleaseFilesystem even if the image is removed: a container root
+	// stacks its writable layer over them.
+	HoldFilesystem(ctx context.Context, img *image.Image) (string, error)
+	ReleaseFilesystem(id string)
 }
 
 // Options configure a Manager.
 type Options struct {
-	// RootDir keeps per-container writable directories and default logs.
+	// RootDir keeps default logs and the empty directory masked paths
+	// show.
 	RootDir string
+	// RootsDir holds the containers' roots, each a tmpfs (roots.go);
+	// default RootDir/roots. The daemon puts it in its state directory.
+	RootsDir string
+	// WritableLayerSize and WritableLayerInodes bound each container's
+	// writable layer; defaults DefaultWritableLayerSize and
+	// DefaultWritableLayerInodes.
+	WritableLayerSize, WritableLayerInodes int64
 	// Handlers are the runtime handler names accepted; the first is the
 	// default for an empty runtime_handler.
 	Handlers []string
@@ -64,6 +77,15 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()
 	}
+	if opts.RootsDir == "" {
+		opts.RootsDir = filepath.Join(opts.RootDir, "roots")
+	}
+	if opts.WritableLayerSize <= 0 {
+		opts.WritableLayerSize = DefaultWritableLayerSize
+	}
+	if opts.WritableLayerInodes <= 0 {
+		opts.WritableLayerInodes = DefaultWritableLayerInodes
+	}
 	recs, err := newRecords(db)
 	if err != nil {
 		return nil, fmt.Errorf("init sandbox metadata: %w", err)
@@ -98,19 +120,28 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 		m.names.reserve(c.Name(), c.ID)
 	}
 	m.reclaim()
+	if err := m.mountRoots(); err != nil {
+		return nil, err
+	}
+	m.remakeRoots(context.Background())
 	m.usage = newUsageCache()
 	m.log.Info("loaded state", "sandboxes", len(sandboxes), "containers", len(containers))
 	return m, nil
 }
 
-// reclaim removes what a crash left without a record: the roots of
-// containers whose creation never committed (or whose removal was cut
-// short after the record went), and the log directories of such
-// sandboxes. It runs at start-up, before anything is served.
+// reclaim removes what a crash left without a record: the log
+// directories of sandboxes whose creation never committed (or whose
+// removal was cut short after the record went), and container roots an
+// older wasmcri kept on disk. (Roots in memory are roots.go's.) It runs at
+// start-up, before anything is served.
 func (m *Manager) reclaim() {
+	if legacy := filepath.Join(m.opts.RootDir, "containers"); legacy != m.opts.RootsDir {
+		if err := os.RemoveAll(legacy); err != nil {
+			m.log.Warn("container roots of an older wasmcri not removed", "path", legacy, "error", err)
+		}
+	}
 	for dir, known := range map[string]func(string) bool{
-		filepath.Join(m.opts.RootDir, "containers"): m.containers.has,
-		filepath.Join(m.opts.RootDir, "sandboxes"):  m.sandboxes.has,
+		filepath.Join(m.opts.RootDir, "sandboxes"): m.sandboxes.has,
 	} {
 		entries, err := os.ReadDir(dir)
 		if err != nil {
@@ -151,6 +182,7 @@ func (m *Manager) Shutdown() {
 		case <-time.After(5 * time.Second):
 		}
 	}
+	m.unmountRoots()
 }
 
 func newID() string {
@@ -229,9 +261,3 @@ func (m *Manager) defaultLogDir(id string) string {
 
 // emptyDir is the always-empty directory masked directories show.
 func (m *Manager) emptyDir() string { return filepath.Join(m.opts.RootDir, "empty") }
-
-// rootfs is the container's writable root: what the module sees at "/".
-// Its path and parents are the daemon's own, so plain os calls on the
-// root itself (make, remove) are safe; os.RemoveAll never follows a
-// symlink below it. Anything inside goes through inroot.
-func (m *Manager) rootfs(id string) string { return filepath.Join(m.opts.RootDir, "containers", id) }

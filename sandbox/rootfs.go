@@ -1,16 +1,12 @@
 package sandbox
 
 import (
-	"context"
 	"errors"
 	"fmt"
-	iofs "io/fs"
 	"os"
-	"path/filepath"
 	"strings"
 	"syscall"
 
-	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -21,90 +17,6 @@ func hostname(sb *runtimeapi.PodSandboxConfig) string {
 		return h
 	}
 	return sb.GetMetadata().GetName()
-}
-
-// populateRoot gives a container of a compat image its own copy of the
-// image's files, as a container runtime's writable layer over the image
-// would: the module sees /etc and its data files, and what it writes stays
-// its own. The module file itself is left out: it is the program, run from
-// the compile cache, and copying megabytes of it would cost each container
-// start milliseconds. An artifact holds only a module: its root starts
-// empty.
-func (m *Manager) populateRoot(ctx context.Context, img *image.Image, root *inroot.Root) error {
-	if img.Format == image.FormatArtifact {
-		return nil
-	}
-	fs, err := m.images.Filesystem(ctx, img)
-	if err != nil {
-		return err
-	}
-	module := filepath.Join(fs, filepath.Clean("/"+img.Module.Name))
-	if err := copyTree(fs, root, module); err != nil {
-		return fmt.Errorf("copy image %s into container root: %w", img.ID, err)
-	}
-	return nil
-}
-
-// copyTree copies the files, directories and symlinks under src into dst,
-// never following a symlink on either side, and leaving out skip. The
-// image's symlinks are copied as they are: they are resolved later only by
-// the module's own WASI calls, inside its root, or by inroot. Each
-// directory of dst is opened once for all its entries.
-func copyTree(src string, dst *inroot.Root, skip string) error {
-	dirs := map[string]*inroot.Dir{}
-	defer func() {
-		for _, d := range dirs {
-			d.Close()
-		}
-	}()
-	dirOf := func(rel string) (*inroot.Dir, string, error) {
-		parent, name := filepath.Split(rel)
-		if d, ok := dirs[parent]; ok {
-			return d, name, nil
-		}
-		d, err := dst.Dir(parent, true)
-		if err != nil {
-			return nil, "", err
-		}
-		dirs[parent] = d
-		return d, name, nil
-	}
-	return filepath.WalkDir(src, func(p string, e iofs.DirEntry, err error) error {
-		if err != nil || p == skip || p == src {
-			return err
-		}
-		rel, err := filepath.Rel(src, p)
-		if err != nil {
-			return err
-		}
-		info, err := e.Info()
-		if err != nil {
-			return err
-		}
-		if e.IsDir() {
-			return dst.MkdirAll(rel, info.Mode().Perm())
-		}
-		d, name, err := dirOf(rel)
-		if err != nil {
-			return err
-		}
-		switch {
-		case e.Type()&iofs.ModeSymlink != 0:
-			link, err := os.Readlink(p)
-			if err != nil {
-				return err
-			}
-			return d.Symlink(link, name)
-		case e.Type().IsRegular():
-			f, err := os.OpenFile(p, os.O_RDONLY|syscall.O_NOFOLLOW, 0)
-			if err != nil {
-				return err
-			}
-			defer f.Close()
-			return d.CopyFrom(f, name, info.Mode().Perm())
-		}
-		return nil // unpacking makes no devices, FIFOs or sockets
-	})
 }
 
 // devices are the harmless device nodes programs expect in /dev.

@@ -360,9 +360,9 @@ func TestCRIInputRefusals(t *testing.T) {
 		t.Errorf("update to a CPU quota under 1ms: %v", err)
 	}
 	// Nothing of the refused containers was left on disk.
-	entries, _ := os.ReadDir(filepath.Join(e.dir, "root", "containers"))
+	entries, _ := os.ReadDir(filepath.Join(e.dir, "root", "roots"))
 	if len(entries) != 1 {
-		t.Errorf("container roots on disk: %d, want 1", len(entries))
+		t.Errorf("container roots: %d, want 1", len(entries))
 	}
 }
 
@@ -524,24 +524,41 @@ func (in *endlessInput) read() int {
 	return in.n
 }
 
-// Leftovers of a crash (roots and log directories without records) are
-// reclaimed at start-up; what has a record stays.
+// Leftovers of a crash (roots and log directories without records, roots
+// an older wasmcri kept on disk) are reclaimed at start-up; what has a
+// record stays, and a created container gets its root again.
 func TestCrashLeftoversReclaimed(t *testing.T) {
 	e := newEnv(t)
 	img := e.image("hello", testmodule.Hello(t))
 	sb := e.sandbox("kept")
 	kept := e.container(sb, "kept", img)
 	root := filepath.Join(e.dir, "root")
+	stray := filepath.Join(root, "roots", newID())
 	for _, p := range []string{"containers/" + newID() + "/etc", "sandboxes/" + newID() + "/logs"} {
 		if err := os.MkdirAll(filepath.Join(root, p), 0o755); err != nil {
 			t.Fatal(err)
 		}
 	}
-	e.m.Shutdown()
+	// A root whose record never committed, mounted as a crash leaves it.
+	if err := os.Mkdir(stray, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := syscall.Mount("tmpfs", stray, "tmpfs", 0, ""); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(filepath.Join(stray, "left"), []byte("x"), 0o644)
+	// A crash: the first manager never shuts down before the second
+	// starts (its cleanup runs at the end of the test).
 	e.m = e.manager()
-	entries, _ := os.ReadDir(filepath.Join(root, "containers"))
+	entries, _ := os.ReadDir(filepath.Join(root, "roots"))
 	if len(entries) != 1 || entries[0].Name() != kept.ID {
 		t.Errorf("container roots after start-up: %v", entries)
+	}
+	if _, err := os.Stat(filepath.Join(root, "roots", kept.ID, "root", "etc", "hostname")); err != nil {
+		t.Errorf("the created container's root was not made again: %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(root, "containers")); !os.IsNotExist(err) {
+		t.Errorf("roots an older wasmcri kept on disk: %v", err)
 	}
 	if entries, _ := os.ReadDir(filepath.Join(root, "sandboxes")); len(entries) != 0 {
 		t.Errorf("sandbox directories after start-up: %v", entries)

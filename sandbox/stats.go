@@ -66,7 +66,7 @@ func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithS
 
 // statsLocked reads the figures of c's instance; c.mu is held.
 func (m *Manager) statsLocked(c *containerEntry, now time.Time) Stats {
-	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID), Instance: wasm.Stats{CPU: c.CPU}}
+	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.writableDir(&c.Container), Instance: wasm.Stats{CPU: c.CPU}}
 	if l := c.run.running(); l != nil {
 		r := c.run
 		is := l.instance.Stats()

@@ -72,6 +72,9 @@ type Container struct {
 	ImageID        string `json:"imageId"`
 	ImageDigestRef string `json:"imageDigestRef"`
 	ModuleDigest   string `json:"moduleDigest"`
+	// RootImage is the image whose unpacked files the root stacks its
+	// writable layer over; "" for a root of its own (an artifact's).
+	RootImage string `json:"rootImage,omitempty"`
 
 	// What the instance runs with, fixed at creation.
 	Args       []string `json:"args"`
@@ -130,6 +133,9 @@ type containerEntry struct {
 	// removing refuses a start racing RemoveContainer; removed says the
 	// record is gone, so a late exit is neither persisted nor announced.
 	removing, removed bool
+	// holdsRoot says this run of the daemon holds RootImage's files for
+	// the container (roots.go).
+	holdsRoot bool
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }

@@ -244,6 +244,11 @@ func (r *Runtime) compileInChild(ctx context.Context, d digest.Digest, module []
 		return fmt.Errorf("%w: compile of module %s ran out of memory under runtime.compile_memory_limit %d bytes: %s", ErrCompileLimit, d, r.opts.CompileMemoryLimit, oomLine(msg))
 	case exit.ExitCode() == exitUncompilable:
 		return fmt.Errorf("%w %s: cannot be compiled: %s", ErrInvalidModule, d, firstLine(msg))
+	case r.opts.CompileMemoryLimit > 0 && crashLine(msg) != "":
+		// Code that does not check an allocation (in the compiler or the
+		// runtime under it) faults instead of reporting; under the limit
+		// that is the limit's doing.
+		return fmt.Errorf("%w: compile of module %s crashed under runtime.compile_memory_limit %d bytes, most likely out of memory: %s", ErrCompileLimit, d, r.opts.CompileMemoryLimit, crashLine(msg))
 	}
 	return fmt.Errorf("compile of module %s: the compiler process failed (%v): %s", d, exit, firstLine(msg))
 }
@@ -252,6 +257,17 @@ func (r *Runtime) compileInChild(ctx context.Context, d digest.Digest, module []
 // runtime, Rust's allocator, mmap failing in wasmtime, and threads that
 // cannot get a stack.
 var oomReports = []string{"out of memory", "memory allocation of", "Cannot allocate memory", "cannot allocate memory", "failed to allocate", "failed to create new OS thread", "Resource temporarily unavailable"}
+
+// crashLine is the line of msg where the compiler process reports a
+// memory fault, or "".
+func crashLine(msg string) string {
+	for _, line := range strings.Split(msg, "\n") {
+		if strings.Contains(line, "SIGSEGV") || strings.Contains(line, "SIGBUS") {
+			return strings.TrimSpace(line)
+		}
+	}
+	return ""
+}
 
 // oomLine is the line of msg that reports running out of memory, or "".
 func oomLine(msg string) string {

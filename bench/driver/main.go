@@ -30,6 +30,8 @@ var (
 	outDoc     = flag.String("out", "docs/performance.md", "document whose generated part is rewritten; empty prints only")
 	scale      = flag.Float64("scale", 1, "multiplies every iteration count (0.1 for a quick look)")
 	densityMax = flag.Int("density", 1000, "the largest number of idle pods to run")
+	profileOut = flag.String("profile", "", "with -only: save the daemon's CPU profile of the part's busiest run to this file")
+	only       = flag.String("only", "", "run only this part (lifecycles) and print it; for a quick look while working")
 )
 
 func n(base int) int { return max(int(float64(base)**scale), 3) }
@@ -116,6 +118,9 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	if *only == "lifecycles" {
+		return s.lifecycles(tinyRef, tinyExit)
+	}
 	warmTiny, err := s.pods(tinyRef, nil, n(500), true)
 	if err != nil {
 		return err
@@ -176,6 +181,9 @@ func run() error {
 	s.target("pod start, cached tiny module ≤ 2 × floor + one gRPC round trip per call", fmt.Sprintf("%s ms (budget %s ms)", ms(warmTiny.total.p50()), ms(budget)), warmTiny.total.p50() <= budget)
 
 	if err := s.concurrency(tinySleep); err != nil {
+		return err
+	}
+	if err := s.lifecycles(tinyRef, tinyExit); err != nil {
 		return err
 	}
 	if err := s.density(tinySleep, goModule); err != nil {
@@ -430,4 +438,8 @@ func writeDoc(path, generated string) error {
 	doc := string(old[:i]) + begin + "\n" + generated + "\n" + string(old[j:])
 	fmt.Println("\nwrote", path)
 	return os.WriteFile(path, []byte(doc), 0o644)
+}
+
+func pushBuilt(s *suite, ref string, b *imagebuild.Built) error {
+	return imagebuild.Push(s.ctx, ref, b, image.RegistryOptions{}, nil)
 }

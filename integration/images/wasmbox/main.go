@@ -601,7 +601,10 @@ func dd(p *proc, args []string) int {
 	buf := make([]byte, bs)
 	for i := 0; count < 0 || i < count; i++ {
 		n, err := io.ReadFull(r, buf)
-		w.Write(buf[:n])
+		if _, werr := w.Write(buf[:n]); werr != nil {
+			fmt.Fprintf(p.stderr, "dd: error writing '%s': %s\n", out, errText(werr))
+			return 1
+		}
 		if err != nil {
 			break
 		}

@@ -1,0 +1,145 @@
+package main
+
+import (
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/wasmcri/wasmcri/bench"
+	"github.com/wasmcri/wasmcri/image/imagebuild"
+)
+
+// throughput runs full lifecycles of a cached tiny module (run, create,
+// start, exit seen, stop, remove) from clients separate CRI connections at
+// once, as many as fit in the window, and reports lifecycles per second
+// and the start-to-exit latency under that load.
+func (s *suite) throughput(ref string, clients int, window time.Duration) (lifecycleResult, error) {
+	conns := make([]*bench.Client, clients)
+	for i := range conns {
+		c, err := bench.Dial(s.daemon.socket, true)
+		if err != nil {
+			return lifecycleResult{}, err
+		}
+		defer c.Close()
+		conns[i] = c
+	}
+	var (
+		mu       sync.Mutex
+		r        lifecycleResult
+		done     atomic.Int64
+		firstErr error
+		wg       sync.WaitGroup
+	)
+	start := time.Now()
+	deadline := start.Add(window)
+	for _, c := range conns {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for time.Now().Before(deadline) {
+				t, err := c.RunPod(s.ctx, bench.PodOptions{Image: ref, Wait: true, LogDirectory: s.logs})
+				if err == nil {
+					err = c.RemovePod(s.ctx, t.SandboxID)
+				}
+				if err != nil {
+					mu.Lock()
+					firstErr = err
+					mu.Unlock()
+					return
+				}
+				done.Add(1)
+				mu.Lock()
+				r.startToExit = append(r.startToExit, t.StartContainer+t.ToExit)
+				r.create = append(r.create, t.CreateContainer)
+				mu.Unlock()
+			}
+		}()
+	}
+	wg.Wait()
+	r.took = time.Since(start)
+	r.count = int(done.Load())
+	s.podCount += r.count
+	return r, firstErr
+}
+
+// lifecycleResult is a throughput run.
+type lifecycleResult struct {
+	count               int
+	took                time.Duration
+	startToExit, create sample
+}
+
+func (r lifecycleResult) perSecond() float64 { return float64(r.count) / r.took.Seconds() }
+
+// compatCreate times CreateContainer of a compat image holding files
+// small files beside its module, in one pod, removing each container after.
+func (s *suite) compatCreate(module []byte, files, iterations int) (sample, error) {
+	var entries []imagebuild.TarEntry
+	for i := 0; i < files; i++ {
+		entries = append(entries, imagebuild.TarEntry{Name: fmt.Sprintf("/data/file-%02d.txt", i), Data: []byte(fmt.Sprintf("file %d\n", i))})
+	}
+	b, err := imagebuild.BuildCompat(module, imagebuild.CompatOptions{Files: entries})
+	if err != nil {
+		return nil, err
+	}
+	ref := fmt.Sprintf("%s/bench/compat-%d:1", s.registry, files)
+	if err := pushBuilt(s, ref, b); err != nil {
+		return nil, err
+	}
+	if err := s.pull(ref, module); err != nil {
+		return nil, err
+	}
+	return s.client.CreateTimes(s.ctx, ref, iterations+1, s.logs)
+}
+
+// lifecycles measures throughput and cheap container roots against their
+// targets.
+func (s *suite) lifecycles(tinyRef string, tinyModule []byte) error {
+	const clients = 8
+	// A short run first: the daemon's pools and caches warm up.
+	if _, err := s.throughput(tinyRef, clients, 300*time.Millisecond); err != nil {
+		return err
+	}
+	window := time.Duration(float64(10*time.Second) * *scale)
+	if *profileOut != "" {
+		go s.saveProfile(*profileOut, window)
+	}
+	r, err := s.throughput(tinyRef, clients, window)
+	if err != nil {
+		return err
+	}
+	creates, err := s.compatCreate(tinyModule, 30, n(300))
+	if err != nil {
+		return err
+	}
+	t := table{head: []string{"what", "p50 ms", "p99 ms", "figure"}}
+	t.add(fmt.Sprintf("full lifecycles of a cached tiny module, %d clients at once (run, create, start, exit seen, stop, remove)", clients), "", "", fmt.Sprintf("%.0f /s (%d in %s s)", r.perSecond(), r.count, fmt.Sprintf("%.1f", r.took.Seconds())))
+	t.add("&nbsp;&nbsp;StartContainer → exit seen, under that load", ms(r.startToExit.p50()), ms(r.startToExit.p99()), "")
+	t.add("&nbsp;&nbsp;CreateContainer, under that load", ms(r.create.p50()), ms(r.create.p99()), "")
+	t.add("CreateContainer of a compat image with 30 files besides its module, one at a time", ms(creates.p50()), ms(creates.p99()), "")
+	s.section("Throughput and container roots", t.String())
+	s.target(fmt.Sprintf("≥ 1,500 full lifecycles/s with %d clients", clients), fmt.Sprintf("%.0f /s", r.perSecond()), r.perSecond() >= 1500)
+	s.target("start-to-exit p50 ≤ 1 ms under that load", ms(r.startToExit.p50())+" ms", r.startToExit.p50() <= time.Millisecond)
+	s.target("CreateContainer of a 30-file compat image ≤ 2 ms p50", ms(creates.p50())+" ms", creates.p50() <= 2*time.Millisecond)
+	return nil
+}
+
+// saveProfile saves the daemon's CPU profile over window to path.
+func (s *suite) saveProfile(path string, window time.Duration) {
+	resp, err := s.daemon.pprofGet(fmt.Sprintf("/debug/pprof/profile?seconds=%d", max(int(window.Seconds())-1, 1)))
+	if err != nil {
+		fmt.Println("profile:", err)
+		return
+	}
+	defer resp.Body.Close()
+	f, err := os.Create(path)
+	if err != nil {
+		fmt.Println("profile:", err)
+		return
+	}
+	defer f.Close()
+	io.Copy(f, resp.Body)
+}
