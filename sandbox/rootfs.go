@@ -4,10 +4,12 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"path/filepath"
 	"strings"
-	"syscall"
+	"sync"
+	"time"
 
-	"github.com/wasmcri/wasmcri/internal/inroot"
+	"golang.org/x/sys/unix"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -25,46 +27,61 @@ var devices = []struct {
 	major, minor uint32
 }{{"null", 1, 3}, {"zero", 1, 5}, {"full", 1, 7}, {"random", 1, 8}, {"urandom", 1, 9}}
 
-// prepareRoot makes a container's writable root: the working directory,
+// seedLayer writes what every container's root gets into dir, a fresh
+// empty directory the daemon has just made on the container's own tmpfs:
 // /etc/hostname and /etc/resolv.conf from the pod's config (as containerd
-// provides them), and the device nodes of /dev. Whatever the image put at
-// those paths is replaced, never written through.
-func prepareRoot(root *inroot.Root, workingDir string, sb *runtimeapi.PodSandboxConfig) error {
-	if err := root.MkdirAll(workingDir, 0o755); err != nil {
-		return fmt.Errorf("create container root: %w", err)
+// provides them) and the device nodes of /dev. Nothing of the image or the
+// module can be in dir yet, so plain system calls are safe here; over an
+// image the overlay shows these instead of whatever the image has at the
+// same paths, which is never written through.
+func seedLayer(dir string, sb *runtimeapi.PodSandboxConfig) error {
+	etc, dev := filepath.Join(dir, "etc"), filepath.Join(dir, "dev")
+	for _, d := range []string{etc, dev} {
+		if err := os.Mkdir(d, 0o755); err != nil {
+			return fmt.Errorf("create container root: %w", err)
+		}
 	}
-	etc, err := root.Dir("/etc", true)
-	if err != nil {
-		return fmt.Errorf("create container root: %w", err)
+	for name, data := range map[string][]byte{"hostname": []byte(hostname(sb) + "\n"), "resolv.conf": resolvConf(sb.GetDnsConfig())} {
+		if err := writeNew(filepath.Join(etc, name), data, 0o644); err != nil {
+			return fmt.Errorf("create container root: %w", err)
+		}
 	}
-	defer etc.Close()
-	if err := etc.WriteFile("hostname", []byte(hostname(sb)+"\n"), 0o644); err != nil {
-		return err
-	}
-	if err := etc.WriteFile("resolv.conf", resolvConf(sb.GetDnsConfig()), 0o644); err != nil {
-		return err
-	}
-	dev, err := root.Dir("/dev", true)
-	if err != nil {
-		return fmt.Errorf("create container root: %w", err)
-	}
-	defer dev.Close()
 	for _, n := range devices {
-		if err := dev.Mknod(n.name, 0o666, n.major, n.minor); err != nil && !errors.Is(err, syscall.EPERM) {
-			// Without CAP_MKNOD there are simply no device nodes.
-			return err
+		p := filepath.Join(dev, n.name)
+		if err := unix.Mknod(p, unix.S_IFCHR|0o666, int(unix.Mkdev(n.major, n.minor))); err != nil {
+			if errors.Is(err, unix.EPERM) {
+				continue // without CAP_MKNOD there are simply no device nodes
+			}
+			return fmt.Errorf("create container root: %w", err)
+		}
+		if err := unix.Chmod(p, 0o666); err != nil { // past the umask
+			return fmt.Errorf("create container root: %w", err)
 		}
 	}
 	return nil
 }
 
+// writeNew creates the file at p, which must not exist, with data and
+// exactly mode.
+func writeNew(p string, data []byte, mode os.FileMode) error {
+	f, err := os.OpenFile(p, os.O_WRONLY|os.O_CREATE|os.O_EXCL|unix.O_NOFOLLOW, mode)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Chmod(mode)
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
+
 // resolvConf is the pod's DNS configuration, or the node's without one.
 func resolvConf(dns *runtimeapi.DNSConfig) []byte {
 	if dns == nil {
-		if b, err := os.ReadFile("/etc/resolv.conf"); err == nil {
-			return b
-		}
-		return nil
+		return nodeResolv.read()
 	}
 	var b strings.Builder
 	for _, s := range dns.GetServers() {
@@ -77,4 +94,35 @@ func resolvConf(dns *runtimeapi.DNSConfig) []byte {
 		b.WriteString("options " + strings.Join(dns.GetOptions(), " ") + "\n")
 	}
 	return []byte(b.String())
+}
+
+// nodeResolv is the node's /etc/resolv.conf, read again only when it
+// changes: a stat costs less than reading it for every container.
+var nodeResolv = &fileCache{path: "/etc/resolv.conf"}
+
+type fileCache struct {
+	path string
+	mu   sync.Mutex
+	mod  time.Time
+	size int64
+	data []byte
+}
+
+// read returns the file's content, or nil when it cannot be read.
+func (f *fileCache) read() []byte {
+	fi, err := os.Stat(f.path)
+	if err != nil {
+		return nil
+	}
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if f.data != nil && fi.ModTime().Equal(f.mod) && fi.Size() == f.size {
+		return f.data
+	}
+	b, err := os.ReadFile(f.path)
+	if err != nil {
+		return nil
+	}
+	f.data, f.mod, f.size = b, fi.ModTime(), fi.Size()
+	return b
 }

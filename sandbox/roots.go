@@ -149,23 +149,33 @@ func (m *Manager) makeRoot(ctx context.Context, c *containerEntry, img *image.Im
 	if err := os.Mkdir(root, 0o755); err != nil {
 		return fmt.Errorf("create container root: %w", err)
 	}
-	if img.Format != image.FormatArtifact {
-		if err := m.overlayImage(ctx, c, img); err != nil {
+	if img.Format == image.FormatArtifact {
+		if err := seedLayer(root, sb); err != nil {
 			return err
 		}
+	} else if err := m.overlayImage(ctx, c, img, sb); err != nil {
+		return err
 	}
+	if c.WorkingDir == "/" {
+		return nil
+	}
+	// The working directory may be the image's, or lead through its
+	// symlinks: it is made inside the root, never out of it.
 	r, err := inroot.Open(root)
 	if err != nil {
 		return err
 	}
 	defer r.Close()
-	return rootError(img, prepareRoot(r, c.WorkingDir, sb))
+	if err := r.MkdirAll(c.WorkingDir, 0o755); err != nil {
+		return rootError(img, fmt.Errorf("create the working directory %s: %w", c.WorkingDir, err))
+	}
+	return nil
 }
 
 // overlayImage stacks the container's writable layer over the image's
 // unpacked files at its root. The files are held for the container, so
 // removing the image leaves them in place until the container goes.
-func (m *Manager) overlayImage(ctx context.Context, c *containerEntry, img *image.Image) error {
+func (m *Manager) overlayImage(ctx context.Context, c *containerEntry, img *image.Image, sb *runtimeapi.PodSandboxConfig) error {
 	lower, err := m.images.HoldFilesystem(ctx, img)
 	if err != nil {
 		return err
@@ -177,6 +187,9 @@ func (m *Manager) overlayImage(ctx context.Context, c *containerEntry, img *imag
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return fmt.Errorf("create container root: %w", err)
 		}
+	}
+	if err := seedLayer(upper, sb); err != nil {
+		return err
 	}
 	for _, p := range []string{lower, upper, work} {
 		// The option string's separators; the daemon's own paths, never

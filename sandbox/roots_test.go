@@ -89,3 +89,20 @@ func TestImageRemovedUnderItsContainer(t *testing.T) {
 		t.Errorf("roots left after the remove: %v", entries)
 	}
 }
+
+// The node's resolv.conf is read again when it changes.
+func TestNodeResolvConfFollowsChanges(t *testing.T) {
+	p := filepath.Join(t.TempDir(), "resolv.conf")
+	f := &fileCache{path: p}
+	if f.read() != nil {
+		t.Fatal("a missing file read as something")
+	}
+	os.WriteFile(p, []byte("nameserver 10.0.0.1\n"), 0o644)
+	if got := string(f.read()); got != "nameserver 10.0.0.1\n" {
+		t.Fatalf("read %q", got)
+	}
+	os.WriteFile(p, []byte("nameserver 10.0.0.22\n"), 0o644)
+	if got := string(f.read()); got != "nameserver 10.0.0.22\n" {
+		t.Fatalf("after a change, read %q", got)
+	}
+}
