@@ -18,7 +18,10 @@ var (
 // object, with the CRI config as protobuf bytes so every field of it
 // (metadata, labels, annotations) round-trips exactly. Only update.go
 // writes them.
-type records struct{ db *bolt.DB }
+type records struct {
+	db     *bolt.DB
+	writes groupCommit
+}
 
 type sandboxRecord struct {
 	Sandbox
@@ -39,7 +42,7 @@ func newRecords(db *bolt.DB) (*records, error) {
 		}
 		return nil
 	})
-	return &records{db: db}, err
+	return &records{db: db, writes: groupCommit{db: db}}, err
 }
 
 func (s *records) putSandbox(sb *Sandbox) error {
@@ -63,11 +66,11 @@ func (s *records) put(bucket []byte, id string, v any) error {
 	if err != nil {
 		return err
 	}
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), b) })
+	return s.writes.update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Put([]byte(id), b) })
 }
 
 func (s *records) delete(bucket []byte, id string) error {
-	return s.db.Update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
+	return s.writes.update(func(tx *bolt.Tx) error { return tx.Bucket(bucket).Delete([]byte(id)) })
 }
 
 // load reads everything back, as the daemon does at start-up.
