@@ -107,6 +107,9 @@ func TestServeJSONLogAndCleanShutdown(t *testing.T) {
 		if err := cmd.Wait(); err != nil {
 			t.Fatalf("round %d: exit after SIGINT: %v", round, err)
 		}
+		if m := mountsUnder(t, dir); len(m) != 0 {
+			t.Errorf("round %d: a clean stop left mounts: %v", round, m)
+		}
 		if _, err := os.Stat(sock); !os.IsNotExist(err) {
 			t.Fatalf("round %d: socket left behind: %v", round, err)
 		}

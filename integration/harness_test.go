@@ -212,6 +212,10 @@ func newDaemonWithConfig(t *testing.T, toml string) *daemon {
 	if err := os.WriteFile(d.config, []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	// The daemon is killed, as a crash would end it, leaving its container
+	// roots mounted (the next start would clear them): the test does, after
+	// the kill and before its directory goes.
+	t.Cleanup(func() { unmountUnder(t, d.state) })
 	d.start()
 	return d
 }

@@ -104,10 +104,21 @@ func startKubelet(t *testing.T, d *daemon, kubeconfig string) *kubelet {
 
 // unmountUnder detaches every mount at or below dir, deepest first.
 func unmountUnder(t *testing.T, dir string) {
+	points := mountsUnder(t, dir)
+	sort.Sort(sort.Reverse(sort.StringSlice(points)))
+	for _, p := range points {
+		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
+			t.Errorf("unmount %s: %v", p, err)
+		}
+	}
+}
+
+// mountsUnder lists the mount points at or below dir.
+func mountsUnder(t *testing.T, dir string) []string {
 	b, err := os.ReadFile("/proc/self/mountinfo")
 	if err != nil {
 		t.Error(err)
-		return
+		return nil
 	}
 	var points []string
 	for _, line := range strings.Split(string(b), "\n") {
@@ -115,12 +126,7 @@ func unmountUnder(t *testing.T, dir string) {
 			points = append(points, f[4])
 		}
 	}
-	sort.Sort(sort.Reverse(sort.StringSlice(points)))
-	for _, p := range points {
-		if err := syscall.Unmount(p, syscall.MNT_DETACH); err != nil {
-			t.Errorf("unmount %s: %v", p, err)
-		}
-	}
+	return points
 }
 
 // writeManifest puts a static pod manifest where the kubelet looks.
