@@ -1,0 +1,147 @@
+package wasm
+
+import (
+	"bufio"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/wasmcri/wasmcri/internal/testmodule"
+)
+
+// memFigures are the process's memory figures from /proc/self/smaps_rollup,
+// in bytes. RSS counts a page once for every mapping of it: a file mapped
+// n times in the daemon is n times in its RSS. PSS counts each page once,
+// shared out between the processes (and mappings) that map it.
+type memFigures struct{ rss, pss, pssAnon, pssFile int64 }
+
+func readRollup(t testing.TB) memFigures {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps_rollup")
+	if err != nil {
+		t.Skipf("no smaps_rollup: %v", err)
+	}
+	defer f.Close()
+	var m memFigures
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) < 2 {
+			continue
+		}
+		n, err := strconv.ParseInt(fields[1], 10, 64)
+		if err != nil {
+			continue
+		}
+		switch fields[0] {
+		case "Rss:":
+			m.rss = n << 10
+		case "Pss:":
+			m.pss = n << 10
+		case "Pss_Anon:":
+			m.pssAnon = n << 10
+		case "Pss_File:":
+			m.pssFile = n << 10
+		}
+	}
+	return m
+}
+
+// fileMappings is what /proc/self/smaps says of the mappings of path: how
+// many there are (a mapped module is several areas: code, data, read-only
+// data), and the RSS and PSS they add up to.
+func fileMappings(t testing.TB, path string) (areas int, rss, pss int64) {
+	t.Helper()
+	f, err := os.Open("/proc/self/smaps")
+	if err != nil {
+		t.Skipf("no smaps: %v", err)
+	}
+	defer f.Close()
+	in := false
+	s := bufio.NewScanner(f)
+	for s.Scan() {
+		fields := strings.Fields(s.Text())
+		if len(fields) == 0 {
+			continue
+		}
+		if strings.Contains(fields[0], "-") && len(fields) >= 5 {
+			// An area's header: address perms offset dev inode [path].
+			in = len(fields) >= 6 && fields[5] == path
+			if in {
+				areas++
+			}
+			continue
+		}
+		if !in || len(fields) < 2 {
+			continue
+		}
+		n, _ := strconv.ParseInt(fields[1], 10, 64)
+		switch fields[0] {
+		case "Rss:":
+			rss += n << 10
+		case "Pss:":
+			pss += n << 10
+		}
+	}
+	return areas, rss, pss
+}
+
+// idleInstances is how many idle instances TestMemoryPerInstance adds;
+// WASMCRI_MEMORY_INSTANCES changes it.
+func idleInstances() int {
+	if n, err := strconv.Atoi(os.Getenv("WASMCRI_MEMORY_INSTANCES")); err == nil && n > 0 {
+		return n
+	}
+	return 50
+}
+
+// TestMemoryPerInstance logs what an idle instance of the Go test module
+// costs the daemon in RSS and PSS, and how much of it is the compiled
+// module's mapping: the figures an operator compares with a pod count.
+// One instance runs first, so that one-time costs (loading the module,
+// WASI's threads) are not counted per instance.
+func TestMemoryPerInstance(t *testing.T) {
+	r := newRuntime(t)
+	c := prepare(t, r, testmodule.Hello(t))
+	st, err := os.Stat(c.Path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	n := idleInstances()
+	startIdle := func() {
+		t.Helper()
+		inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
+		waitOutput(t, &out.stdout, "tick 1")
+		select {
+		case <-inst.Done():
+			t.Fatalf("ended: %+v", inst.Result())
+		default:
+		}
+	}
+	startIdle()
+	runtime.GC()
+	time.Sleep(200 * time.Millisecond)
+	before := readRollup(t)
+	areas1, modRSS1, modPSS1 := fileMappings(t, c.Path)
+	for range n {
+		startIdle()
+	}
+	runtime.GC()
+	time.Sleep(200 * time.Millisecond)
+	after := readRollup(t)
+	areasN, modRSSN, modPSSN := fileMappings(t, c.Path)
+
+	per := func(a, b int64) int64 { return (b - a) / int64(n) }
+	t.Logf("compiled module %d KiB; %d idle instances added to 1", st.Size()>>10, n)
+	t.Logf("process with 1 instance: RSS %d KiB, PSS %d KiB (anon %d, file %d); with %d: RSS %d KiB, PSS %d KiB (anon %d, file %d)",
+		before.rss>>10, before.pss>>10, before.pssAnon>>10, before.pssFile>>10,
+		n+1, after.rss>>10, after.pss>>10, after.pssAnon>>10, after.pssFile>>10)
+	t.Logf("per added instance: RSS +%d KiB, PSS +%d KiB (anon +%d, file +%d)",
+		per(before.rss, after.rss)>>10, per(before.pss, after.pss)>>10,
+		per(before.pssAnon, after.pssAnon)>>10, per(before.pssFile, after.pssFile)>>10)
+	t.Logf("the compiled module's mappings: %d areas, RSS %d KiB, PSS %d KiB with 1 instance; %d areas, RSS %d KiB, PSS %d KiB with %d",
+		areas1, modRSS1>>10, modPSS1>>10, areasN, modRSSN>>10, modPSSN>>10, n+1)
+}
