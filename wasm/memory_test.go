@@ -50,17 +50,26 @@ func readRollup(t testing.TB) memFigures {
 	return m
 }
 
-// fileMappings is what /proc/self/smaps says of the mappings of path: how
-// many there are (a mapped module is several areas: code, data, read-only
-// data), and the RSS and PSS they add up to.
-func fileMappings(t testing.TB, path string) (areas int, rss, pss int64) {
+// mapped is what /proc/self/smaps says of some mappings: how many areas,
+// and the RSS and PSS they add up to.
+type mapped struct {
+	areas    int
+	rss, pss int64
+}
+
+// moduleMappings sorts the mappings of the compiled module at path: its
+// code and read-only data, mapped by loading it (a few areas for one
+// load), and the copy-on-write images of its data that wasmtime maps
+// into each instance's linear memory (one writable area an instance;
+// their pages are the file's until the instance writes them).
+func moduleMappings(t testing.TB, path string) (code, images mapped) {
 	t.Helper()
 	f, err := os.Open("/proc/self/smaps")
 	if err != nil {
 		t.Skipf("no smaps: %v", err)
 	}
 	defer f.Close()
-	in := false
+	var in *mapped
 	s := bufio.NewScanner(f)
 	for s.Scan() {
 		fields := strings.Fields(s.Text())
@@ -69,24 +78,28 @@ func fileMappings(t testing.TB, path string) (areas int, rss, pss int64) {
 		}
 		if strings.Contains(fields[0], "-") && len(fields) >= 5 {
 			// An area's header: address perms offset dev inode [path].
-			in = len(fields) >= 6 && fields[5] == path
-			if in {
-				areas++
+			in = nil
+			if len(fields) >= 6 && fields[5] == path {
+				in = &code
+				if strings.Contains(fields[1], "w") {
+					in = &images
+				}
+				in.areas++
 			}
 			continue
 		}
-		if !in || len(fields) < 2 {
+		if in == nil || len(fields) < 2 {
 			continue
 		}
 		n, _ := strconv.ParseInt(fields[1], 10, 64)
 		switch fields[0] {
 		case "Rss:":
-			rss += n << 10
+			in.rss += n << 10
 		case "Pss:":
-			pss += n << 10
+			in.pss += n << 10
 		}
 	}
-	return areas, rss, pss
+	return code, images
 }
 
 // idleInstances is how many idle instances TestMemoryPerInstance adds;
@@ -100,9 +113,16 @@ func idleInstances() int {
 
 // TestMemoryPerInstance logs what an idle instance of the Go test module
 // costs the daemon in RSS and PSS, and how much of it is the compiled
-// module's mapping: the figures an operator compares with a pod count.
+// module's mappings: the figures an operator compares with a pod count.
 // One instance runs first, so that one-time costs (loading the module,
-// WASI's threads) are not counted per instance.
+// WASI's threads) are not counted per instance. The module's code is
+// mapped once whatever the number of instances: its areas and their RSS
+// do not grow with them.
+//
+// PSS is the figure to trust: the daemon's RSS also counts, once per
+// instance, the pages of the module's data image each linear memory maps
+// copy-on-write from the compiled file, which all instances share until
+// they write them.
 func TestMemoryPerInstance(t *testing.T) {
 	r := newRuntime(t)
 	c := prepare(t, r, testmodule.Hello(t))
@@ -125,14 +145,14 @@ func TestMemoryPerInstance(t *testing.T) {
 	runtime.GC()
 	time.Sleep(200 * time.Millisecond)
 	before := readRollup(t)
-	areas1, modRSS1, modPSS1 := fileMappings(t, c.Path)
+	code1, images1 := moduleMappings(t, c.Path)
 	for range n {
 		startIdle()
 	}
 	runtime.GC()
 	time.Sleep(200 * time.Millisecond)
 	after := readRollup(t)
-	areasN, modRSSN, modPSSN := fileMappings(t, c.Path)
+	codeN, imagesN := moduleMappings(t, c.Path)
 
 	per := func(a, b int64) int64 { return (b - a) / int64(n) }
 	t.Logf("compiled module %d KiB; %d idle instances added to 1", st.Size()>>10, n)
@@ -142,6 +162,12 @@ func TestMemoryPerInstance(t *testing.T) {
 	t.Logf("per added instance: RSS +%d KiB, PSS +%d KiB (anon +%d, file +%d)",
 		per(before.rss, after.rss)>>10, per(before.pss, after.pss)>>10,
 		per(before.pssAnon, after.pssAnon)>>10, per(before.pssFile, after.pssFile)>>10)
-	t.Logf("the compiled module's mappings: %d areas, RSS %d KiB, PSS %d KiB with 1 instance; %d areas, RSS %d KiB, PSS %d KiB with %d",
-		areas1, modRSS1>>10, modPSS1>>10, areasN, modRSSN>>10, modPSSN>>10, n+1)
+	t.Logf("the module's code: %d areas, RSS %d KiB, PSS %d KiB with 1 instance; %d areas, RSS %d KiB, PSS %d KiB with %d",
+		code1.areas, code1.rss>>10, code1.pss>>10, codeN.areas, codeN.rss>>10, codeN.pss>>10, n+1)
+	t.Logf("its data images in linear memories: %d areas, RSS %d KiB, PSS %d KiB with 1 instance; %d areas, RSS %d KiB, PSS %d KiB with %d",
+		images1.areas, images1.rss>>10, images1.pss>>10, imagesN.areas, imagesN.rss>>10, imagesN.pss>>10, n+1)
+	if codeN.areas != code1.areas || codeN.rss > code1.rss+code1.rss/4 {
+		t.Errorf("the module's code is mapped again for more instances: %d areas, RSS %d KiB with 1 instance; %d areas, RSS %d KiB with %d",
+			code1.areas, code1.rss>>10, codeN.areas, codeN.rss>>10, n+1)
+	}
 }
