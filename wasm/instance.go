@@ -133,8 +133,8 @@ type Instance struct {
 // module's start section, if it has one) and then _start happen on the
 // instance's own thread, under its CPU cap and reachable by Stop from the
 // moment Start returns. Start itself only prepares what runs no guest
-// code: the engine, the store, WASI, and the check that linking will
-// succeed. Link errors (unknown imports, imports of the wrong type, no
+// code: the loaded module (shared with the module's other instances), the
+// store, WASI, and the check that linking will succeed. Link errors (unknown imports, imports of the wrong type, no
 // _start) are returned here; anything that fails later, instantiation
 // included, is the instance's Result.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {

@@ -10,21 +10,26 @@ import (
 
 // One loaded module per compiled module, shared by all its instances.
 //
-// Deserializing a compiled module maps its file into the daemon. Each
-// mapping counts in full in the daemon's RSS, though its pages are the
-// same page-cache pages: with a mapping per instance, RSS grew by the
-// module's resident code with every instance while PSS did not, and
-// neither said what an instance costs. So the runtime has one Engine for
-// all instances (interrupt.go lets Stop reach only its own instance on
-// it) and deserializes each compiled module once, into a loaded that the
+// Deserializing a compiled module maps its file into the daemon, and RSS
+// counts every mapping's resident pages in full though they are the same
+// page-cache pages: with a load per instance, the daemon's RSS grew by the
+// module's resident code with every instance (3.6 MiB for the Go test
+// module) while its PSS did not. So the runtime has one Engine for all
+// instances (interrupt.go lets Stop reach only its own instance on it)
+// and deserializes each compiled module once, into a loaded that the
 // instances share and reference-count: it is closed, and its file
-// unmapped, when the image store has forgotten the module (Forget) or
-// the runtime is closed, and its last running instance has ended.
+// unmapped, once the image store has forgotten the module (Forget) or the
+// runtime is closed, and its last running instance has ended.
+//
+// What is still mapped once per instance is the copy-on-write image of
+// the module's data in each linear memory (wasmtime's memory_init_cow):
+// RSS counts its resident pages per instance, PSS once, since instances
+// share them until they write them. Copying the data instead would make
+// RSS honest and PSS worse (TestMemoryPerInstance logs the figures).
 
 // loaded is a compiled module deserialized into the runtime's engine: all
 // an instance of it needs but its store.
 type loaded struct {
-	key    string
 	module *wasmtime.Module
 	// shape is the number of memories and tables of the module.
 	shape moduleShape
@@ -168,7 +173,7 @@ func (r *Runtime) load(c Compiled) (*loaded, error) {
 		os.Remove(c.Path)
 		return nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %s", c.Digest, firstLine(err.Error()))
 	}
-	ld := &loaded{key: c.Path, module: mod}
+	ld := &loaded{module: mod}
 	if ld.shape, err = shapeOf(mod); err != nil {
 		mod.Close()
 		os.Remove(c.Path)
