@@ -131,26 +131,27 @@ func TestMemoryPerInstance(t *testing.T) {
 		t.Fatal(err)
 	}
 	n := idleInstances()
-	startIdle := func() {
+	// startIdle starts k instances, then waits for each to have slept
+	// and ticked twice: idle from then on, between 100ms sleeps.
+	startIdle := func(k int) {
 		t.Helper()
-		inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
-		waitOutput(t, &out.stdout, "tick 1")
-		select {
-		case <-inst.Done():
-			t.Fatalf("ended: %+v", inst.Result())
-		default:
+		var outs []*output
+		var insts []*Instance
+		for range k {
+			inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
+			insts, outs = append(insts, inst), append(outs, out)
 		}
+		for j, out := range outs {
+			waitOutput(t, &out.stdout, "tick 1")
+			running(t, insts[j], "an idle instance")
+		}
+		runtime.GC()
+		time.Sleep(200 * time.Millisecond)
 	}
-	startIdle()
-	runtime.GC()
-	time.Sleep(200 * time.Millisecond)
+	startIdle(1)
 	before := readRollup(t)
 	code1, images1 := moduleMappings(t, c.Path)
-	for range n {
-		startIdle()
-	}
-	runtime.GC()
-	time.Sleep(200 * time.Millisecond)
+	startIdle(n)
 	after := readRollup(t)
 	codeN, imagesN := moduleMappings(t, c.Path)
 
