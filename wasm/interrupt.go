@@ -26,8 +26,10 @@ package wasm
 #include <stdlib.h>
 
 // The declarations of wasmtime's C API (wasmtime/store.h, wasmtime/error.h)
-// this file uses; wasmtime-go links the library that defines them. The
-// struct types are opaque here as there.
+// this file uses; wasmtime-go links the library that defines them. Its
+// headers are in the module cache, out of reach of #include, so
+// TestDeclarationsMatchWasmtimeHeaders holds these to them. The struct
+// types are opaque here as there.
 typedef struct wasmtime_store wasmtime_store_t;
 typedef struct wasmtime_context wasmtime_context_t;
 typedef struct wasmtime_error wasmtime_error_t;

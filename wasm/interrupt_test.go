@@ -1,6 +1,9 @@
 package wasm
 
 import (
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -111,5 +114,40 @@ func TestStopFlagEndsOnlyItsStore(t *testing.T) {
 		}
 	case <-time.After(5 * time.Second):
 		t.Fatal("the last store did not stop")
+	}
+}
+
+// interrupt.go declares the wasmtime C functions it calls itself (the
+// headers are in the module cache, out of cgo's reach): the declarations
+// in wasmtime-go's headers must still be these, or the calls would not
+// match the library.
+func TestDeclarationsMatchWasmtimeHeaders(t *testing.T) {
+	out, err := exec.Command("go", "list", "-m", "-f", "{{.Dir}}", "github.com/bytecodealliance/wasmtime-go/v39").Output()
+	if err != nil {
+		t.Fatalf("find wasmtime-go: %v", err)
+	}
+	include := filepath.Join(strings.TrimSpace(string(out)), "build", "include", "wasmtime")
+	squeeze := func(s string) string { return strings.Join(strings.Fields(s), "") }
+	for file, decls := range map[string][]string{
+		"store.h": {
+			`typedef uint8_t wasmtime_update_deadline_kind_t;`,
+			`#define WASMTIME_UPDATE_DEADLINE_CONTINUE 0`,
+			`WASM_API_EXTERN void wasmtime_store_epoch_deadline_callback(wasmtime_store_t *store,
+				wasmtime_error_t *(*func)(wasmtime_context_t *context, void *data,
+					uint64_t *epoch_deadline_delta, wasmtime_update_deadline_kind_t *update_kind),
+				void *data, void (*finalizer)(void *));`,
+			`WASM_API_EXTERN wasmtime_context_t *wasmtime_store_context(wasmtime_store_t *store);`,
+		},
+		"error.h": {`WASM_API_EXTERN wasmtime_error_t *wasmtime_error_new(const char *);`},
+	} {
+		b, err := os.ReadFile(filepath.Join(include, file))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, d := range decls {
+			if !strings.Contains(squeeze(string(b)), squeeze(d)) {
+				t.Errorf("%s no longer declares %s", file, d)
+			}
+		}
 	}
 }

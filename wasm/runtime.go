@@ -105,14 +105,18 @@ type Runtime struct {
 	loads  singleflight.Group
 	// engineUsers counts the loaded modules alive or loading: the engine
 	// closes when the runtime is closed and none is left. closed refuses
-	// new loads.
+	// new loads; drops counts Forgets, so a load they overtook is not kept.
 	engineUsers int
 	closed      bool
+	drops       uint64
 	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
 	CPUCapsUnavailable error
 	// beforeInstantiate, when set (by tests), runs on each instance's
 	// thread after Start has returned and before instantiation.
 	beforeInstantiate func(*Instance)
+	// afterLoad, when set (by tests), runs after each load of a compiled
+	// module, before the runtime keeps it.
+	afterLoad func(Compiled)
 	// compileSlots bounds the compiler processes running at once: each
 	// may take compile_memory_limit, and distinct hostile modules would
 	// otherwise multiply it.

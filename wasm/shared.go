@@ -67,7 +67,10 @@ func (r *Runtime) acquire(c Compiled) (*loaded, error) {
 	}
 }
 
-// loadShared loads c into r.mods, unless it is there already.
+// loadShared loads c into r.mods, unless it is there already. A load that
+// a Forget (of any module) overtook is not kept: it may be of a file that
+// was forgotten after it was opened, and the caller's next round loads
+// afresh.
 func (r *Runtime) loadShared(c Compiled) error {
 	r.modsMu.Lock()
 	if r.closed {
@@ -80,14 +83,21 @@ func (r *Runtime) loadShared(c Compiled) error {
 	}
 	// The engine stays open while it loads.
 	r.engineUsers++
+	drops := r.drops
 	r.modsMu.Unlock()
 	ld, err := r.load(c)
+	if hook := r.afterLoad; hook != nil {
+		hook(c)
+	}
 	r.modsMu.Lock()
-	if err == nil && !r.closed {
+	if err == nil && !r.closed && r.drops == drops {
 		ld.refs = 1
 		r.mods[c.Path] = ld
 		r.modsMu.Unlock()
 		return nil
+	}
+	if err == nil && r.closed {
+		err = errRuntimeClosed
 	}
 	r.engineUsers--
 	closeEngine := r.closed && r.engineUsers == 0
@@ -97,9 +107,6 @@ func (r *Runtime) loadShared(c Compiled) error {
 	}
 	if closeEngine {
 		r.closeEngine()
-	}
-	if err == nil {
-		err = errRuntimeClosed
 	}
 	return err
 }
@@ -128,6 +135,7 @@ func (r *Runtime) release(ld *loaded) {
 // releases the map's reference: running instances keep theirs.
 func (r *Runtime) drop(path string) {
 	r.modsMu.Lock()
+	r.drops++
 	ld := r.mods[path]
 	delete(r.mods, path)
 	r.modsMu.Unlock()

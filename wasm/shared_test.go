@@ -259,3 +259,33 @@ func TestCloseWhileInstancesRun(t *testing.T) {
 		t.Fatalf("Start after Close: %v", err)
 	}
 }
+
+// A Forget that comes while the module's first start loads it is not
+// undone by the load: the start fails (the compiled file is gone) and the
+// runtime keeps nothing of the module.
+func TestForgetDuringFirstLoad(t *testing.T) {
+	r := newRuntimeIn(t, t.TempDir())
+	module := testmodule.Wat(t, sleepThenPrint)
+	c := prepare(t, r, module)
+	r.afterLoad = func(Compiled) {
+		r.afterLoad = nil
+		if err := r.Forget(c.Digest); err != nil {
+			t.Error(err)
+		}
+	}
+	if inst, err := r.Start(c, Spec{Args: []string{"a"}}); err == nil {
+		inst.Stop()
+		<-inst.Done()
+		t.Fatal("started a module forgotten while it loaded")
+	}
+	r.modsMu.Lock()
+	n, users := len(r.mods), r.engineUsers
+	r.modsMu.Unlock()
+	if n != 0 || users != 0 {
+		t.Fatalf("the runtime keeps %d loaded modules, %d engine users", n, users)
+	}
+	inst, out := run(t, r, module, Spec{Args: []string{"b"}})
+	if res := wait(t, inst, 5*time.Second); res.ExitCode != 0 || out.stdout.String() != "slept\n" {
+		t.Fatalf("after a new Prepare: %+v, stdout %q", res, out.stdout.String())
+	}
+}
