@@ -134,9 +134,10 @@ type Instance struct {
 // instance's own thread, under its CPU cap and reachable by Stop from the
 // moment Start returns. Start itself only prepares what runs no guest
 // code: the loaded module (shared with the module's other instances), the
-// store, WASI, and the check that linking will succeed. Link errors (unknown imports, imports of the wrong type, no
-// _start) are returned here; anything that fails later, instantiation
-// included, is the instance's Result.
+// store, WASI, and the check that linking will succeed. Link errors
+// (unknown imports, imports of the wrong type, no _start) are returned
+// here; anything that fails later, instantiation included, is the
+// instance's Result.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	ld, err := r.acquire(c)
 	if err != nil {
@@ -424,7 +425,7 @@ func (i *Instance) Stop() {
 	i.stopFlag.set()
 	i.engine.IncrementEpoch()
 	// A read of stdin blocks in the host; its end of file sends the module
-	// back into wasm code, where the epoch deadline traps it.
+	// back into wasm code, where the epoch deadline callback ends it.
 	i.stdin.close()
 }
 

@@ -304,8 +304,11 @@ func (r *Runtime) Forget(d digest.Digest) error {
 		return nil
 	}
 	path := r.compiledPath(d)
+	// The file goes first: a load that opens it before is overtaken by
+	// the drop, and is not kept (loadShared); one after finds it gone.
+	err := os.Remove(path)
 	r.drop(path)
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil
