@@ -79,8 +79,14 @@ type Stats struct {
 
 // Instance is one running module.
 type Instance struct {
+	// engine is the runtime's, shared with every other instance; ld the
+	// loaded module, shared with the module's other instances.
 	engine *wasmtime.Engine
+	ld     *loaded
 	store  *wasmtime.Store
+	// stopFlag is read by the store's epoch deadline callback; it is
+	// freed when the instance has finished, under mu.
+	stopFlag stopFlag
 	// origin is when its WASI context was made: wasmtime counts the
 	// monotonic clock from there.
 	origin time.Time
@@ -127,10 +133,11 @@ type Instance struct {
 // module's start section, if it has one) and then _start happen on the
 // instance's own thread, under its CPU cap and reachable by Stop from the
 // moment Start returns. Start itself only prepares what runs no guest
-// code: the engine, the store, WASI, and the check that linking will
-// succeed. Link errors (unknown imports, imports of the wrong type, no
-// _start) are returned here; anything that fails later, instantiation
-// included, is the instance's Result.
+// code: the loaded module (shared with the module's other instances), the
+// store, WASI, and the check that linking will succeed. Link errors
+// (unknown imports, imports of the wrong type, no _start) are returned
+// here; anything that fails later, instantiation included, is the
+// instance's Result.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	ld, err := r.acquire(c)
 	if err != nil {
@@ -140,10 +147,10 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 		r.release(ld)
 		return nil, ld.linkErr
 	}
-	inst := &Instance{engine: ld.engine, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits,
-		shape: ld.shape, defaultLimit: max(r.opts.DefaultMemoryLimit, 0)}
+	inst := &Instance{engine: r.engine, ld: ld, stop: make(chan struct{}), done: make(chan struct{}), cpu: r.cpu, id: spec.ID, limits: spec.Limits,
+		shape: ld.shape, defaultLimit: max(r.opts.DefaultMemoryLimit, 0), stopFlag: newStopFlag()}
 	inst.pendingMemoryLimit.Store(-1)
-	store := wasmtime.NewStoreWithData(ld.engine, inst)
+	store := wasmtime.NewStoreWithData(r.engine, inst)
 	inst.store = store
 	var sio *stdio
 	defer func() {
@@ -152,13 +159,18 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 				sio.abandon()
 			}
 			store.Close()
+			inst.stopFlag.free()
 			r.release(ld)
 		}
 	}()
-	// Any epoch increment (only Stop makes one) interrupts running code,
-	// the start section's included: the deadline is set before anything
-	// runs.
+	// Any epoch increment (Stop makes them, of any instance) takes running
+	// code, the start section's included, to the epoch deadline callback,
+	// which ends it if this instance's flag is set and lets it go on
+	// otherwise: both are set before anything runs.
 	store.SetEpochDeadline(1)
+	if err := stopOnFlag(store, inst.stopFlag); err != nil {
+		return nil, err
+	}
 	inst.storeLimits(spec.Limits.MemoryBytes).apply(store)
 
 	inst.origin = time.Now()
@@ -198,7 +210,7 @@ func (i *Instance) run(r *Runtime, ld *loaded, sio *stdio, copied *sync.WaitGrou
 		hook(i)
 	}
 
-	res := i.execute(ld)
+	res := i.execute(r.linker, ld)
 	i.mu.Lock()
 	i.final, i.cpuFinal = i.liveStatsLocked(), true
 	i.memory.Store(0)
@@ -213,22 +225,23 @@ func (i *Instance) run(r *Runtime, ld *loaded, sio *stdio, copied *sync.WaitGrou
 	i.mu.Lock()
 	i.result = res
 	i.finished = true
+	// Stop no longer sets the flag, nor increments the epoch.
+	i.stopFlag.free()
 	i.mu.Unlock()
-	// Stop can no longer reach the engine: another instance may have it.
 	r.release(ld)
 	close(i.done)
 }
 
 // execute instantiates the module and calls its _start, unless the
 // instance was stopped first.
-func (i *Instance) execute(ld *loaded) Result {
+func (i *Instance) execute(linker *wasmtime.Linker, ld *loaded) Result {
 	select {
 	case <-i.stop:
 		// Stopped before anything ran: nothing will.
 		return Result{ExitCode: 137, Stopped: true}
 	default:
 	}
-	instance, err := ld.linker.Instantiate(i.store, ld.module)
+	instance, err := linker.Instantiate(i.store, ld.module)
 	if err != nil {
 		return i.instantiationResult(err)
 	}
@@ -396,8 +409,10 @@ func trapMessage(s string) string {
 	return firstLine(s)
 }
 
-// Stop interrupts the instance wherever it is: running wasm code (through
-// its engine's epoch), waiting in poll_oneoff, or reading its stdin. It
+// Stop interrupts the instance wherever it is: running wasm code (its
+// stop flag, then an epoch increment that takes every running instance of
+// the engine to its epoch deadline callback, where only this one ends;
+// see interrupt.go), waiting in poll_oneoff, or reading its stdin. It
 // returns at once; use Done to wait.
 func (i *Instance) Stop() {
 	i.mu.Lock()
@@ -407,9 +422,10 @@ func (i *Instance) Stop() {
 	}
 	i.stopped = true
 	close(i.stop)
+	i.stopFlag.set()
 	i.engine.IncrementEpoch()
 	// A read of stdin blocks in the host; its end of file sends the module
-	// back into wasm code, where the epoch deadline traps it.
+	// back into wasm code, where the epoch deadline callback ends it.
 	i.stdin.close()
 }
 

@@ -130,14 +130,14 @@ func TestStoreAdmitsOneInstance(t *testing.T) {
 	}
 	defer ld.close()
 	for _, limit := range []int64{0, 64 << 20} {
-		store := wasmtime.NewStoreWithData(ld.engine, &Instance{})
+		store := wasmtime.NewStoreWithData(r.engine, &Instance{})
 		store.SetEpochDeadline(1)
 		limitsFor(limit, ld.shape).apply(store)
 		store.SetWasi(wasmtime.NewWasiConfig())
-		if _, err := ld.linker.Instantiate(store, ld.module); err != nil {
+		if _, err := r.linker.Instantiate(store, ld.module); err != nil {
 			t.Fatalf("limit %d: the first instance: %v", limit, err)
 		}
-		_, err := ld.linker.Instantiate(store, ld.module)
+		_, err := r.linker.Instantiate(store, ld.module)
 		if err == nil || !isLimitError(err) {
 			t.Fatalf("limit %d: a second instance in the store: %v", limit, err)
 		}

@@ -32,8 +32,8 @@ const (
 // reported ready at once: WASI files and our output pipes never block a
 // reader or writer for long, as on POSIX for regular files.
 //
-// The linker is shared by the instances an engine runs one after another:
-// the calling instance is the store's data.
+// The linker is shared by all instances, running at once on their own
+// threads: the calling instance is the store's data.
 func definePollOneoff(linker *wasmtime.Linker) error {
 	linker.AllowShadowing(true)
 	return linker.FuncWrap("wasi_snapshot_preview1", "poll_oneoff",

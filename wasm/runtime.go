@@ -80,10 +80,10 @@ func orDefault[T int64 | time.Duration](v, def T) T {
 	return v
 }
 
-// Runtime compiles modules and starts instances. Each instance gets an
-// Engine of its own, so an epoch increment that stops it reaches no other
-// instance; the module code is shared through the cached, memory-mapped
-// compiled file.
+// Runtime compiles modules and starts instances. All instances run on one
+// Engine, and the instances of a module share one loaded module (see
+// shared.go); Stop reaches only its own instance through the store's epoch
+// deadline callback (interrupt.go).
 type Runtime struct {
 	cacheDir string
 	opts     Options
@@ -95,14 +95,28 @@ type Runtime struct {
 	waiters   map[string]*compileWaiters
 	// cpu caps instance threads; nil where no cgroup controller is usable.
 	cpu *cpuController
-	// idle keeps loaded engines between instances, by compiled file.
-	idleMu sync.Mutex
-	idle   map[string][]*loaded
+	// engine runs every instance; linker defines their imports.
+	engine *wasmtime.Engine
+	linker *wasmtime.Linker
+	// mods holds the loaded form of each module in use, by compiled file;
+	// loads makes concurrent first starts of a module load it once.
+	modsMu sync.Mutex
+	mods   map[string]*loaded
+	loads  singleflight.Group
+	// engineUsers counts the loaded modules alive or loading: the engine
+	// closes when the runtime is closed and none is left. closed refuses
+	// new loads; drops counts Forgets, so a load they overtook is not kept.
+	engineUsers int
+	closed      bool
+	drops       uint64
 	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
 	CPUCapsUnavailable error
 	// beforeInstantiate, when set (by tests), runs on each instance's
 	// thread after Start has returned and before instantiation.
 	beforeInstantiate func(*Instance)
+	// afterLoad, when set (by tests), runs after each load of a compiled
+	// module, before the runtime keeps it.
+	afterLoad func(Compiled)
 	// compileSlots bounds the compiler processes running at once: each
 	// may take compile_memory_limit, and distinct hostile modules would
 	// otherwise multiply it.
@@ -136,13 +150,21 @@ func NewRuntime(cacheDir string, opts Options) (*Runtime, error) {
 			os.Remove(f)
 		}
 	}
-	r := &Runtime{cacheDir: dir, opts: opts, idle: map[string][]*loaded{}, waiters: map[string]*compileWaiters{},
+	r := &Runtime{cacheDir: dir, opts: opts, mods: map[string]*loaded{}, waiters: map[string]*compileWaiters{},
 		compileSlots: make(chan struct{}, max(runtime.NumCPU(), 1))}
 	r.compiler = wasmtime.NewEngineWithConfig(r.engineConfig())
+	r.engine = wasmtime.NewEngineWithConfig(r.engineConfig())
+	var err error
+	if r.linker, err = newLinker(r.engine); err != nil {
+		r.engine.Close()
+		r.compiler.Close()
+		return nil, fmt.Errorf("define WASI: %w", err)
+	}
 	r.cpu, r.CPUCapsUnavailable = newCPUController(opts.CgroupName)
 	if r.CPUCapsUnavailable != nil {
 		opts.Logger.Warn("CPU quotas will not be enforced", "reason", r.CPUCapsUnavailable)
 	} else if err := r.warmUpWASI(); err != nil {
+		r.Close()
 		return nil, fmt.Errorf("warm up WASI: %w", err)
 	}
 	return r, nil
@@ -162,16 +184,11 @@ func engineConfig(maxWasmStack int) *wasmtime.Config {
 	return cfg
 }
 
-// Close releases the compiler engine and the idle loaded engines.
+// Close releases the compiler engine and the loaded modules; instances
+// still running keep theirs, and the engine, until they end. Start fails
+// after Close.
 func (r *Runtime) Close() {
-	r.idleMu.Lock()
-	for _, list := range r.idle {
-		for _, ld := range list {
-			ld.close()
-		}
-	}
-	r.idle = map[string][]*loaded{}
-	r.idleMu.Unlock()
+	r.closeShared()
 	r.compiler.Close()
 }
 
@@ -273,54 +290,25 @@ var ErrInvalidModule = errors.New("invalid WebAssembly module")
 // be valid, but is too costly to compile here.
 var ErrCompileLimit = errors.New("compile limit reached")
 
-// loaded is an engine with a compiled module deserialized into it and WASI
-// linked: all an instance needs but its store. An instance has one to
-// itself, since stopping it increments the engine's epoch; when it ends,
-// the next instance of the module takes the engine over instead of loading
-// the module again.
-type loaded struct {
-	key    string
-	engine *wasmtime.Engine
-	module *wasmtime.Module
-	linker *wasmtime.Linker
-	// shape is the number of memories and tables of the module.
-	shape moduleShape
-	// linkErr is why the module cannot be instantiated with this linker,
-	// found once at load.
-	linkErr error
-}
-
-// maxIdlePerModule bounds the engines kept for later instances of one
-// module; a burst of starts beyond it loads engines afresh.
-const maxIdlePerModule = 8
-
-func (l *loaded) close() {
-	l.linker.Close()
-	l.module.Close()
-	l.engine.Close()
-}
-
 // compiledPath is where the compiled form of module d is cached.
 func (r *Runtime) compiledPath(d digest.Digest) string {
 	return filepath.Join(r.cacheDir, d.Algorithm().String()+"-"+d.Encoded()+".cwasm")
 }
 
 // Forget drops what was compiled from module d, if anything: its cached
-// file and its idle loaded engines. Running instances keep theirs. The
-// image store calls it when no image holds the module any more.
+// file and its loaded module. Running instances keep the loaded module
+// until the last of them ends. The image store calls it when no image
+// holds the module any more.
 func (r *Runtime) Forget(d digest.Digest) error {
 	if d.Validate() != nil {
 		return nil
 	}
 	path := r.compiledPath(d)
-	r.idleMu.Lock()
-	idle := r.idle[path]
-	delete(r.idle, path)
-	r.idleMu.Unlock()
-	for _, ld := range idle {
-		ld.close()
-	}
-	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	// The file goes first: a load that opens it before is overtaken by
+	// the drop, and is not kept (loadShared); one after finds it gone.
+	err := os.Remove(path)
+	r.drop(path)
+	if err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
 	return nil
@@ -344,62 +332,6 @@ func (r *Runtime) CompiledModules() ([]digest.Digest, error) {
 		}
 	}
 	return out, nil
-}
-
-// acquire takes an idle loaded engine for c, or loads one.
-func (r *Runtime) acquire(c Compiled) (*loaded, error) {
-	r.idleMu.Lock()
-	if list := r.idle[c.Path]; len(list) > 0 {
-		ld := list[len(list)-1]
-		r.idle[c.Path] = list[:len(list)-1]
-		r.idleMu.Unlock()
-		return ld, nil
-	}
-	r.idleMu.Unlock()
-	return r.load(c)
-}
-
-// release keeps ld for the module's next instance, or closes it.
-func (r *Runtime) release(ld *loaded) {
-	r.idleMu.Lock()
-	if len(r.idle[ld.key]) < maxIdlePerModule {
-		r.idle[ld.key] = append(r.idle[ld.key], ld)
-		ld = nil
-	}
-	r.idleMu.Unlock()
-	if ld != nil {
-		ld.close()
-	}
-}
-
-// load deserializes a compiled module into a fresh engine and links WASI.
-// A cache file wasmtime will not load (another build, corruption) is
-// dropped so the next Prepare compiles it again.
-func (r *Runtime) load(c Compiled) (*loaded, error) {
-	engine := wasmtime.NewEngineWithConfig(r.engineConfig())
-	mod, err := wasmtime.NewModuleDeserializeFile(engine, c.Path)
-	if err != nil {
-		engine.Close()
-		os.Remove(c.Path)
-		return nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %s", c.Digest, firstLine(err.Error()))
-	}
-	linker := wasmtime.NewLinker(engine)
-	ld := &loaded{key: c.Path, engine: engine, module: mod, linker: linker}
-	if err := linker.DefineWasi(); err != nil {
-		ld.close()
-		return nil, err
-	}
-	if err := definePollOneoff(linker); err != nil {
-		ld.close()
-		return nil, err
-	}
-	if ld.shape, err = shapeOf(mod); err != nil {
-		ld.close()
-		os.Remove(c.Path)
-		return nil, fmt.Errorf("load compiled module %s (dropped from the cache, will recompile): %w", c.Digest, err)
-	}
-	ld.linkErr = checkLink(engine, linker, mod)
-	return ld, nil
 }
 
 // checkLink tells whether instantiating module with linker can succeed as
