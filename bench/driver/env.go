@@ -71,6 +71,24 @@ func (p *proc) status() (rssKiB, threads int) {
 	return rssKiB, threads
 }
 
+// pss reads the process's proportional set size (KiB): its RSS with each
+// page shared among mappings counted once in total. A module's data image
+// is mapped copy-on-write into every instance's memory, which RSS counts
+// once per instance although it is one page in memory.
+func (p *proc) pss() int {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/smaps_rollup", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	for _, line := range strings.Split(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Pss:" {
+			n, _ := strconv.Atoi(f[1])
+			return n
+		}
+	}
+	return 0
+}
+
 func waitFor(what string, within time.Duration, ok func() bool) error {
 	deadline := time.Now().Add(within)
 	for !ok() {

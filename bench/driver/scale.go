@@ -96,7 +96,7 @@ func (s *suite) concurrency(sleepModule []byte) error {
 // density runs idle pods on a fresh daemon each time, so that the growth of
 // its resident set is the pods' and not what earlier runs left behind.
 func (s *suite) density(sleepModule, goModule []byte) error {
-	t := table{head: []string{"idle pods", "module", "time per pod start ms", "daemon RSS before MiB", "after MiB", "RSS per pod KiB", "threads per pod"}}
+	t := table{head: []string{"idle pods", "module", "time per pod start ms", "daemon RSS before MiB", "after MiB", "RSS per pod KiB", "PSS per pod KiB", "threads per pod"}}
 	var lists *table
 	runs := []struct {
 		name   string
@@ -137,6 +137,7 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 		}
 		time.Sleep(time.Second)
 		rss0, th0 := d.status()
+		pss0 := d.pss()
 		ids, took, err := sub.startIdle(ref, r.args, r.count, 2)
 		if err != nil {
 			c.Close()
@@ -146,8 +147,9 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 		time.Sleep(2 * time.Second)
 		rss, th := d.status()
 		perPod := float64(rss-rss0) / float64(r.count)
+		pssPerPod := float64(d.pss()-pss0) / float64(r.count)
 		t.add(fmt.Sprint(r.count), r.name, ms(took/time.Duration(r.count)), fmt.Sprintf("%.0f", float64(rss0)/1024), fmt.Sprintf("%.0f", float64(rss)/1024),
-			fmt.Sprintf("%.0f", perPod), fmt.Sprintf("%.2f", float64(th-th0)/float64(r.count)))
+			fmt.Sprintf("%.0f", perPod), fmt.Sprintf("%.0f", pssPerPod), fmt.Sprintf("%.2f", float64(th-th0)/float64(r.count)))
 		if r.lists {
 			lists = sub.listLatency()
 			sub.target("≤ 1 MiB daemon RSS per idle running tiny pod", fmt.Sprintf("%.0f KiB", perPod), perPod <= 1024)
@@ -158,7 +160,7 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 		c.Close()
 		d.stop()
 	}
-	text := t.String() + "\nEach row runs on a fresh daemon that has already run one pod of the module. RSS per pod is the growth of the daemon's resident set over the idle pods, divided by their number; threads likewise.\n"
+	text := t.String() + "\nEach row runs on a fresh daemon that has already run one pod of the module. RSS per pod is the growth of the daemon's resident set over the idle pods, divided by their number; PSS and threads likewise. Instances share their module's code (one engine, one loaded module per compiled module); each maps the module's data image copy-on-write into its memory, which RSS counts once per instance and PSS once in all: PSS is the memory the pods really take.\n"
 	if lists != nil {
 		text += fmt.Sprintf("\nList latency with %d containers (kubelet relists every second):\n\n", *densityMax) + lists.String()
 	}
