@@ -2,7 +2,6 @@ package sandbox
 
 import (
 	"fmt"
-	"os"
 	"slices"
 	"time"
 
@@ -32,13 +31,11 @@ func (m *Manager) RunSandbox(cfg *runtimeapi.PodSandboxConfig, handler string) (
 	}}
 	// A sandbox is only a record: kubelet owns its log directory, and
 	// containers make their own roots. Without a log directory from
-	// kubelet, it gets one of its own, removed with it; one made for a
-	// name that turns out taken is reclaimed at the next start-up.
+	// kubelet, it gets one of its own, made by the first container that
+	// logs (crilog.Open) and removed with the sandbox; one left by a crash
+	// is reclaimed at the next start-up.
 	if sb.LogDirectory == "" {
 		sb.LogDirectory = m.defaultLogDir(sb.ID)
-		if err := os.MkdirAll(sb.LogDirectory, 0o755); err != nil {
-			return Sandbox{}, fmt.Errorf("create sandbox log directory: %w", err)
-		}
 	}
 	if err := m.addSandbox(sb); err != nil {
 		m.removeOwnLogDir(sb.Sandbox)
