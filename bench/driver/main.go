@@ -60,6 +60,8 @@ type suite struct {
 	// podCount counts its pods.
 	pulled   map[digest.Digest]bool
 	podCount int
+	// cdLifecycles is containerd's throughput, when it runs here.
+	cdLifecycles lifecycleResult
 }
 
 func (s *suite) section(title, text string) {
@@ -419,6 +421,12 @@ func (s *suite) containerd(ctx context.Context) containerdResult {
 			return containerdResult{err: err}
 		}
 	}
+	lc, err := lifecycles(func() (*bench.Client, error) { return bench.Dial(env.socket, false) },
+		bench.PodOptions{Image: env.image, HostNetwork: true, Wait: true}, 8, time.Duration(float64(10*time.Second)**scale))
+	if err != nil {
+		return containerdResult{err: fmt.Errorf("containerd lifecycles: %w", err)}
+	}
+	s.cdLifecycles = lc
 	return containerdResult{res: r}
 }
 
