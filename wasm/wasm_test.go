@@ -431,10 +431,10 @@ func TestCPUQuotaThrottles(t *testing.T) {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
 	hello := testmodule.Hello(t)
-	capped, _ := run(t, r, hello, Spec{ID: "capped-" + t.Name(), Args: []string{"hello", "spin"}, Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}})
-	free, _ := run(t, r, hello, Spec{ID: "free-" + t.Name(), Args: []string{"hello", "spin"}})
+	capped, _ := run(t, r, hello, Spec{ID: cgroupID(t, "capped"), Args: []string{"hello", "spin"}, Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}})
+	free, _ := run(t, r, hello, Spec{ID: cgroupID(t, "free"), Args: []string{"hello", "spin"}})
 	checkCPUCap(t, r, capped, free)
-	cgroup := filepath.Join(r.cpu.root, "capped-"+t.Name())
+	cgroup := filepath.Join(r.cpu.root, cgroupID(t, "capped"))
 	if got := threadCgroup(t, free.tid); strings.Contains(got, "wasmcri") {
 		t.Errorf("uncapped neighbour's thread is in cgroup %q", got)
 	}
@@ -453,6 +453,15 @@ func TestCPUQuotaThrottles(t *testing.T) {
 	if _, err := os.Stat(cgroup); !os.IsNotExist(err) {
 		t.Errorf("cgroup of a lifted cap still there: %v", err)
 	}
+}
+
+// cgroupID is an instance ID for a test's capped (or uncapped) instance,
+// which names its cgroup. Every runtime on the host keeps its caps in one
+// cgroup directory, so the ID is this process's own: two test runs at once
+// (two checkouts on one machine) would otherwise share the cgroup, each
+// moving the other's thread out of it as a stray.
+func cgroupID(t *testing.T, role string) string {
+	return role + "-" + t.Name() + "-" + strconv.Itoa(os.Getpid())
 }
 
 // threadCgroup is the cpu cgroup of one of this process's threads.
