@@ -117,8 +117,31 @@ func startKubeletWith(t *testing.T, d *daemon, kubeconfig string, v int, set ...
 	// it; once it is killed (the cleanup registered next runs first) those
 	// mounts must go before the temp dir can.
 	t.Cleanup(func() { unmountUnder(t, k.dir) })
+	t.Cleanup(func() { removeLogLinksInto(t, k.dir) })
 	startProcess(t, exec.Command(bin, args...), k.log)
 	return k
+}
+
+// legacyLogDir is where kubelet links each container's log, whatever its
+// config says: a directory of the host's.
+const legacyLogDir = "/var/log/containers"
+
+// removeLogLinksInto removes kubelet's links in legacyLogDir that lead
+// into dir. A killed kubelet leaves them, and every later kubelet on the
+// host asks its runtime after their containers in its garbage collection.
+func removeLogLinksInto(t *testing.T, dir string) {
+	entries, err := os.ReadDir(legacyLogDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		p := filepath.Join(legacyLogDir, e.Name())
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, dir+"/") {
+			if err := os.Remove(p); err != nil {
+				t.Error(err)
+			}
+		}
+	}
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first.
