@@ -238,17 +238,12 @@ func TestListsFilterAndRoundTrip(t *testing.T) {
 	if _, err := c.rt.StartContainer(ctx, &runtimeapi.StartContainerRequest{ContainerId: runs}); err != nil {
 		t.Fatal(err)
 	}
-	var st *runtimeapi.ContainerStatus
-	for deadline := time.Now().Add(5 * time.Second); ; {
-		r, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: runs})
-		if err != nil {
-			t.Fatal(err)
-		}
-		if st = r.Status; st.State == runtimeapi.ContainerState_CONTAINER_EXITED || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(20 * time.Millisecond)
+	waitExited(t, c, runs)
+	r, err := c.rt.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: runs})
+	if err != nil {
+		t.Fatal(err)
 	}
+	st := r.Status
 	if st.State != runtimeapi.ContainerState_CONTAINER_EXITED || st.ExitCode != 0 || st.Reason != "Completed" ||
 		st.StartedAt == 0 || st.FinishedAt < st.StartedAt || st.CreatedAt > st.StartedAt {
 		t.Errorf("status = %v", st)

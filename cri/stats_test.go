@@ -12,20 +12,28 @@ func TestStatsResourcesAndRuntimeConfig(t *testing.T) {
 	c := start(t)
 	ctx := context.Background()
 	sb, id := c.runContainer(t, "busy", &runtimeapi.LinuxContainerResources{MemoryLimitInBytes: 512 << 20}, "spin")
-	time.Sleep(300 * time.Millisecond)
 
-	first, err := c.rt.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: id})
-	if err != nil {
-		t.Fatal(err)
+	// A spinning container's CPU time moves, and with it the rate since the
+	// previous call, however little of the machine it gets: polled until
+	// both show it.
+	stats := func() *runtimeapi.ContainerStats {
+		t.Helper()
+		r, err := c.rt.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: id})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.Stats
 	}
-	time.Sleep(300 * time.Millisecond)
-	st, err := c.rt.ContainerStats(ctx, &runtimeapi.ContainerStatsRequest{ContainerId: id})
-	if err != nil {
-		t.Fatal(err)
+	first := stats()
+	s := first
+	for deadline := time.Now().Add(30 * time.Second); s.Cpu.UsageCoreNanoSeconds.Value <= first.Cpu.UsageCoreNanoSeconds.Value || s.Cpu.UsageNanoCores.Value == 0; {
+		if time.Now().After(deadline) {
+			t.Fatalf("a spinning container's CPU did not move: %v then %v", first, s)
+		}
+		time.Sleep(10 * time.Millisecond)
+		s = stats()
 	}
-	s := st.Stats
-	if s.Attributes.Id != id || s.Cpu.UsageCoreNanoSeconds.Value <= first.Stats.Cpu.UsageCoreNanoSeconds.Value ||
-		s.Cpu.UsageNanoCores.Value == 0 || s.Memory.WorkingSetBytes.Value == 0 ||
+	if s.Attributes.Id != id || s.Memory.WorkingSetBytes.Value == 0 ||
 		s.Memory.AvailableBytes.Value == 0 || s.WritableLayer.FsId.Mountpoint == "" {
 		t.Errorf("stats of a spinning container: %v", s)
 	}

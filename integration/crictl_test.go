@@ -107,11 +107,19 @@ func TestCrictlEndToEnd(t *testing.T) {
 			endless := strings.TrimSpace(d.must("create", pod, containerJSON(t, "endless", ref, []string{"sleep-forever"}, nil), podCfg))
 			d.must("start", endless)
 			d.waitState(endless, "CONTAINER_RUNNING", 10*time.Second)
-			time.Sleep(300 * time.Millisecond)
+			waitFor(t, "the endless module ticking", 30*time.Second, func() bool {
+				logs, _ := d.run("logs", endless)
+				return strings.Contains(logs, "tick 1")
+			})
+			// No graceful phase: the stop does not wait out its timeout. The
+			// bound is that timeout, so a busy machine cannot fail it.
+			const timeout = 20 * time.Second
 			start := time.Now()
-			d.must("stop", "--timeout", "5", endless)
-			if took := time.Since(start); took > 5*time.Second {
-				t.Errorf("crictl stop --timeout 5 took %v", took)
+			d.must("stop", "--timeout", fmt.Sprint(int(timeout/time.Second)), endless)
+			took := time.Since(start)
+			t.Logf("crictl stop --timeout %v took %v", timeout, took)
+			if took >= timeout/2 {
+				t.Errorf("crictl stop --timeout %v took %v: not at once", timeout, took)
 			}
 			if st := d.inspect(endless); st["state"] != "CONTAINER_EXITED" || st["exitCode"] != float64(137) {
 				t.Errorf("after stop: %v exit %v", st["state"], st["exitCode"])

@@ -120,12 +120,19 @@ func freePort(t *testing.T) int {
 
 func waitFor(t *testing.T, what string, within time.Duration, ok func() bool) {
 	t.Helper()
+	waitEvery(t, what, within, 50*time.Millisecond, ok)
+}
+
+// waitEvery is waitFor for a condition that costs much to check (listing
+// hundreds of pods): polled every interval.
+func waitEvery(t *testing.T, what string, within, interval time.Duration, ok func() bool) {
+	t.Helper()
 	deadline := time.Now().Add(within)
 	for !ok() {
 		if time.Now().After(deadline) {
 			t.Fatalf("%s: not within %v", what, within)
 		}
-		time.Sleep(50 * time.Millisecond)
+		time.Sleep(interval)
 	}
 }
 

@@ -222,7 +222,7 @@ type trickle struct {
 }
 
 func (t *trickle) Read(p []byte) (int, error) {
-	time.Sleep(20 * time.Millisecond)
+	time.Sleep(20 * time.Millisecond) // the slow registry itself, not a wait in the test
 	n, err := t.r.Read(p[:min(len(p), 32<<10)])
 	t.served.Add(int64(n))
 	return n, err

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strings"
 	"syscall"
@@ -27,8 +28,10 @@ import (
 
 // kubeletConfig is a KubeletConfiguration for this kind of machine: cgroup
 // v1, no CAP_SYS_RESOURCE (so no negative oom_score_adj), everything on
-// loopback and under the test's own directories.
-func kubeletConfig(t *testing.T, dir, socket, manifests, podLogs string) string {
+// loopback and under the test's own directories. Each of set is a
+// top-level "field: value" line that replaces the field's line, or is
+// added (kubelet refuses a field given twice).
+func kubeletConfig(t *testing.T, dir, socket, manifests, podLogs string, set ...string) string {
 	t.Helper()
 	cfg := fmt.Sprintf(`apiVersion: kubelet.config.k8s.io/v1beta1
 kind: KubeletConfiguration
@@ -59,6 +62,15 @@ authentication:
 authorization:
   mode: AlwaysAllow
 `, socket, socket, manifests, podLogs, freePort(t), freePort(t))
+	for _, line := range set {
+		field, _, _ := strings.Cut(line, ":")
+		re := regexp.MustCompile(`(?m)^` + regexp.QuoteMeta(field) + `:.*$`)
+		if re.MatchString(cfg) {
+			cfg = re.ReplaceAllLiteralString(cfg, line)
+		} else {
+			cfg += line + "\n"
+		}
+	}
 	p := filepath.Join(dir, "kubelet.yaml")
 	if err := os.WriteFile(p, []byte(cfg), 0o600); err != nil {
 		t.Fatal(err)
@@ -75,6 +87,13 @@ type kubelet struct {
 // it registers with that API server, without one it runs standalone.
 func startKubelet(t *testing.T, d *daemon, kubeconfig string) *kubelet {
 	t.Helper()
+	return startKubeletWith(t, d, kubeconfig, 4)
+}
+
+// startKubeletWith is startKubelet logging at verbosity v, its config
+// changed by set (see kubeletConfig).
+func startKubeletWith(t *testing.T, d *daemon, kubeconfig string, v int, set ...string) *kubelet {
+	t.Helper()
 	bin := tool(t, "KUBELET", "kubelet")
 	// kubelet refuses a loopback --node-ip, but takes an IP given as the
 	// hostname for the node's InternalIP: the API server then reaches the
@@ -85,11 +104,11 @@ func startKubelet(t *testing.T, d *daemon, kubeconfig string) *kubelet {
 		os.MkdirAll(p, 0o755)
 	}
 	args := []string{
-		"--config", kubeletConfig(t, k.dir, d.socket, k.manifests, k.podLogs),
+		"--config", kubeletConfig(t, k.dir, d.socket, k.manifests, k.podLogs, set...),
 		"--root-dir", filepath.Join(k.dir, "root"),
 		"--cert-dir", filepath.Join(k.dir, "pki"),
 		"--hostname-override", k.node,
-		"--v", "4",
+		"--v", fmt.Sprint(v),
 	}
 	if kubeconfig != "" {
 		args = append(args, "--kubeconfig", kubeconfig)
@@ -98,8 +117,31 @@ func startKubelet(t *testing.T, d *daemon, kubeconfig string) *kubelet {
 	// it; once it is killed (the cleanup registered next runs first) those
 	// mounts must go before the temp dir can.
 	t.Cleanup(func() { unmountUnder(t, k.dir) })
+	t.Cleanup(func() { removeLogLinksInto(t, k.dir) })
 	startProcess(t, exec.Command(bin, args...), k.log)
 	return k
+}
+
+// legacyLogDir is where kubelet links each container's log, whatever its
+// config says: a directory of the host's.
+const legacyLogDir = "/var/log/containers"
+
+// removeLogLinksInto removes kubelet's links in legacyLogDir that lead
+// into dir. A killed kubelet leaves them, and every later kubelet on the
+// host asks its runtime after their containers in its garbage collection.
+func removeLogLinksInto(t *testing.T, dir string) {
+	entries, err := os.ReadDir(legacyLogDir)
+	if err != nil {
+		return
+	}
+	for _, e := range entries {
+		p := filepath.Join(legacyLogDir, e.Name())
+		if target, err := os.Readlink(p); err == nil && strings.HasPrefix(target, dir+"/") {
+			if err := os.Remove(p); err != nil {
+				t.Error(err)
+			}
+		}
+	}
 }
 
 // unmountUnder detaches every mount at or below dir, deepest first.

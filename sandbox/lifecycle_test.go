@@ -10,6 +10,7 @@ import (
 
 	"github.com/containerd/errdefs"
 	"github.com/wasmcri/wasmcri/image"
+	"github.com/wasmcri/wasmcri/internal/crilog/crilogtest"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
@@ -93,14 +94,24 @@ func TestStopIsPromptAndIsolated(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	time.Sleep(300 * time.Millisecond)
+	// Each is under way: the sleepers in their sleep, the spinner in its loop.
+	crilogtest.WaitFor(t, ca.LogPath, "stdout", "tick 1")
+	crilogtest.WaitFor(t, cb.LogPath, "stdout", "tick 1")
+	crilogtest.WaitFor(t, spinner.LogPath, "stdout", "spinning")
+	// No graceful phase: Stop interrupts at once and does not wait out the
+	// timeout. The bound is that timeout, not a wall-clock figure, so a busy
+	// machine cannot fail it; how fast a stop is, the benchmarks say
+	// (wasm's BenchmarkStopSpinning).
+	const timeout = 30 * time.Second
 	for _, c := range []Container{ca, spinner} {
 		start := time.Now()
-		if err := e.m.StopContainer(c.ID, 2*time.Second); err != nil {
+		if err := e.m.StopContainer(c.ID, timeout); err != nil {
 			t.Fatal(err)
 		}
-		if d := time.Since(start); d > time.Second {
-			t.Errorf("stop of %s took %v", c.Config.Metadata.Name, d)
+		d := time.Since(start)
+		t.Logf("stop of %s took %v", c.Config.Metadata.Name, d)
+		if d >= timeout/2 {
+			t.Errorf("stop of %s took %v of its %v timeout: not at once", c.Config.Metadata.Name, d, timeout)
 		}
 		got, _ := e.m.Container(c.ID)
 		if got.State != ContainerExited || got.ExitCode != 137 {

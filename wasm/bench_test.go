@@ -3,6 +3,7 @@ package wasm
 import (
 	"context"
 	"testing"
+	"time"
 
 	"github.com/opencontainers/go-digest"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
@@ -39,3 +40,35 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 func (discard) Close() error                { return nil }
+
+// BenchmarkStopSpinning is Stop of an instance spinning in module code, to
+// its end: how promptly StopContainer ends a container, which the tests
+// only bound by the timeout they pass (a busy machine makes any wall-clock
+// bound flaky there).
+func BenchmarkStopSpinning(b *testing.B) {
+	r, err := NewRuntime(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	module := testmodule.Wat(b, testmodule.Spin)
+	c, err := r.Prepare(context.Background(), digest.FromBytes(module), func() ([]byte, error) { return module, nil })
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		inst, err := r.Start(c, Spec{ID: "bench", Args: []string{"spin"}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		// In its loop: its thread has used some CPU.
+		for inst.Stats().CPU == 0 {
+			time.Sleep(100 * time.Microsecond)
+		}
+		b.StartTimer()
+		inst.Stop()
+		<-inst.Done()
+	}
+}

@@ -136,8 +136,8 @@ func TestCPUCapAppliesToStartSection(t *testing.T) {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
 	c := prepare(t, r, testmodule.Wat(t, testmodule.StartSpin))
-	capped := startWithin(t, r, c, Spec{ID: "capped-" + t.Name(), Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}}, 10*time.Second)
-	free := startWithin(t, r, c, Spec{ID: "free-" + t.Name()}, 10*time.Second)
+	capped := startWithin(t, r, c, Spec{ID: cgroupID(t, "capped"), Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}}, 10*time.Second)
+	free := startWithin(t, r, c, Spec{ID: cgroupID(t, "free")}, 10*time.Second)
 	checkCPUCap(t, r, capped, free)
 	for _, inst := range []*Instance{capped, free} {
 		inst.Stop()

@@ -191,14 +191,20 @@ func TestStopInterruptsOnlyItsInstance(t *testing.T) {
 		name   string
 		module []byte
 		args   []string
+		// under way says when the instance is where the case wants it.
+		underWay func(*Instance, *output) bool
 	}{
-		{"go-sleeping-in-poll_oneoff", hello, []string{"hello", "sleep-forever"}},
-		{"go-spinning", hello, []string{"hello", "spin"}},
-		{"wat-spinning", testmodule.Wat(t, testmodule.Spin), []string{"spin"}},
+		{"go-sleeping-in-poll_oneoff", hello, []string{"hello", "sleep-forever"},
+			func(_ *Instance, out *output) bool { return out.stdout.has("tick 1") }},
+		{"go-spinning", hello, []string{"hello", "spin"},
+			func(_ *Instance, out *output) bool { return out.stdout.has("spinning") }},
+		// It prints nothing: its thread's CPU time shows it in its loop.
+		{"wat-spinning", testmodule.Wat(t, testmodule.Spin), []string{"spin"},
+			func(inst *Instance, _ *output) bool { return inst.Stats().CPU > 20*time.Millisecond }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			inst, _ := run(t, r, tc.module, Spec{Args: tc.args})
-			time.Sleep(300 * time.Millisecond)
+			inst, out := run(t, r, tc.module, Spec{Args: tc.args})
+			pollUntil(t, 20*time.Second, "the instance under way", func() bool { return tc.underWay(inst, out) })
 			select {
 			case <-inst.Done():
 				t.Fatalf("ended before Stop: %+v", inst.Result())
@@ -224,13 +230,18 @@ func TestStopInterruptsOnlyItsInstance(t *testing.T) {
 
 func TestSleepKeepsTime(t *testing.T) {
 	r := newRuntime(t)
-	inst, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
-	time.Sleep(time.Second)
-	inst.Stop()
-	wait(t, inst, 2*time.Second)
-	// 100ms ticks for a second: about 10, never a busy loop's thousands.
-	if n := len(out.stdout.lines()); n < 3 || n > 15 {
-		t.Fatalf("%d ticks in one second of 100ms sleeps", n)
+	_, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
+	// Ten 100ms sleeps lie between tick 0 and tick 10: at least a second,
+	// however busy the machine, where sleeps that returned at once would
+	// take a few milliseconds. Half of it leaves room for seeing tick 0
+	// late; how late tick 10 comes depends on the machine and is only logged.
+	pollUntil(t, 20*time.Second, "tick 0", func() bool { return out.stdout.has("tick 0") })
+	start := time.Now()
+	pollUntil(t, 20*time.Second, "tick 10", func() bool { return out.stdout.has("tick 10") })
+	took := time.Since(start)
+	t.Logf("ten 100ms sleeps took %v", took)
+	if took < 500*time.Millisecond {
+		t.Fatalf("ten 100ms sleeps took %v:\n%s", took, out.stdout.String())
 	}
 }
 
@@ -322,11 +333,13 @@ func TestStdin(t *testing.T) {
 		t.Fatalf("echoed %q, stderr %q", out.stdout.String(), out.stderr.String())
 	}
 
-	// A module blocked reading a stdin that never ends still stops.
+	// A module blocked reading a stdin that never ends still stops. The
+	// line it echoes shows it reading; it then blocks for the next.
 	pr, pw := io.Pipe()
 	defer pw.Close()
-	inst, _ = run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: pr})
-	time.Sleep(300 * time.Millisecond)
+	inst, out = run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "echo-stdin"}, Stdin: pr})
+	go pw.Write([]byte("first line\n"))
+	waitOutput(t, &out.stdout, "first line")
 	inst.Stop()
 	if res := wait(t, inst, 2*time.Second); !res.Stopped || res.ExitCode != 137 {
 		t.Fatalf("stopped while reading stdin: %+v", res)
@@ -339,23 +352,29 @@ func TestStatsReportCPUAndMemory(t *testing.T) {
 	holder, holderOut := run(t, r, hello, Spec{Args: []string{"hello", "alloc", "20"}})
 	spinner, _ := run(t, r, hello, Spec{Args: []string{"hello", "spin"}})
 	waitOutput(t, &holderOut.stdout, "holding 20 MiB")
-	time.Sleep(500 * time.Millisecond)
-	if st := holder.Stats(); st.MemoryBytes < 20<<20 || st.MemoryBytes > 64<<20 {
+	// Memory is sampled at host calls: the sleep that follows the line.
+	pollUntil(t, 20*time.Second, "the holder's memory sampled", func() bool { return holder.Stats().MemoryBytes >= 20<<20 })
+	if st := holder.Stats(); st.MemoryBytes > 64<<20 {
 		t.Errorf("holder memory = %d bytes, want about 20 MiB", st.MemoryBytes)
 	}
-	st1 := spinner.Stats()
-	time.Sleep(300 * time.Millisecond)
-	st2 := spinner.Stats()
-	// Any share of a loaded machine is some CPU; an idle one is none.
-	if d := st2.CPU - st1.CPU; d < 20*time.Millisecond {
-		t.Errorf("a spinning instance used %v CPU in 300ms", d)
-	}
-	if idle := holder.Stats().CPU; idle > time.Second {
-		t.Errorf("an idle instance used %v CPU", idle)
+	// Any share of a loaded machine is some CPU, so the spinner's moves;
+	// over the same while, the sleeping holder's hardly does.
+	h1, st1 := holder.Stats(), spinner.Stats()
+	var st2 Stats
+	pollUntil(t, 30*time.Second, "the spinner using 200ms of CPU", func() bool {
+		st2 = spinner.Stats()
+		return st2.CPU-st1.CPU >= 200*time.Millisecond
+	})
+	spun, idle := st2.CPU-st1.CPU, holder.Stats().CPU-h1.CPU
+	t.Logf("while the spinner used %v of CPU, the sleeping holder used %v", spun, idle)
+	if idle > spun/4 {
+		t.Errorf("a sleeping instance used %v of CPU while a spinning one used %v", idle, spun)
 	}
 	spinner.Stop()
 	wait(t, spinner, 2*time.Second)
 	final := spinner.Stats()
+	// That nothing moves after the end can only be looked at for a while:
+	// a longer look proves more, a busy machine cannot fail a short one.
 	time.Sleep(100 * time.Millisecond)
 	if later := spinner.Stats(); later.CPU != final.CPU || final.CPU < st2.CPU {
 		t.Errorf("CPU after exit moved: %v then %v (was %v running)", final.CPU, later.CPU, st2.CPU)
@@ -412,10 +431,10 @@ func TestCPUQuotaThrottles(t *testing.T) {
 		t.Skipf("no cgroup cpu controller here: %v", r.CPUCapsUnavailable)
 	}
 	hello := testmodule.Hello(t)
-	capped, _ := run(t, r, hello, Spec{ID: "capped-" + t.Name(), Args: []string{"hello", "spin"}, Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}})
-	free, _ := run(t, r, hello, Spec{ID: "free-" + t.Name(), Args: []string{"hello", "spin"}})
+	capped, _ := run(t, r, hello, Spec{ID: cgroupID(t, "capped"), Args: []string{"hello", "spin"}, Limits: Limits{CPUQuota: 20000, CPUPeriod: 100000}})
+	free, _ := run(t, r, hello, Spec{ID: cgroupID(t, "free"), Args: []string{"hello", "spin"}})
 	checkCPUCap(t, r, capped, free)
-	cgroup := filepath.Join(r.cpu.root, "capped-"+t.Name())
+	cgroup := filepath.Join(r.cpu.root, cgroupID(t, "capped"))
 	if got := threadCgroup(t, free.tid); strings.Contains(got, "wasmcri") {
 		t.Errorf("uncapped neighbour's thread is in cgroup %q", got)
 	}
@@ -436,6 +455,15 @@ func TestCPUQuotaThrottles(t *testing.T) {
 	}
 }
 
+// cgroupID is an instance ID for a test's capped (or uncapped) instance,
+// which names its cgroup. Every runtime on the host keeps its caps in one
+// cgroup directory, so the ID is this process's own: two test runs at once
+// (two checkouts on one machine) would otherwise share the cgroup, each
+// moving the other's thread out of it as a stray.
+func cgroupID(t *testing.T, role string) string {
+	return role + "-" + t.Name() + "-" + strconv.Itoa(os.Getpid())
+}
+
 // threadCgroup is the cpu cgroup of one of this process's threads.
 func threadCgroup(t *testing.T, tid int) string {
 	t.Helper()
@@ -452,20 +480,26 @@ func threadCgroup(t *testing.T, tid int) string {
 	return ""
 }
 
-// checkCPUCap measures a capped (20%) and an uncapped instance over one
-// second, both spinning. A cap holds under any load; what the uncapped one
-// gets depends on the machine, so it is only compared with the capped one.
+// checkCPUCap measures a capped (20%) and an uncapped instance, both
+// spinning, over a window of a second or more: as long as it takes the
+// uncapped one to get clearly more CPU than the capped one, which on a busy
+// machine is longer. The cap is then checked against the window's own wall
+// time, so neither load nor a late wake-up can fail it.
 func checkCPUCap(t *testing.T, r *Runtime, capped, free *Instance) {
 	t.Helper()
-	c0, f0 := capped.Stats().CPU, free.Stats().CPU
-	time.Sleep(time.Second) // the measurement window
-	c, f := capped.Stats().CPU-c0, free.Stats().CPU-f0
-	t.Logf("in 1s: capped at 20%% used %v, uncapped %v", c, f)
-	if c > 350*time.Millisecond {
-		t.Errorf("capped instance used %v of CPU in 1s at a 20%% quota", c)
+	c0, f0, start := capped.Stats().CPU, free.Stats().CPU, time.Now()
+	var c, f, window time.Duration
+	if !poll(30*time.Second, func() bool {
+		c, f, window = capped.Stats().CPU-c0, free.Stats().CPU-f0, time.Since(start)
+		return window >= time.Second && f >= c*3/2
+	}) {
+		t.Fatalf("in %v the uncapped instance used %v of CPU, hardly more than the capped one's %v", window, f, c)
 	}
-	if f < c*3/2 {
-		t.Errorf("uncapped instance used %v, hardly more than the capped %v", f, c)
+	t.Logf("in %v: capped at 20%% used %v, uncapped %v", window, c, f)
+	// 20% of the window, with room for the period under way and the
+	// kernel's accounting.
+	if c > window*35/100 {
+		t.Errorf("capped instance used %v of CPU in %v at a 20%% quota", c, window)
 	}
 	if got, want := threadCgroup(t, capped.tid), strings.TrimPrefix(filepath.Join(r.cpu.root, capped.id), "/sys/fs/cgroup/cpu"); got != want {
 		t.Errorf("capped thread is in cgroup %q, want %q", got, want)

@@ -19,6 +19,8 @@ func TestWaitForALineStillBeingWritten(t *testing.T) {
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
+		// Not a wait before an assertion: the line's end comes later, as a
+		// module's would, for WaitFor to poll until it has it.
 		time.Sleep(100 * time.Millisecond)
 		out.Write([]byte("2\n"))
 	}()
