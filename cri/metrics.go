@@ -111,7 +111,7 @@ func (s *Server) ListMetricDescriptors(ctx context.Context, req *runtimeapi.List
 // ListPodSandboxMetrics reports the described metrics of every container.
 func (s *Server) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
 	resp := &runtimeapi.ListPodSandboxMetricsResponse{}
-	bySandbox := s.statsBySandbox()
+	bySandbox := s.statsBySandbox(true)
 	for _, sb := range s.sandboxes.Sandboxes() {
 		pm := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
 		for _, cs := range bySandbox[sb.ID] {

@@ -80,7 +80,7 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbox
 func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxStatsResponse{}
-	bySandbox := s.statsBySandbox()
+	bySandbox := s.statsBySandbox(false)
 	for _, sb := range s.sandboxes.Sandboxes() {
 		if !matchID(f.GetId(), sb.ID) || !matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
 			continue
@@ -90,10 +90,15 @@ func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPo
 	return resp, nil
 }
 
-// statsBySandbox measures every container once, grouped by sandbox.
-func (s *Server) statsBySandbox() map[string][]sandbox.ContainerWithStats {
+// statsBySandbox measures every container once, grouped by sandbox; with
+// each instance's finer figures when detailed.
+func (s *Server) statsBySandbox(detailed bool) map[string][]sandbox.ContainerWithStats {
+	all := s.sandboxes.AllContainerStats
+	if detailed {
+		all = s.sandboxes.AllContainerDetails
+	}
 	by := map[string][]sandbox.ContainerWithStats{}
-	for _, cs := range s.sandboxes.AllContainerStats(func(*sandbox.Container) bool { return true }) {
+	for _, cs := range all(func(*sandbox.Container) bool { return true }) {
 		by[cs.SandboxID] = append(by[cs.SandboxID], cs)
 	}
 	return by

@@ -16,7 +16,8 @@ type Stats struct {
 	// MemoryBytes is the linear memory of the running instance.
 	MemoryBytes int64
 	// Instance has the instance's finer figures (user/system CPU, peak
-	// memory, CPU cap accounting).
+	// memory, CPU cap accounting), filled in only by AllContainerDetails:
+	// they cost a read of /proc and of cgroupfs per container.
 	Instance wasm.Stats
 	// WritableBytes and WritableInodes measure the container's writable
 	// root; LogBytes its log file.
@@ -33,7 +34,7 @@ func (m *Manager) ContainerStats(id string) (Stats, error) {
 		return Stats{}, err
 	}
 	c.mu.Lock()
-	st := m.statsLocked(c, time.Now())
+	st := m.statsLocked(c, time.Now(), false)
 	c.mu.Unlock()
 	m.addUsage(c.ID, c.LogPath, &st)
 	return st, nil
@@ -48,13 +49,23 @@ type ContainerWithStats struct {
 // AllContainerStats measures every container the filter keeps, in one
 // pass: kubelet asks for all of them every few seconds.
 func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithStats {
+	return m.allStats(keep, false)
+}
+
+// AllContainerDetails is AllContainerStats with each instance's finer
+// figures, for the metrics endpoint.
+func (m *Manager) AllContainerDetails(keep func(*Container) bool) []ContainerWithStats {
+	return m.allStats(keep, true)
+}
+
+func (m *Manager) allStats(keep func(*Container) bool, detailed bool) []ContainerWithStats {
 	now := time.Now()
 	all := m.containers.all(containerCreated)
 	out := make([]ContainerWithStats, 0, len(all))
 	for _, c := range all {
 		c.mu.Lock()
 		if keep(&c.Container) {
-			out = append(out, ContainerWithStats{Container: c.Container, Stats: m.statsLocked(c, now)})
+			out = append(out, ContainerWithStats{Container: c.Container, Stats: m.statsLocked(c, now, detailed)})
 		}
 		c.mu.Unlock()
 	}
@@ -64,13 +75,20 @@ func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithS
 	return out
 }
 
-// statsLocked reads the figures of c's instance; c.mu is held.
-func (m *Manager) statsLocked(c *containerEntry, now time.Time) Stats {
+// statsLocked reads the figures of c's instance, the finer ones only when
+// detailed; c.mu is held.
+func (m *Manager) statsLocked(c *containerEntry, now time.Time, detailed bool) Stats {
 	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID), Instance: wasm.Stats{CPU: c.CPU}}
 	if l := c.run.running(); l != nil {
 		r := c.run
-		is := l.instance.Stats()
-		st.CPU, st.MemoryBytes, st.Instance = is.CPU, is.MemoryBytes, is
+		if detailed {
+			is := l.instance.Stats()
+			st.CPU, st.MemoryBytes, st.Instance = is.CPU, is.MemoryBytes, is
+		} else {
+			u := l.instance.Usage()
+			st.CPU, st.MemoryBytes = u.CPU, u.MemoryBytes
+			st.Instance.CPU, st.Instance.MemoryBytes = u.CPU, u.MemoryBytes
+		}
 		if prev := r.lastSample; !prev.at.IsZero() && now.After(prev.at) && st.CPU >= prev.cpu {
 			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / now.Sub(prev.at).Seconds())
 		}

@@ -100,3 +100,36 @@ func fmtTypes(ts []EventType) string {
 	}
 	return strings.Join(s, " ")
 }
+
+// The stats calls read each instance's CPU clock and memory; only the
+// detailed ones (for the metrics endpoint) read its user and system time,
+// and they agree with the others.
+func TestStatsAndDetails(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	spinner := e.start(sb, ctrConfig("spinner", img, "spin"))
+	one := func(all []ContainerWithStats) Stats {
+		for _, cs := range all {
+			if cs.ID == spinner.ID {
+				return cs.Stats
+			}
+		}
+		t.Fatalf("%s not listed", spinner.ID)
+		return Stats{}
+	}
+	everything := func(*Container) bool { return true }
+	waitFor(t, "100ms of CPU", func() bool { return one(e.m.AllContainerStats(everything)).CPU > 100*time.Millisecond })
+
+	cheap := one(e.m.AllContainerStats(everything))
+	detailed := one(e.m.AllContainerDetails(everything))
+	if cheap.Instance.User != 0 || cheap.Instance.System != 0 {
+		t.Errorf("AllContainerStats read user/system time: %+v", cheap.Instance)
+	}
+	if busy := detailed.Instance.User + detailed.Instance.System; busy == 0 || detailed.CPU < cheap.CPU || detailed.Instance.CPU != detailed.CPU {
+		t.Errorf("details %+v after stats %+v", detailed.Instance, cheap)
+	}
+	if cheap.MemoryBytes == 0 || detailed.MemoryBytes == 0 {
+		t.Errorf("memory: stats %d, details %d", cheap.MemoryBytes, detailed.MemoryBytes)
+	}
+}
