@@ -60,7 +60,7 @@ func (m *Manager) AllContainerDetails(keep func(*Container) bool) []ContainerWit
 
 func (m *Manager) allStats(keep func(*Container) bool, detailed bool) []ContainerWithStats {
 	now := time.Now()
-	all := m.containers.all(containerCreated)
+	all := m.containers.all()
 	out := make([]ContainerWithStats, 0, len(all))
 	for _, c := range all {
 		c.mu.Lock()
