@@ -51,27 +51,34 @@ func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCont
 func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListContainersResponse{}
-	for _, c := range s.sandboxes.Containers() {
+	// A container's message and its image's, allocated together.
+	var msgs blocks[struct {
+		c     runtimeapi.Container
+		image runtimeapi.ImageSpec
+	}]
+	s.sandboxes.EachContainer(func(c *sandbox.Container) {
 		state := containerState(c.State)
 		if !matchID(f.GetId(), c.ID) ||
 			!matchID(f.GetPodSandboxId(), c.SandboxID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
 			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
-			continue
+			return
 		}
-		resp.Containers = append(resp.Containers, &runtimeapi.Container{
+		m := msgs.next()
+		m.c = runtimeapi.Container{
 			Id:           c.ID,
 			PodSandboxId: c.SandboxID,
 			Metadata:     c.Config.GetMetadata(),
-			Image:        imageSpec(c),
+			Image:        imageSpec(&m.image, c),
 			ImageRef:     c.ImageDigestRef,
 			ImageId:      c.ImageID,
 			State:        state,
 			CreatedAt:    nanos(c.CreatedAt),
 			Labels:       c.Config.GetLabels(),
 			Annotations:  c.Config.GetAnnotations(),
-		})
-	}
+		}
+		resp.Containers = append(resp.Containers, &m.c)
+	})
 	return resp, nil
 }
 
@@ -101,7 +108,7 @@ func containerStatus(c sandbox.Container) *runtimeapi.ContainerStatus {
 		StartedAt:   nanos(c.StartedAt),
 		FinishedAt:  nanos(c.FinishedAt),
 		ExitCode:    c.ExitCode,
-		Image:       imageSpec(c),
+		Image:       imageSpec(new(runtimeapi.ImageSpec), &c),
 		ImageRef:    c.ImageDigestRef,
 		ImageId:     c.ImageID,
 		Reason:      c.Reason,
@@ -130,13 +137,15 @@ func (s *Server) ReopenContainerLog(ctx context.Context, req *runtimeapi.ReopenC
 	return &runtimeapi.ReopenContainerLogResponse{}, nil
 }
 
-func imageSpec(c sandbox.Container) *runtimeapi.ImageSpec {
-	return &runtimeapi.ImageSpec{
+// imageSpec fills in spec with the container's image, and returns it.
+func imageSpec(spec *runtimeapi.ImageSpec, c *sandbox.Container) *runtimeapi.ImageSpec {
+	*spec = runtimeapi.ImageSpec{
 		Image:              c.ImageName,
 		UserSpecifiedImage: c.Config.GetImage().GetUserSpecifiedImage(),
 		RuntimeHandler:     c.Config.GetImage().GetRuntimeHandler(),
 		Annotations:        c.Config.GetImage().GetAnnotations(),
 	}
+	return spec
 }
 
 func containerState(s sandbox.ContainerState) runtimeapi.ContainerState {

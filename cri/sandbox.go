@@ -79,14 +79,16 @@ func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxResponse{}
-	for _, sb := range s.sandboxes.Sandboxes() {
+	var msgs blocks[runtimeapi.PodSandbox]
+	s.sandboxes.EachSandbox(func(sb *sandbox.Sandbox) {
 		state := sandboxState(sb.State)
 		if !matchID(f.GetId(), sb.ID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
 			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
-			continue
+			return
 		}
-		resp.Items = append(resp.Items, &runtimeapi.PodSandbox{
+		m := msgs.next()
+		*m = runtimeapi.PodSandbox{
 			Id:             sb.ID,
 			Metadata:       sb.Config.GetMetadata(),
 			State:          state,
@@ -94,8 +96,9 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSand
 			Labels:         sb.Config.GetLabels(),
 			Annotations:    sb.Config.GetAnnotations(),
 			RuntimeHandler: sb.RuntimeHandler,
-		})
-	}
+		}
+		resp.Items = append(resp.Items, m)
+	})
 	return resp, nil
 }
 

@@ -46,39 +46,48 @@ type ContainerWithStats struct {
 	Stats Stats
 }
 
-// AllContainerStats measures every container the filter keeps, in one
-// pass: kubelet asks for all of them every few seconds.
-func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithStats {
-	return m.allStats(keep, false)
-}
-
-// AllContainerDetails is AllContainerStats with each instance's finer
-// figures, for the metrics endpoint.
+// AllContainerDetails measures every container the filter keeps, in one
+// pass, into copies, with each instance's finer figures: for the metrics
+// endpoint.
 func (m *Manager) AllContainerDetails(keep func(*Container) bool) []ContainerWithStats {
-	return m.allStats(keep, true)
+	var out []ContainerWithStats
+	m.eachStats(keep, true, func(c *Container, st *Stats) {
+		out = append(out, ContainerWithStats{Container: *c, Stats: *st})
+	})
+	return out
 }
 
-func (m *Manager) allStats(keep func(*Container) bool, detailed bool) []ContainerWithStats {
-	now := time.Now()
+// EachContainerStats measures every container keep accepts, in one
+// pass, and calls fn with it and its figures, oldest first, as
+// EachContainer does. keep runs under the container's lock too.
+func (m *Manager) EachContainerStats(keep func(*Container) bool, fn func(*Container, *Stats)) {
+	m.eachStats(keep, false, fn)
+}
+
+func (m *Manager) eachStats(keep func(*Container) bool, detailed bool, fn func(*Container, *Stats)) {
 	all := m.containers.all()
-	out := make([]ContainerWithStats, 0, len(all))
-	for _, c := range all {
-		c.mu.Lock()
-		if keep(&c.Container) {
-			out = append(out, ContainerWithStats{Container: c.Container, Stats: m.statsLocked(c, now, detailed)})
-		}
-		c.mu.Unlock()
+	// Disk usage first, with no container locked: one not measured yet is
+	// measured now.
+	uses := m.diskUses(all)
+	now := time.Now()
+	for i, c := range all {
+		func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.removed || !keep(&c.Container) {
+				return
+			}
+			st := m.statsLocked(c, now, detailed)
+			uses[i].fill(&st)
+			fn(&c.Container, &st)
+		}()
 	}
-	for i := range out {
-		m.addUsage(out[i].ID, out[i].LogPath, &out[i].Stats)
-	}
-	return out
 }
 
 // statsLocked reads the figures of c's instance, the finer ones only when
 // detailed; c.mu is held.
 func (m *Manager) statsLocked(c *containerEntry, now time.Time, detailed bool) Stats {
-	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.rootfs(c.ID), Instance: wasm.Stats{CPU: c.CPU}}
+	st := Stats{Timestamp: now, CPU: c.CPU, Instance: wasm.Stats{CPU: c.CPU}}
 	if l := c.run.running(); l != nil {
 		r := c.run
 		if detailed {
