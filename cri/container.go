@@ -51,34 +51,34 @@ func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCont
 func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListContainersResponse{}
-	// A container's message and its image's, allocated together.
-	var msgs blocks[struct {
-		c     runtimeapi.Container
-		image runtimeapi.ImageSpec
-	}]
+	l := s.containerEntries.begin(f == nil)
+	var err error
 	s.sandboxes.EachContainer(func(c *sandbox.Container) {
 		state := containerState(c.State)
-		if !matchID(f.GetId(), c.ID) ||
+		if err != nil || !matchID(f.GetId(), c.ID) ||
 			!matchID(f.GetPodSandboxId(), c.SandboxID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
-			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
+			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) ||
+			l.cached(c.ID, int32(state)) {
 			return
 		}
-		m := msgs.next()
-		m.c = runtimeapi.Container{
+		err = l.add(c.ID, int32(state), &runtimeapi.Container{
 			Id:           c.ID,
 			PodSandboxId: c.SandboxID,
 			Metadata:     c.Config.GetMetadata(),
-			Image:        imageSpec(&m.image, c),
+			Image:        imageSpec(new(runtimeapi.ImageSpec), c),
 			ImageRef:     c.ImageDigestRef,
 			ImageId:      c.ImageID,
 			State:        state,
 			CreatedAt:    nanos(c.CreatedAt),
 			Labels:       c.Config.GetLabels(),
 			Annotations:  c.Config.GetAnnotations(),
-		}
-		resp.Containers = append(resp.Containers, &m.c)
+		})
 	})
+	if err != nil {
+		return nil, err
+	}
+	l.end(resp)
 	return resp, nil
 }
 

@@ -79,16 +79,17 @@ func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxResponse{}
-	var msgs blocks[runtimeapi.PodSandbox]
+	l := s.sandboxEntries.begin(f == nil)
+	var err error
 	s.sandboxes.EachSandbox(func(sb *sandbox.Sandbox) {
 		state := sandboxState(sb.State)
-		if !matchID(f.GetId(), sb.ID) ||
+		if err != nil || !matchID(f.GetId(), sb.ID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
-			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
+			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) ||
+			l.cached(sb.ID, int32(state)) {
 			return
 		}
-		m := msgs.next()
-		*m = runtimeapi.PodSandbox{
+		err = l.add(sb.ID, int32(state), &runtimeapi.PodSandbox{
 			Id:             sb.ID,
 			Metadata:       sb.Config.GetMetadata(),
 			State:          state,
@@ -96,9 +97,12 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSand
 			Labels:         sb.Config.GetLabels(),
 			Annotations:    sb.Config.GetAnnotations(),
 			RuntimeHandler: sb.RuntimeHandler,
-		}
-		resp.Items = append(resp.Items, m)
+		})
 	})
+	if err != nil {
+		return nil, err
+	}
+	l.end(resp)
 	return resp, nil
 }
 

@@ -40,6 +40,10 @@ type Server struct {
 	streams   *StreamServer
 	info      Info
 	log       *slog.Logger
+
+	// sandboxEntries and containerEntries keep ListPodSandbox's and
+	// ListContainers' entries encoded.
+	sandboxEntries, containerEntries *entryCache
 }
 
 // NewServer translates CRI calls onto the given sandbox manager, image
@@ -48,7 +52,9 @@ func NewServer(sandboxes *sandbox.Manager, images *image.Service, streams *Strea
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log}
+	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log,
+		sandboxEntries:   newEntryCache(&runtimeapi.ListPodSandboxResponse{}, "items"),
+		containerEntries: newEntryCache(&runtimeapi.ListContainersResponse{}, "containers")}
 }
 
 // Register adds both CRI services to a gRPC server.
