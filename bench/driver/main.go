@@ -30,12 +30,17 @@ var (
 	outDoc     = flag.String("out", "docs/performance.md", "document whose generated part is rewritten; empty prints only")
 	scale      = flag.Float64("scale", 1, "multiplies every iteration count (0.1 for a quick look)")
 	densityMax = flag.Int("density", 1000, "the largest number of idle pods to run")
+	only       = flag.String("only", "", `"lists": only the list latency with -density idle pods, printed, nothing written`)
 )
 
 func n(base int) int { return max(int(float64(base)**scale), 3) }
 
 func main() {
 	flag.Parse()
+	if *only != "" && *only != "lists" {
+		fmt.Fprintf(os.Stderr, "bench: -only %q: only \"lists\" is known\n", *only)
+		os.Exit(2)
+	}
 	os.Setenv("RUST_LIB_BACKTRACE", "0")
 	clog.SetLevel("warn")
 	if err := run(); err != nil {
@@ -82,12 +87,20 @@ func run() error {
 	defer regProc.stop()
 	s.registry = reg
 
+	tinyExit, tinySleep := bench.Wat(bench.TinyExitWAT), bench.Wat(bench.TinySleepWAT)
+	if *only == "lists" {
+		if err := s.density(tinySleep, nil); err != nil {
+			return err
+		}
+		s.section("Targets", s.targets.String())
+		return nil
+	}
+
 	fmt.Println("building the Go example for wasip1")
 	goModule, err := buildWasip1(ctx, dir)
 	if err != nil {
 		return err
 	}
-	tinyExit, tinySleep := bench.Wat(bench.TinyExitWAT), bench.Wat(bench.TinySleepWAT)
 
 	floorTiny, err := floor(tinyExit, dir, n(3000))
 	if err != nil {

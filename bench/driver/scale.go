@@ -112,6 +112,9 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 	main := *s
 	defer func() { s.targets = main.targets }()
 	for i, r := range runs {
+		if *only == "lists" && !r.lists {
+			continue
+		}
 		d, err := startWasmcri(*wasmcriBin, filepath.Join(s.dir, fmt.Sprintf("density-%d", i)))
 		if err != nil {
 			return err
@@ -166,40 +169,58 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 	return nil
 }
 
+// listLatency times kubelet's list calls, one after another, end to end
+// (the client's decoding included). The target is of the three kubelet
+// relists every second; ListPodSandboxStats is shown beside them.
 func (s *suite) listLatency() *table {
 	t := table{head: []string{"call", "p50 ms", "p99 ms"}}
 	calls := []struct {
-		name string
-		call func() error
+		name   string
+		target bool
+		call   func() error
 	}{
-		{"ListPodSandbox", func() error {
+		{"ListPodSandbox", true, func() error {
 			_, err := s.client.RT.ListPodSandbox(s.ctx, &runtimeapi.ListPodSandboxRequest{})
 			return err
 		}},
-		{"ListContainers", func() error {
+		{"ListContainers", true, func() error {
 			_, err := s.client.RT.ListContainers(s.ctx, &runtimeapi.ListContainersRequest{})
 			return err
 		}},
-		{"ListContainerStats", func() error {
+		{"ListContainerStats", true, func() error {
 			_, err := s.client.RT.ListContainerStats(s.ctx, &runtimeapi.ListContainerStatsRequest{})
 			return err
 		}},
+		{"ListPodSandboxStats", false, func() error {
+			_, err := s.client.RT.ListPodSandboxStats(s.ctx, &runtimeapi.ListPodSandboxStatsRequest{})
+			return err
+		}},
 	}
-	worst := time.Duration(0)
+	worst, worstName, failed := time.Duration(0), "", false
 	for _, c := range calls {
 		var smp sample
-		for i := 0; i < n(200); i++ {
+		var err error
+		for i := 0; i < n(200) && err == nil; i++ {
 			start := time.Now()
-			if err := c.call(); err != nil {
-				t.add(c.name, "error: "+err.Error(), "")
-				break
+			if err = c.call(); err == nil {
+				smp = append(smp, time.Since(start))
 			}
-			smp = append(smp, time.Since(start))
+		}
+		if err != nil {
+			t.add(c.name, "error: "+err.Error(), "")
+			failed = failed || c.target
+			continue
 		}
 		t.add(c.name, ms(smp.p50()), ms(smp.p99()))
-		worst = max(worst, smp.p99())
+		if c.target && smp.p99() >= worst {
+			worst, worstName = smp.p99(), c.name
+		}
 	}
-	s.target(fmt.Sprintf("List* p99 < 5 ms at %d containers", *densityMax), ms(worst)+" ms (worst p99)", worst < 5*time.Millisecond)
+	measured := fmt.Sprintf("%s ms (worst p99, %s)", ms(worst), worstName)
+	if failed {
+		measured = "a list call failed"
+	}
+	s.target(fmt.Sprintf("ListPodSandbox, ListContainers, ListContainerStats p99 < 5 ms at %d containers", *densityMax), measured, !failed && worst < 5*time.Millisecond)
 	return &t
 }
 
