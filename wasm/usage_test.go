@@ -39,3 +39,43 @@ func TestUsageAgreesWithStats(t *testing.T) {
 		t.Errorf("after the end: Usage %v, Stats %v, last live reading %v", end.CPU, final.CPU, after.CPU)
 	}
 }
+
+// sleepHour sleeps in poll_oneoff an hour at a time, for ever.
+const sleepHour = `(module
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start")
+    (i32.store8 (i32.const 8) (i32.const 0))
+    (i32.store (i32.const 16) (i32.const 1))
+    (i64.store (i32.const 24) (i64.const 3600000000000))
+    (loop $again
+      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
+      (br $again))))`
+
+// An instance asleep in poll_oneoff keeps its CPU time, which Usage then
+// holds without reading the clock: it agrees with the clock (Stats). One
+// that wakes and sleeps again is read again.
+func TestUsageOfSleepingInstances(t *testing.T) {
+	r := newRuntime(t)
+	sleeper, _ := run(t, r, testmodule.Wat(t, sleepHour), Spec{Args: []string{"sleep"}})
+	pollUntil(t, 10*time.Second, "the sleeper's reading held", func() bool {
+		sleeper.Usage()
+		sleeper.mu.Lock()
+		defer sleeper.mu.Unlock()
+		return sleeper.asleep.held
+	})
+	if u, st := sleeper.Usage(), sleeper.Stats(); u.CPU != st.CPU || u.CPU == 0 {
+		t.Errorf("asleep: Usage %v, Stats %v", u.CPU, st.CPU)
+	}
+
+	ticker, out := run(t, r, testmodule.Hello(t), Spec{Args: []string{"hello", "sleep-forever"}})
+	waitOutput(t, &out.stdout, "tick 1")
+	first := ticker.Usage().CPU
+	waitOutput(t, &out.stdout, "tick 4")
+	if later := ticker.Usage().CPU; later <= first {
+		t.Errorf("a ticking instance's CPU time stayed at %v over three wakes (now %v)", first, later)
+	}
+	if u, st := ticker.Usage(), ticker.Stats(); u.CPU > st.CPU {
+		t.Errorf("ticking: Usage %v ahead of Stats %v", u.CPU, st.CPU)
+	}
+}
