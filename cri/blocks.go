@@ -1,10 +1,10 @@
 package cri
 
-// blocks hands out a listing's messages from arrays of them: at 1,000
-// containers a listing would otherwise make thousands of small objects
-// per call, each work for the allocator and then for the garbage
-// collector (which kubelet's every-second relists keep busy). The
-// messages are only ever used through their pointers, never copied.
+// blocks hands out a list call's values from arrays of them: at 1,000
+// containers a call would otherwise make thousands of small objects, each
+// work for the allocator and then for the garbage collector (which
+// kubelet's every-second relists keep busy). The values are only ever
+// used through their pointers, never copied.
 type blocks[T any] struct {
 	free []T
 	size int

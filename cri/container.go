@@ -47,22 +47,27 @@ func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCont
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }
 
-// ListContainers lists containers matching the filter.
+// ListContainers lists containers matching the filter. Each container's
+// entry is encoded once for each of its states (encoded.go).
 func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListContainersResponse{}
-	l := s.containerEntries.begin(f == nil)
+	p := s.containerEntries.begin(f == nil)
 	var err error
 	s.sandboxes.EachContainer(func(c *sandbox.Container) {
 		state := containerState(c.State)
 		if err != nil || !matchID(f.GetId(), c.ID) ||
 			!matchID(f.GetPodSandboxId(), c.SandboxID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
-			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) ||
-			l.cached(c.ID, int32(state)) {
+			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
 			return
 		}
-		err = l.add(c.ID, int32(state), &runtimeapi.Container{
+		if wire, ok := p.get(c.ID, int32(state)); ok {
+			p.wire = append(p.wire, wire...)
+			return
+		}
+		start := len(p.wire)
+		p.wire, err = appendEntry(p.wire, containersField, &runtimeapi.Container{
 			Id:           c.ID,
 			PodSandboxId: c.SandboxID,
 			Metadata:     c.Config.GetMetadata(),
@@ -74,13 +79,18 @@ func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContain
 			Labels:       c.Config.GetLabels(),
 			Annotations:  c.Config.GetAnnotations(),
 		})
+		if err == nil {
+			p.put(c.ID, int32(state), p.wire[start:])
+		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	l.end(resp)
+	p.end(resp)
 	return resp, nil
 }
+
+var containersField = field(&runtimeapi.ListContainersResponse{}, "containers")
 
 // ContainerStatus reports one container.
 func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {

@@ -9,126 +9,129 @@ import (
 	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
-// entryCache keeps, for each object a list call answers with, its entry in
-// the answer already encoded, for as long as what it lists stays the same.
-//
-// At 1,000 objects encoding is most of a list call's work: every field of
-// every message walked and every string copied from wherever it lies in
-// the heap. Kubelet lists every second and objects rarely change, so each
-// is encoded once (the kube-apiserver's watch cache serializes an object
-// once for all its watchers for the same reason). The answer carries the
-// entries as raw wire bytes in its unknown fields, which protobuf writes
-// out as they are: the client decodes exactly what encoding the messages
-// would have sent.
-type entryCache struct {
-	// field is the answer's repeated field the entries belong to.
-	field protowire.Number
+// Kubelet lists every sandbox and container, and their stats, every
+// second. At 1,000 containers encoding the answers is most of that work:
+// every field of every message walked, every string copied from wherever
+// it lies in the heap, and for the stats a dozen small messages per
+// container made for the purpose, then left to the garbage collector.
+// What an object lists rarely changes, so its encoding is kept (the
+// kube-apiserver's watch cache serializes an object once for all its
+// watchers for the same reason), and the stats' few changing numbers are
+// written straight to the wire (statswire.go). An answer carries these
+// bytes in its unknown fields, which protobuf writes out as they are: the
+// client decodes exactly what encoding the messages would have sent.
 
+// entryCache keeps each object's encoded bytes for as long as its version
+// (what of it may change, such as its state) stays the same.
+type entryCache struct {
 	mu   sync.Mutex
 	byID map[string]*encodedEntry
-	// gen counts the listings of every object: an entry none has seen since
-	// the one before is of an object that has gone.
+	// gen counts the passes over every object: an entry the last one did
+	// not see is of an object that has gone.
 	gen uint64
-	// size is the last such listing's, for the next to allocate at once.
+	// size is the last such pass's answer, for the next to allocate once.
 	size int
 }
 
 type encodedEntry struct {
-	// version is what may change of the object (its state): a different one
-	// makes the entry stale.
 	version int32
 	gen     uint64
-	wire    []byte // the field's tag, the length, the message
+	wire    []byte
 }
 
-// newEntryCache keeps the entries of resp's repeated message field.
-func newEntryCache(resp proto.Message, field protoreflect.Name) *entryCache {
-	fd := resp.ProtoReflect().Descriptor().Fields().ByName(field)
-	if fd == nil || !fd.IsList() || fd.Message() == nil {
-		panic(fmt.Sprintf("%T has no repeated message field %s", resp, field))
-	}
-	return &entryCache{field: fd.Number(), byID: map[string]*encodedEntry{}}
-}
+func newEntryCache() *entryCache { return &entryCache{byID: map[string]*encodedEntry{}} }
 
-// listing is one list call's use of the cache. A listing of every object
-// (no filter) keeps what it encodes and drops what it did not see; a
-// filtered one only reads, so that the cache holds no object that has gone.
-type listing struct {
+// pass is one list call's use of the cache. A pass over every object (no
+// filter) keeps what it encodes and forgets what it did not see; a
+// filtered one only reads, so that no entry outlives its object.
+type pass struct {
 	c    *entryCache
 	all  bool
 	gen  uint64
 	seen int
+	// wire is the answer's entries so far.
 	wire []byte
 }
 
-func (c *entryCache) begin(all bool) *listing {
-	l := &listing{c: c, all: all}
+func (c *entryCache) begin(all bool) *pass {
+	p := &pass{c: c, all: all}
 	if all {
 		c.mu.Lock()
 		c.gen++
-		l.gen = c.gen
-		l.wire = make([]byte, 0, c.size+c.size/8)
+		p.gen = c.gen
+		p.wire = make([]byte, 0, c.size+c.size/8)
 		c.mu.Unlock()
 	}
-	return l
+	return p
 }
 
-// cached adds the object's entry if the cache has it at this version, and
-// says whether it did; if not, the caller encodes it with add.
-func (l *listing) cached(id string, version int32) bool {
-	l.c.mu.Lock()
-	e := l.c.byID[id]
-	ok := e != nil && e.version == version
-	if ok {
-		l.wire = append(l.wire, e.wire...)
-		if l.all {
-			e.gen = l.gen
-			l.seen++
+// get returns the object's bytes if the cache has them at this version.
+func (p *pass) get(id string, version int32) ([]byte, bool) {
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	e := p.c.byID[id]
+	if e == nil || e.version != version {
+		return nil, false
+	}
+	if p.all {
+		e.gen = p.gen
+		p.seen++
+	}
+	return e.wire, true
+}
+
+// put keeps a copy of the object's bytes, when the pass is over every
+// object.
+func (p *pass) put(id string, version int32, wire []byte) {
+	if !p.all {
+		return
+	}
+	e := &encodedEntry{version: version, gen: p.gen, wire: append([]byte(nil), wire...)}
+	p.c.mu.Lock()
+	p.c.byID[id] = e
+	p.c.mu.Unlock()
+	p.seen++
+}
+
+// end puts the entries into resp, and finishes.
+func (p *pass) end(resp proto.Message) {
+	resp.ProtoReflect().SetUnknown(p.wire)
+	p.finish()
+}
+
+// finish forgets the objects that have gone.
+func (p *pass) finish() {
+	if !p.all {
+		return
+	}
+	p.c.mu.Lock()
+	defer p.c.mu.Unlock()
+	p.c.size = len(p.wire)
+	if p.seen == len(p.c.byID) {
+		return
+	}
+	for id, e := range p.c.byID {
+		// Not seen: gone, or come since this pass began (encoded again by
+		// the next).
+		if e.gen < p.gen {
+			delete(p.c.byID, id)
 		}
 	}
-	l.c.mu.Unlock()
-	return ok
 }
 
-// add encodes the object's message into the answer, keeping it when the
-// listing is of every object.
-func (l *listing) add(id string, version int32, m proto.Message) error {
-	start := len(l.wire)
-	b := protowire.AppendTag(l.wire, l.c.field, protowire.BytesType)
+// appendEntry appends m as field f of its parent message.
+func appendEntry(b []byte, f protowire.Number, m proto.Message) ([]byte, error) {
+	b = protowire.AppendTag(b, f, protowire.BytesType)
 	b = protowire.AppendVarint(b, uint64(proto.Size(m)))
 	// The sizes were just computed, and nothing changes m meanwhile.
-	b, err := proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, m)
-	if err != nil {
-		return err
-	}
-	l.wire = b
-	if l.all {
-		e := &encodedEntry{version: version, gen: l.gen, wire: append([]byte(nil), b[start:]...)}
-		l.c.mu.Lock()
-		l.c.byID[id] = e
-		l.c.mu.Unlock()
-		l.seen++
-	}
-	return nil
+	return proto.MarshalOptions{UseCachedSize: true}.MarshalAppend(b, m)
 }
 
-// end puts the entries into resp, and forgets the objects that have gone.
-func (l *listing) end(resp proto.Message) {
-	resp.ProtoReflect().SetUnknown(l.wire)
-	if !l.all {
-		return
+// field is the number of m's field called name.
+func field(m proto.Message, name protoreflect.Name) protowire.Number {
+	fd := m.ProtoReflect().Descriptor().Fields().ByName(name)
+	if fd == nil {
+		panic(fmt.Sprintf("%T has no field %s", m, name))
 	}
-	l.c.mu.Lock()
-	defer l.c.mu.Unlock()
-	l.c.size = len(l.wire)
-	if l.seen == len(l.c.byID) {
-		return
-	}
-	for id, e := range l.c.byID {
-		// Not seen: gone, or come since this listing began (encoded again
-		// by the next).
-		if e.gen < l.gen {
-			delete(l.c.byID, id)
-		}
-	}
+	return fd.Number()
 }

@@ -11,7 +11,7 @@ import (
 // entry follows its object's version; objects gone are forgotten, and a
 // filtered listing keeps nothing.
 func TestEntryCache(t *testing.T) {
-	c := newEntryCache(&runtimeapi.ListPodSandboxResponse{}, "items")
+	c := newEntryCache()
 	pod := func(id string, state runtimeapi.PodSandboxState) *runtimeapi.PodSandbox {
 		return &runtimeapi.PodSandbox{Id: id, State: state, CreatedAt: 42, RuntimeHandler: "wasmtime",
 			Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod-" + id, Namespace: "ns", Uid: id, Attempt: 1},
@@ -21,17 +21,22 @@ func TestEntryCache(t *testing.T) {
 	// client would.
 	list := func(all bool, pods ...*runtimeapi.PodSandbox) (encoded int, got *runtimeapi.ListPodSandboxResponse) {
 		t.Helper()
-		l := c.begin(all)
+		ps := c.begin(all)
 		for _, p := range pods {
-			if !l.cached(p.Id, int32(p.State)) {
-				encoded++
-				if err := l.add(p.Id, int32(p.State), p); err != nil {
-					t.Fatal(err)
-				}
+			if wire, ok := ps.get(p.Id, int32(p.State)); ok {
+				ps.wire = append(ps.wire, wire...)
+				continue
 			}
+			encoded++
+			start := len(ps.wire)
+			var err error
+			if ps.wire, err = appendEntry(ps.wire, sandboxItemsField, p); err != nil {
+				t.Fatal(err)
+			}
+			ps.put(p.Id, int32(p.State), ps.wire[start:])
 		}
 		resp := &runtimeapi.ListPodSandboxResponse{}
-		l.end(resp)
+		ps.end(resp)
 		b, err := proto.Marshal(resp)
 		if err != nil {
 			t.Fatal(err)

@@ -75,21 +75,26 @@ func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 	}
 }
 
-// ListPodSandbox lists sandboxes matching the filter.
+// ListPodSandbox lists sandboxes matching the filter. Each sandbox's
+// entry is encoded once for each of its states (encoded.go).
 func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxResponse{}
-	l := s.sandboxEntries.begin(f == nil)
+	p := s.sandboxEntries.begin(f == nil)
 	var err error
 	s.sandboxes.EachSandbox(func(sb *sandbox.Sandbox) {
 		state := sandboxState(sb.State)
 		if err != nil || !matchID(f.GetId(), sb.ID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
-			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) ||
-			l.cached(sb.ID, int32(state)) {
+			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
 			return
 		}
-		err = l.add(sb.ID, int32(state), &runtimeapi.PodSandbox{
+		if wire, ok := p.get(sb.ID, int32(state)); ok {
+			p.wire = append(p.wire, wire...)
+			return
+		}
+		start := len(p.wire)
+		p.wire, err = appendEntry(p.wire, sandboxItemsField, &runtimeapi.PodSandbox{
 			Id:             sb.ID,
 			Metadata:       sb.Config.GetMetadata(),
 			State:          state,
@@ -98,13 +103,18 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSand
 			Annotations:    sb.Config.GetAnnotations(),
 			RuntimeHandler: sb.RuntimeHandler,
 		})
+		if err == nil {
+			p.put(sb.ID, int32(state), p.wire[start:])
+		}
 	})
 	if err != nil {
 		return nil, err
 	}
-	l.end(resp)
+	p.end(resp)
 	return resp, nil
 }
+
+var sandboxItemsField = field(&runtimeapi.ListPodSandboxResponse{}, "items")
 
 func sandboxState(s sandbox.SandboxState) runtimeapi.PodSandboxState {
 	if s == sandbox.SandboxReady {

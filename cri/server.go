@@ -42,8 +42,10 @@ type Server struct {
 	log       *slog.Logger
 
 	// sandboxEntries and containerEntries keep ListPodSandbox's and
-	// ListContainers' entries encoded.
-	sandboxEntries, containerEntries *entryCache
+	// ListContainers' entries encoded; sandboxAttributes and
+	// containerAttributes the objects' attributes in the stats calls.
+	sandboxEntries, containerEntries       *entryCache
+	sandboxAttributes, containerAttributes *entryCache
 }
 
 // NewServer translates CRI calls onto the given sandbox manager, image
@@ -53,8 +55,8 @@ func NewServer(sandboxes *sandbox.Manager, images *image.Service, streams *Strea
 		log = slog.Default()
 	}
 	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log,
-		sandboxEntries:   newEntryCache(&runtimeapi.ListPodSandboxResponse{}, "items"),
-		containerEntries: newEntryCache(&runtimeapi.ListContainersResponse{}, "containers")}
+		sandboxEntries: newEntryCache(), containerEntries: newEntryCache(),
+		sandboxAttributes: newEntryCache(), containerAttributes: newEntryCache()}
 }
 
 // Register adds both CRI services to a gRPC server.

@@ -17,72 +17,48 @@ func (s *Server) ContainerStats(ctx context.Context, req *runtimeapi.ContainerSt
 	if err != nil {
 		return nil, err
 	}
-	return &runtimeapi.ContainerStatsResponse{Stats: criContainerStats(new(statsMsgs), &c, &st)}, nil
-}
-
-// ListContainerStats reports the containers matching the filter.
-func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
-	f := req.GetFilter()
-	resp := &runtimeapi.ListContainerStatsResponse{}
-	var msgs blocks[statsMsgs]
-	s.sandboxes.EachContainerStats(func(c *sandbox.Container) bool {
-		return matchID(f.GetId(), c.ID) && matchID(f.GetPodSandboxId(), c.SandboxID) && matchLabels(f.GetLabelSelector(), c.Config.GetLabels())
-	}, func(c *sandbox.Container, st *sandbox.Stats) {
-		resp.Stats = append(resp.Stats, criContainerStats(msgs.next(), c, st))
-	})
+	attrs, err := containerAttributes(&c)
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.ContainerStatsResponse{}
+	resp.ProtoReflect().SetUnknown(appendContainerStats(nil, containerStatsField, attrs, &c, &st))
 	return resp, nil
 }
 
-// statsMsgs are the messages of one container's stats, allocated
-// together.
-type statsMsgs struct {
-	stats  runtimeapi.ContainerStats
-	attrs  runtimeapi.ContainerAttributes
-	cpu    runtimeapi.CpuUsage
-	memory runtimeapi.MemoryUsage
-	fs     runtimeapi.FilesystemUsage
-	fsID   runtimeapi.FilesystemIdentifier
-	values [8]runtimeapi.UInt64Value
+// ListContainerStats reports the containers matching the filter, written
+// straight to the wire (statswire.go).
+func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
+	f := req.GetFilter()
+	resp := &runtimeapi.ListContainerStatsResponse{}
+	p := s.containerAttributes.begin(f == nil)
+	var err error
+	s.sandboxes.EachContainerStats(func(c *sandbox.Container) bool {
+		return err == nil && matchID(f.GetId(), c.ID) && matchID(f.GetPodSandboxId(), c.SandboxID) && matchLabels(f.GetLabelSelector(), c.Config.GetLabels())
+	}, func(c *sandbox.Container, st *sandbox.Stats) {
+		var attrs []byte
+		if attrs, err = attributes(p, c.ID, func() ([]byte, error) { return containerAttributes(c) }); err == nil {
+			p.wire = appendContainerStats(p.wire, listStatsField, attrs, c, st)
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.end(resp)
+	return resp, nil
 }
 
-// criContainerStats fills in m with the container's figures.
-func criContainerStats(m *statsMsgs, c *sandbox.Container, st *sandbox.Stats) *runtimeapi.ContainerStats {
-	ts := st.Timestamp.UnixNano()
-	v := m.values[:0]
-	value := func(n uint64) *runtimeapi.UInt64Value {
-		v = append(v, runtimeapi.UInt64Value{Value: n})
-		return &v[len(v)-1]
+// attributes are an object's encoded attributes, from the cache or made
+// now.
+func attributes(p *pass, id string, make func() ([]byte, error)) ([]byte, error) {
+	if b, ok := p.get(id, 0); ok {
+		return b, nil
 	}
-	mem := uint64(st.MemoryBytes)
-	m.memory = runtimeapi.MemoryUsage{
-		Timestamp:       ts,
-		WorkingSetBytes: value(mem),
-		UsageBytes:      value(mem),
-		RssBytes:        value(mem),
+	b, err := make()
+	if err == nil {
+		p.put(id, 0, b)
 	}
-	if limit := c.Resources.MemoryLimitBytes; limit > 0 {
-		m.memory.AvailableBytes = value(uint64(max(limit-st.MemoryBytes, 0)))
-	}
-	m.attrs = runtimeapi.ContainerAttributes{
-		Id:          c.ID,
-		Metadata:    c.Config.GetMetadata(),
-		Labels:      c.Config.GetLabels(),
-		Annotations: c.Config.GetAnnotations(),
-	}
-	m.cpu = runtimeapi.CpuUsage{
-		Timestamp:            ts,
-		UsageCoreNanoSeconds: value(uint64(st.CPU)),
-		UsageNanoCores:       value(st.NanoCores),
-	}
-	m.fsID = runtimeapi.FilesystemIdentifier{Mountpoint: st.RootDir}
-	m.fs = runtimeapi.FilesystemUsage{
-		Timestamp:  ts,
-		FsId:       &m.fsID,
-		UsedBytes:  value(st.WritableBytes + st.LogBytes),
-		InodesUsed: value(st.WritableInodes),
-	}
-	m.stats = runtimeapi.ContainerStats{Attributes: &m.attrs, Cpu: &m.cpu, Memory: &m.memory, WritableLayer: &m.fs}
-	return &m.stats
+	return b, err
 }
 
 // PodSandboxStats reports a sandbox: the sum of its containers, and each.
@@ -91,86 +67,64 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbox
 	if err != nil {
 		return nil, err
 	}
-	pods := s.podContainerStats(func(c *sandbox.Container) bool { return c.SandboxID == sb.ID })
-	return &runtimeapi.PodSandboxStatsResponse{Stats: sandboxStats(&sb, pods[sb.ID])}, nil
+	pods, err := s.podSums(false, func(c *sandbox.Container) bool { return c.SandboxID == sb.ID })
+	if err != nil {
+		return nil, err
+	}
+	attrs, err := sandboxAttributes(&sb)
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.PodSandboxStatsResponse{}
+	resp.ProtoReflect().SetUnknown(appendPodStats(nil, podStatsField, attrs, pods[sb.ID]))
+	return resp, nil
 }
 
 // ListPodSandboxStats reports the sandboxes matching the filter.
 func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxStatsResponse{}
-	pods := s.podContainerStats(func(*sandbox.Container) bool { return true })
+	pods, err := s.podSums(true, func(*sandbox.Container) bool { return true })
+	if err != nil {
+		return nil, err
+	}
+	p := s.sandboxAttributes.begin(f == nil)
 	s.sandboxes.EachSandbox(func(sb *sandbox.Sandbox) {
-		if matchID(f.GetId(), sb.ID) && matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
-			resp.Stats = append(resp.Stats, sandboxStats(sb, pods[sb.ID]))
+		if err != nil || !matchID(f.GetId(), sb.ID) || !matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
+			return
+		}
+		var attrs []byte
+		if attrs, err = attributes(p, sb.ID, func() ([]byte, error) { return sandboxAttributes(sb) }); err == nil {
+			p.wire = appendPodStats(p.wire, listPodStatsField, attrs, pods[sb.ID])
 		}
 	})
+	if err != nil {
+		return nil, err
+	}
+	p.end(resp)
 	return resp, nil
 }
 
-// podContainers are a sandbox's containers' stats, and how many of them
-// run.
-type podContainers struct {
-	stats   []*runtimeapi.ContainerStats
-	running uint64
-}
-
-// podContainerStats measures every container keep accepts once, grouped
-// by sandbox.
-func (s *Server) podContainerStats(keep func(*sandbox.Container) bool) map[string]*podContainers {
-	by := map[string]*podContainers{}
-	var msgs blocks[statsMsgs]
-	var pods blocks[podContainers]
-	s.sandboxes.EachContainerStats(keep, func(c *sandbox.Container, st *sandbox.Stats) {
-		p := by[c.SandboxID]
-		if p == nil {
-			p = pods.next()
-			by[c.SandboxID] = p
+// podSums measures every container keep accepts once, adding them up by
+// sandbox; all says keep accepts every container.
+func (s *Server) podSums(all bool, keep func(*sandbox.Container) bool) (map[string]*podSums, error) {
+	by := map[string]*podSums{}
+	var sums blocks[podSums]
+	var err error
+	p := s.containerAttributes.begin(all)
+	defer p.finish()
+	s.sandboxes.EachContainerStats(func(c *sandbox.Container) bool { return err == nil && keep(c) }, func(c *sandbox.Container, st *sandbox.Stats) {
+		var attrs []byte
+		if attrs, err = attributes(p, c.ID, func() ([]byte, error) { return containerAttributes(c) }); err != nil {
+			return
 		}
-		p.stats = append(p.stats, criContainerStats(msgs.next(), c, st))
-		if c.State == sandbox.ContainerRunning {
-			p.running++
+		sum := by[c.SandboxID]
+		if sum == nil {
+			sum = sums.next()
+			by[c.SandboxID] = sum
 		}
+		sum.add(c, st)
+		sum.containers = appendContainerStats(sum.containers, linuxContainers, attrs, c, st)
 	})
-	return by
-}
-
-// sandboxMsgs are the messages of one sandbox's stats, allocated
-// together.
-type sandboxMsgs struct {
-	stats   runtimeapi.PodSandboxStats
-	attrs   runtimeapi.PodSandboxAttributes
-	linux   runtimeapi.LinuxPodSandboxStats
-	cpu     runtimeapi.CpuUsage
-	memory  runtimeapi.MemoryUsage
-	process runtimeapi.ProcessUsage
-	values  [5]runtimeapi.UInt64Value
-}
-
-func sandboxStats(sb *sandbox.Sandbox, pod *podContainers) *runtimeapi.PodSandboxStats {
-	if pod == nil {
-		pod = &podContainers{}
-	}
-	m := new(sandboxMsgs)
-	var cpu, nanoCores, mem uint64
-	var ts int64
-	for _, st := range pod.stats {
-		cpu += st.Cpu.UsageCoreNanoSeconds.Value
-		nanoCores += st.Cpu.UsageNanoCores.Value
-		mem += st.Memory.WorkingSetBytes.Value
-		ts = max(ts, st.Cpu.Timestamp)
-	}
-	m.values = [5]runtimeapi.UInt64Value{{Value: cpu}, {Value: nanoCores}, {Value: mem}, {Value: mem}, {Value: pod.running}}
-	m.cpu = runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &m.values[0], UsageNanoCores: &m.values[1]}
-	m.memory = runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &m.values[2], UsageBytes: &m.values[3]}
-	m.process = runtimeapi.ProcessUsage{Timestamp: ts, ProcessCount: &m.values[4]}
-	m.linux = runtimeapi.LinuxPodSandboxStats{Cpu: &m.cpu, Memory: &m.memory, Process: &m.process, Containers: pod.stats}
-	m.attrs = runtimeapi.PodSandboxAttributes{
-		Id:          sb.ID,
-		Metadata:    sb.Config.GetMetadata(),
-		Labels:      sb.Config.GetLabels(),
-		Annotations: sb.Config.GetAnnotations(),
-	}
-	m.stats = runtimeapi.PodSandboxStats{Attributes: &m.attrs, Linux: &m.linux}
-	return &m.stats
+	return by, err
 }
