@@ -70,6 +70,9 @@ func (m *Manager) eachStats(keep func(*Container) bool, detailed bool, fn func(*
 	// measured now.
 	uses := m.diskUses(all)
 	now := time.Now()
+	// One Stats for all: fn keeps no pointer, and one per container would
+	// each go to the heap.
+	var st Stats
 	for i, c := range all {
 		func() {
 			c.mu.Lock()
@@ -77,7 +80,7 @@ func (m *Manager) eachStats(keep func(*Container) bool, detailed bool, fn func(*
 			if c.removed || !keep(&c.Container) {
 				return
 			}
-			st := m.statsLocked(c, now, detailed)
+			st = m.statsLocked(c, now, detailed)
 			uses[i].fill(&st)
 			fn(&c.Container, &st)
 		}()
