@@ -96,6 +96,11 @@ func (p *pass) put(id string, version int32, wire []byte) {
 // end puts the entries into resp, and finishes.
 func (p *pass) end(resp proto.Message) {
 	resp.ProtoReflect().SetUnknown(p.wire)
+	if p.all {
+		p.c.mu.Lock()
+		p.c.size = len(p.wire)
+		p.c.mu.Unlock()
+	}
 	p.finish()
 }
 
@@ -106,7 +111,6 @@ func (p *pass) finish() {
 	}
 	p.c.mu.Lock()
 	defer p.c.mu.Unlock()
-	p.c.size = len(p.wire)
 	if p.seen == len(p.c.byID) {
 		return
 	}

@@ -1,6 +1,8 @@
 package cri
 
 import (
+	"encoding/binary"
+
 	"github.com/wasmcri/wasmcri/sandbox"
 	"google.golang.org/protobuf/encoding/protowire"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
@@ -79,29 +81,26 @@ func sandboxAttributes(sb *sandbox.Sandbox) ([]byte, error) {
 func appendContainerStats(b []byte, f protowire.Number, attrs []byte, c *sandbox.Container, st *sandbox.Stats) []byte {
 	ts := st.Timestamp.UnixNano()
 	mem := uint64(st.MemoryBytes)
-	return appendMessage(b, f, func(b []byte) []byte {
-		b = append(b, attrs...)
-		b = appendMessage(b, csCPU, func(b []byte) []byte {
-			b = appendInt64(b, cpuTimestamp, ts)
-			b = appendUInt64Value(b, cpuCoreNanos, uint64(st.CPU))
-			return appendUInt64Value(b, cpuNanoCores, st.NanoCores)
-		})
-		b = appendMessage(b, csMemory, func(b []byte) []byte {
-			b = appendInt64(b, memTimestamp, ts)
-			b = appendUInt64Value(b, memWorkingSet, mem)
-			if limit := c.Resources.MemoryLimitBytes; limit > 0 {
-				b = appendUInt64Value(b, memAvailable, uint64(max(limit-st.MemoryBytes, 0)))
-			}
-			b = appendUInt64Value(b, memUsage, mem)
-			return appendUInt64Value(b, memRSS, mem)
-		})
-		return appendMessage(b, csWritable, func(b []byte) []byte {
-			b = appendInt64(b, fsTimestamp, ts)
-			b = appendMessage(b, fsID, func(b []byte) []byte { return appendString(b, fsMountpoint, st.RootDir) })
-			b = appendUInt64Value(b, fsUsed, st.WritableBytes+st.LogBytes)
-			return appendUInt64Value(b, fsInodes, st.WritableInodes)
-		})
-	})
+	var scratch [512]byte
+	u, cpu := openMessage(scratch[:0], csCPU)
+	u = appendInt64(u, cpuTimestamp, ts)
+	u = appendUInt64Value(u, cpuCoreNanos, uint64(st.CPU))
+	u = appendUInt64Value(u, cpuNanoCores, st.NanoCores)
+	u, memory := openMessage(closeMessage(u, cpu), csMemory)
+	u = appendInt64(u, memTimestamp, ts)
+	u = appendUInt64Value(u, memWorkingSet, mem)
+	if limit := c.Resources.MemoryLimitBytes; limit > 0 {
+		u = appendUInt64Value(u, memAvailable, uint64(max(limit-st.MemoryBytes, 0)))
+	}
+	u = appendUInt64Value(u, memUsage, mem)
+	u = appendUInt64Value(u, memRSS, mem)
+	u, fs := openMessage(closeMessage(u, memory), csWritable)
+	u = appendInt64(u, fsTimestamp, ts)
+	u, id := openMessage(u, fsID)
+	u = closeMessage(appendString(u, fsMountpoint, st.RootDir), id)
+	u = appendUInt64Value(u, fsUsed, st.WritableBytes+st.LogBytes)
+	u = appendUInt64Value(u, fsInodes, st.WritableInodes)
+	return appendParts(b, f, attrs, closeMessage(u, fs))
 }
 
 // podSums are a sandbox's containers' figures added up, and their stats
@@ -129,35 +128,50 @@ func appendPodStats(b []byte, f protowire.Number, attrs []byte, p *podSums) []by
 	if p == nil {
 		p = &podSums{}
 	}
-	return appendMessage(b, f, func(b []byte) []byte {
-		b = append(b, attrs...)
-		return appendMessage(b, psLinux, func(b []byte) []byte {
-			b = appendMessage(b, linuxCPU, func(b []byte) []byte {
-				b = appendInt64(b, cpuTimestamp, p.timestamp)
-				b = appendUInt64Value(b, cpuCoreNanos, p.cpu)
-				return appendUInt64Value(b, cpuNanoCores, p.nanoCores)
-			})
-			b = appendMessage(b, linuxMemory, func(b []byte) []byte {
-				b = appendInt64(b, memTimestamp, p.timestamp)
-				b = appendUInt64Value(b, memWorkingSet, p.memory)
-				return appendUInt64Value(b, memUsage, p.memory)
-			})
-			b = appendMessage(b, linuxProcess, func(b []byte) []byte {
-				b = appendInt64(b, processTimestamp, p.timestamp)
-				return appendUInt64Value(b, processCount, p.running)
-			})
-			return append(b, p.containers...)
-		})
-	})
+	var scratch [256]byte
+	s, cpu := openMessage(scratch[:0], linuxCPU)
+	s = appendInt64(s, cpuTimestamp, p.timestamp)
+	s = appendUInt64Value(s, cpuCoreNanos, p.cpu)
+	s = appendUInt64Value(s, cpuNanoCores, p.nanoCores)
+	s, memory := openMessage(closeMessage(s, cpu), linuxMemory)
+	s = appendInt64(s, memTimestamp, p.timestamp)
+	s = appendUInt64Value(s, memWorkingSet, p.memory)
+	s = appendUInt64Value(s, memUsage, p.memory)
+	s, process := openMessage(closeMessage(s, memory), linuxProcess)
+	s = appendInt64(s, processTimestamp, p.timestamp)
+	s = closeMessage(appendUInt64Value(s, processCount, p.running), process)
+	var head [2 * binary.MaxVarintLen64]byte
+	linux := protowire.AppendTag(head[:0], psLinux, protowire.BytesType)
+	linux = protowire.AppendVarint(linux, uint64(len(s)+len(p.containers)))
+	return appendParts(b, f, attrs, linux, s, p.containers)
 }
 
-// appendMessage appends field f holding the message body writes.
-func appendMessage(b []byte, f protowire.Number, body func([]byte) []byte) []byte {
+// appendParts appends field f holding a message made of parts, laid end
+// to end: large parts are written once, where closeMessage would move them
+// along to make room for the length.
+func appendParts(b []byte, f protowire.Number, parts ...[]byte) []byte {
+	n := 0
+	for _, p := range parts {
+		n += len(p)
+	}
+	b = protowire.AppendVarint(protowire.AppendTag(b, f, protowire.BytesType), uint64(n))
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	return b
+}
+
+// openMessage appends the tag of field f, a message, whose fields follow;
+// closeMessage, given what openMessage returned, puts the message's length
+// before them.
+func openMessage(b []byte, f protowire.Number) ([]byte, int) {
 	b = protowire.AppendTag(b, f, protowire.BytesType)
-	at := len(b)
-	b = body(b)
+	return b, len(b)
+}
+
+func closeMessage(b []byte, at int) []byte {
 	n := uint64(len(b) - at)
-	// The length goes before the body: make room for it, move the body on.
+	// Make room for the length and move the fields on: they are few.
 	w := protowire.SizeVarint(n)
 	b = append(b, make([]byte, w)...)
 	copy(b[at+w:], b[at:len(b)-w])
