@@ -40,24 +40,12 @@ func TestUsageAgreesWithStats(t *testing.T) {
 	}
 }
 
-// sleepHour sleeps in poll_oneoff an hour at a time, for ever.
-const sleepHour = `(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 3600000000000))
-    (loop $again
-      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
-      (br $again))))`
-
 // An instance asleep in poll_oneoff keeps its CPU time, which Usage then
 // holds without reading the clock: it agrees with the clock (Stats). One
 // that wakes and sleeps again is read again.
 func TestUsageOfSleepingInstances(t *testing.T) {
 	r := newRuntime(t)
-	sleeper, _ := run(t, r, testmodule.Wat(t, sleepHour), Spec{Args: []string{"sleep"}})
+	sleeper, _ := run(t, r, testmodule.Wat(t, testmodule.SleepHour), Spec{Args: []string{"sleep"}})
 	pollUntil(t, 10*time.Second, "the sleeper's reading held", func() bool {
 		sleeper.Usage()
 		sleeper.mu.Lock()
