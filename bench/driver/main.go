@@ -351,6 +351,17 @@ func (s *suite) coldPods(module []byte, iterations int) (podResult, error) {
 
 // profile takes a CPU profile of the daemon while it starts tiny pods.
 func (s *suite) profile(ref string) string {
+	return s.profileWhile(false, func() {
+		if t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Wait: true, LogDirectory: s.logs}); err == nil {
+			s.client.RemovePod(s.ctx, t.SandboxID)
+		}
+	})
+}
+
+// profileWhile takes a 3s CPU profile of the daemon while load runs over
+// and over, and returns its top entries, by their own time or with their
+// callees' (cum).
+func (s *suite) profileWhile(cum bool, load func()) string {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -362,9 +373,7 @@ func (s *suite) profile(ref string) string {
 				return
 			default:
 			}
-			if t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Wait: true, LogDirectory: s.logs}); err == nil {
-				s.client.RemovePod(s.ctx, t.SandboxID)
-			}
+			load()
 		}
 	}()
 	defer func() { close(stop); wg.Wait() }()
@@ -377,7 +386,13 @@ func (s *suite) profile(ref string) string {
 	f, _ := os.Create(prof)
 	io.Copy(f, resp.Body)
 	f.Close()
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=20", *wasmcriBin, prof).Output()
+	args := []string{"tool", "pprof", "-top", "-nodecount=20"}
+	if cum {
+		// By time with callees; the layers every call passes through
+		// (gRPC's, the handlers' wrappers) would fill the top otherwise.
+		args = append(args, "-nodecount=25", "-cum", `-hide=^google\.golang\.org/grpc\.|_Handler|recoverUnary|unaryInterceptor|runtime\.(systemstack|mcall|goexit)`)
+	}
+	out, err := exec.Command("go", append(args, *wasmcriBin, prof)...).Output()
 	if err != nil {
 		return "pprof failed: " + err.Error() + "\n"
 	}

@@ -98,6 +98,7 @@ func (s *suite) concurrency(sleepModule []byte) error {
 func (s *suite) density(sleepModule, goModule []byte) error {
 	t := table{head: []string{"idle pods", "module", "time per pod start ms", "daemon RSS before MiB", "after MiB", "RSS per pod KiB", "threads per pod"}}
 	var lists *table
+	var statsProfile string
 	runs := []struct {
 		name   string
 		module []byte
@@ -153,6 +154,9 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 			fmt.Sprintf("%.0f", perPod), fmt.Sprintf("%.2f", float64(th-th0)/float64(r.count)))
 		if r.lists {
 			lists = sub.listLatency()
+			statsProfile = sub.profileWhile(true, func() {
+				sub.client.RT.ListContainerStats(sub.ctx, &runtimeapi.ListContainerStatsRequest{})
+			})
 			sub.target("≤ 1 MiB daemon RSS per idle running tiny pod", fmt.Sprintf("%.0f KiB", perPod), perPod <= 1024)
 			sub.target(fmt.Sprintf("%d running pods on one node", r.count), fmt.Sprintf("%d running, started in %s ms each", r.count, ms(took/time.Duration(r.count))), r.count >= 1000)
 			main.targets = sub.targets
@@ -166,6 +170,9 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 		text += fmt.Sprintf("\nList latency with %d containers (kubelet relists every second):\n\n", *densityMax) + lists.String()
 	}
 	s.section("Density: idle long-running pods", text)
+	if statsProfile != "" {
+		s.section(fmt.Sprintf("CPU profile of the daemon during ListContainerStats at %d containers (top entries with their callees, gRPC's layers hidden)", *densityMax), "```\n"+statsProfile+"```\n")
+	}
 	return nil
 }
 
