@@ -62,7 +62,7 @@ func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContain
 			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
 			return
 		}
-		if wire, ok := p.get(c.ID, int32(state)); ok {
+		if wire, ok := p.get(c, int32(state)); ok {
 			p.wire = append(p.wire, wire...)
 			return
 		}
@@ -80,7 +80,7 @@ func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContain
 			Annotations:  c.Config.GetAnnotations(),
 		})
 		if err == nil {
-			p.put(c.ID, int32(state), p.wire[start:])
+			p.put(c, int32(state), p.wire[start:])
 		}
 	})
 	if err != nil {

@@ -11,7 +11,7 @@ import (
 // entry follows its object's version; objects gone are forgotten, and a
 // filtered listing keeps nothing.
 func TestEntryCache(t *testing.T) {
-	c := newEntryCache()
+	c := newEntryCache[string]()
 	pod := func(id string, state runtimeapi.PodSandboxState) *runtimeapi.PodSandbox {
 		return &runtimeapi.PodSandbox{Id: id, State: state, CreatedAt: 42, RuntimeHandler: "wasmtime",
 			Metadata: &runtimeapi.PodSandboxMetadata{Name: "pod-" + id, Namespace: "ns", Uid: id, Attempt: 1},

@@ -89,7 +89,7 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSand
 			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
 			return
 		}
-		if wire, ok := p.get(sb.ID, int32(state)); ok {
+		if wire, ok := p.get(sb, int32(state)); ok {
 			p.wire = append(p.wire, wire...)
 			return
 		}
@@ -104,7 +104,7 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSand
 			RuntimeHandler: sb.RuntimeHandler,
 		})
 		if err == nil {
-			p.put(sb.ID, int32(state), p.wire[start:])
+			p.put(sb, int32(state), p.wire[start:])
 		}
 	})
 	if err != nil {

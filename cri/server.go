@@ -44,8 +44,8 @@ type Server struct {
 	// sandboxEntries and containerEntries keep ListPodSandbox's and
 	// ListContainers' entries encoded; sandboxAttributes and
 	// containerAttributes the objects' attributes in the stats calls.
-	sandboxEntries, containerEntries       *entryCache
-	sandboxAttributes, containerAttributes *entryCache
+	sandboxEntries, sandboxAttributes     *entryCache[*sandbox.Sandbox]
+	containerEntries, containerAttributes *entryCache[*sandbox.Container]
 }
 
 // NewServer translates CRI calls onto the given sandbox manager, image
@@ -55,8 +55,8 @@ func NewServer(sandboxes *sandbox.Manager, images *image.Service, streams *Strea
 		log = slog.Default()
 	}
 	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log,
-		sandboxEntries: newEntryCache(), containerEntries: newEntryCache(),
-		sandboxAttributes: newEntryCache(), containerAttributes: newEntryCache()}
+		sandboxEntries: newEntryCache[*sandbox.Sandbox](), sandboxAttributes: newEntryCache[*sandbox.Sandbox](),
+		containerEntries: newEntryCache[*sandbox.Container](), containerAttributes: newEntryCache[*sandbox.Container]()}
 }
 
 // Register adds both CRI services to a gRPC server.

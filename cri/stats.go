@@ -37,7 +37,7 @@ func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListCon
 		return err == nil && matchID(f.GetId(), c.ID) && matchID(f.GetPodSandboxId(), c.SandboxID) && matchLabels(f.GetLabelSelector(), c.Config.GetLabels())
 	}, func(c *sandbox.Container, st *sandbox.Stats) {
 		var attrs []byte
-		if attrs, err = attributes(p, c.ID, func() ([]byte, error) { return containerAttributes(c) }); err == nil {
+		if attrs, err = attributes(p, c, func() ([]byte, error) { return containerAttributes(c) }); err == nil {
 			p.wire = appendContainerStats(p.wire, listStatsField, attrs, c, st)
 		}
 	})
@@ -50,7 +50,7 @@ func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListCon
 
 // attributes are an object's encoded attributes, from the cache or made
 // now.
-func attributes(p *pass, id string, make func() ([]byte, error)) ([]byte, error) {
+func attributes[K comparable](p *pass[K], id K, make func() ([]byte, error)) ([]byte, error) {
 	if b, ok := p.get(id, 0); ok {
 		return b, nil
 	}
@@ -94,7 +94,7 @@ func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPo
 			return
 		}
 		var attrs []byte
-		if attrs, err = attributes(p, sb.ID, func() ([]byte, error) { return sandboxAttributes(sb) }); err == nil {
+		if attrs, err = attributes(p, sb, func() ([]byte, error) { return sandboxAttributes(sb) }); err == nil {
 			p.wire = appendPodStats(p.wire, listPodStatsField, attrs, pods[sb.ID])
 		}
 	})
@@ -115,7 +115,7 @@ func (s *Server) podSums(all bool, keep func(*sandbox.Container) bool) (map[stri
 	defer p.finish()
 	s.sandboxes.EachContainerStats(func(c *sandbox.Container) bool { return err == nil && keep(c) }, func(c *sandbox.Container, st *sandbox.Stats) {
 		var attrs []byte
-		if attrs, err = attributes(p, c.ID, func() ([]byte, error) { return containerAttributes(c) }); err != nil {
+		if attrs, err = attributes(p, c, func() ([]byte, error) { return containerAttributes(c) }); err != nil {
 			return
 		}
 		sum := by[c.SandboxID]
