@@ -48,7 +48,8 @@ func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCont
 }
 
 // ListContainers lists containers matching the filter. Each container's
-// entry is encoded once for each of its states (encoded.go).
+// entry is encoded once for each state it is in (encoded.go): all else it
+// lists is fixed at its creation.
 func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListContainersResponse{}

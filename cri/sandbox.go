@@ -76,7 +76,8 @@ func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 }
 
 // ListPodSandbox lists sandboxes matching the filter. Each sandbox's
-// entry is encoded once for each of its states (encoded.go).
+// entry is encoded once for each state it is in (encoded.go): all else it
+// lists is fixed at its creation.
 func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxResponse{}
