@@ -47,23 +47,32 @@ func (s *Server) RemoveContainer(ctx context.Context, req *runtimeapi.RemoveCont
 	return &runtimeapi.RemoveContainerResponse{}, nil
 }
 
-// ListContainers lists containers matching the filter.
+// ListContainers lists containers matching the filter. Each container's
+// entry is encoded once for each state it is in (encoded.go): all else it
+// lists is fixed at its creation.
 func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContainersRequest) (*runtimeapi.ListContainersResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListContainersResponse{}
-	for _, c := range s.sandboxes.Containers() {
+	p := s.containerEntries.begin(f == nil)
+	var err error
+	s.sandboxes.EachContainer(func(c *sandbox.Container) {
 		state := containerState(c.State)
-		if !matchID(f.GetId(), c.ID) ||
+		if err != nil || !matchID(f.GetId(), c.ID) ||
 			!matchID(f.GetPodSandboxId(), c.SandboxID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
 			!matchLabels(f.GetLabelSelector(), c.Config.GetLabels()) {
-			continue
+			return
 		}
-		resp.Containers = append(resp.Containers, &runtimeapi.Container{
+		if wire, ok := p.get(c, int32(state)); ok {
+			p.wire = append(p.wire, wire...)
+			return
+		}
+		start := len(p.wire)
+		p.wire, err = appendEntry(p.wire, containersField, &runtimeapi.Container{
 			Id:           c.ID,
 			PodSandboxId: c.SandboxID,
 			Metadata:     c.Config.GetMetadata(),
-			Image:        imageSpec(c),
+			Image:        imageSpec(new(runtimeapi.ImageSpec), c),
 			ImageRef:     c.ImageDigestRef,
 			ImageId:      c.ImageID,
 			State:        state,
@@ -71,9 +80,18 @@ func (s *Server) ListContainers(ctx context.Context, req *runtimeapi.ListContain
 			Labels:       c.Config.GetLabels(),
 			Annotations:  c.Config.GetAnnotations(),
 		})
+		if err == nil {
+			p.put(c, int32(state), p.wire[start:])
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	p.end(resp)
 	return resp, nil
 }
+
+var containersField = field(&runtimeapi.ListContainersResponse{}, "containers")
 
 // ContainerStatus reports one container.
 func (s *Server) ContainerStatus(ctx context.Context, req *runtimeapi.ContainerStatusRequest) (*runtimeapi.ContainerStatusResponse, error) {
@@ -101,7 +119,7 @@ func containerStatus(c sandbox.Container) *runtimeapi.ContainerStatus {
 		StartedAt:   nanos(c.StartedAt),
 		FinishedAt:  nanos(c.FinishedAt),
 		ExitCode:    c.ExitCode,
-		Image:       imageSpec(c),
+		Image:       imageSpec(new(runtimeapi.ImageSpec), &c),
 		ImageRef:    c.ImageDigestRef,
 		ImageId:     c.ImageID,
 		Reason:      c.Reason,
@@ -130,13 +148,15 @@ func (s *Server) ReopenContainerLog(ctx context.Context, req *runtimeapi.ReopenC
 	return &runtimeapi.ReopenContainerLogResponse{}, nil
 }
 
-func imageSpec(c sandbox.Container) *runtimeapi.ImageSpec {
-	return &runtimeapi.ImageSpec{
+// imageSpec fills in spec with the container's image, and returns it.
+func imageSpec(spec *runtimeapi.ImageSpec, c *sandbox.Container) *runtimeapi.ImageSpec {
+	*spec = runtimeapi.ImageSpec{
 		Image:              c.ImageName,
 		UserSpecifiedImage: c.Config.GetImage().GetUserSpecifiedImage(),
 		RuntimeHandler:     c.Config.GetImage().GetRuntimeHandler(),
 		Annotations:        c.Config.GetImage().GetAnnotations(),
 	}
+	return spec
 }
 
 func containerState(s sandbox.ContainerState) runtimeapi.ContainerState {

@@ -111,7 +111,7 @@ func (s *Server) ListMetricDescriptors(ctx context.Context, req *runtimeapi.List
 // ListPodSandboxMetrics reports the described metrics of every container.
 func (s *Server) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.ListPodSandboxMetricsRequest) (*runtimeapi.ListPodSandboxMetricsResponse, error) {
 	resp := &runtimeapi.ListPodSandboxMetricsResponse{}
-	bySandbox := s.statsBySandbox()
+	bySandbox := s.detailsBySandbox()
 	for _, sb := range s.sandboxes.Sandboxes() {
 		pm := &runtimeapi.PodSandboxMetrics{PodSandboxId: sb.ID}
 		for _, cs := range bySandbox[sb.ID] {
@@ -132,4 +132,14 @@ func (s *Server) ListPodSandboxMetrics(ctx context.Context, req *runtimeapi.List
 		resp.PodMetrics = append(resp.PodMetrics, pm)
 	}
 	return resp, nil
+}
+
+// detailsBySandbox measures every container once, with its instance's
+// finer figures, grouped by sandbox.
+func (s *Server) detailsBySandbox() map[string][]sandbox.ContainerWithStats {
+	by := map[string][]sandbox.ContainerWithStats{}
+	for _, cs := range s.sandboxes.AllContainerDetails(func(*sandbox.Container) bool { return true }) {
+		by[cs.SandboxID] = append(by[cs.SandboxID], cs)
+	}
+	return by
 }

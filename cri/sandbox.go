@@ -75,18 +75,27 @@ func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 	}
 }
 
-// ListPodSandbox lists sandboxes matching the filter.
+// ListPodSandbox lists sandboxes matching the filter. Each sandbox's
+// entry is encoded once for each state it is in (encoded.go): all else it
+// lists is fixed at its creation.
 func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSandboxRequest) (*runtimeapi.ListPodSandboxResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxResponse{}
-	for _, sb := range s.sandboxes.Sandboxes() {
+	p := s.sandboxEntries.begin(f == nil)
+	var err error
+	s.sandboxes.EachSandbox(func(sb *sandbox.Sandbox) {
 		state := sandboxState(sb.State)
-		if !matchID(f.GetId(), sb.ID) ||
+		if err != nil || !matchID(f.GetId(), sb.ID) ||
 			(f.GetState() != nil && f.GetState().GetState() != state) ||
 			!matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
-			continue
+			return
 		}
-		resp.Items = append(resp.Items, &runtimeapi.PodSandbox{
+		if wire, ok := p.get(sb, int32(state)); ok {
+			p.wire = append(p.wire, wire...)
+			return
+		}
+		start := len(p.wire)
+		p.wire, err = appendEntry(p.wire, sandboxItemsField, &runtimeapi.PodSandbox{
 			Id:             sb.ID,
 			Metadata:       sb.Config.GetMetadata(),
 			State:          state,
@@ -95,9 +104,18 @@ func (s *Server) ListPodSandbox(ctx context.Context, req *runtimeapi.ListPodSand
 			Annotations:    sb.Config.GetAnnotations(),
 			RuntimeHandler: sb.RuntimeHandler,
 		})
+		if err == nil {
+			p.put(sb, int32(state), p.wire[start:])
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
+	p.end(resp)
 	return resp, nil
 }
+
+var sandboxItemsField = field(&runtimeapi.ListPodSandboxResponse{}, "items")
 
 func sandboxState(s sandbox.SandboxState) runtimeapi.PodSandboxState {
 	if s == sandbox.SandboxReady {

@@ -40,6 +40,12 @@ type Server struct {
 	streams   *StreamServer
 	info      Info
 	log       *slog.Logger
+
+	// sandboxEntries and containerEntries keep ListPodSandbox's and
+	// ListContainers' entries encoded; sandboxAttributes and
+	// containerAttributes the objects' attributes in the stats calls.
+	sandboxEntries, sandboxAttributes     *entryCache[*sandbox.Sandbox]
+	containerEntries, containerAttributes *entryCache[*sandbox.Container]
 }
 
 // NewServer translates CRI calls onto the given sandbox manager, image
@@ -48,7 +54,9 @@ func NewServer(sandboxes *sandbox.Manager, images *image.Service, streams *Strea
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log}
+	return &Server{sandboxes: sandboxes, images: images, streams: streams, info: info, log: log,
+		sandboxEntries: newEntryCache[*sandbox.Sandbox](), sandboxAttributes: newEntryCache[*sandbox.Sandbox](),
+		containerEntries: newEntryCache[*sandbox.Container](), containerAttributes: newEntryCache[*sandbox.Container]()}
 }
 
 // Register adds both CRI services to a gRPC server.

@@ -17,53 +17,48 @@ func (s *Server) ContainerStats(ctx context.Context, req *runtimeapi.ContainerSt
 	if err != nil {
 		return nil, err
 	}
-	return &runtimeapi.ContainerStatsResponse{Stats: criContainerStats(c, st)}, nil
-}
-
-// ListContainerStats reports the containers matching the filter.
-func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
-	f := req.GetFilter()
-	all := s.sandboxes.AllContainerStats(func(c *sandbox.Container) bool {
-		return matchID(f.GetId(), c.ID) && matchID(f.GetPodSandboxId(), c.SandboxID) && matchLabels(f.GetLabelSelector(), c.Config.GetLabels())
-	})
-	resp := &runtimeapi.ListContainerStatsResponse{Stats: make([]*runtimeapi.ContainerStats, 0, len(all))}
-	for _, cs := range all {
-		resp.Stats = append(resp.Stats, criContainerStats(cs.Container, cs.Stats))
+	attrs, err := containerAttributes(&c)
+	if err != nil {
+		return nil, err
 	}
+	resp := &runtimeapi.ContainerStatsResponse{}
+	resp.ProtoReflect().SetUnknown(appendContainerStats(nil, containerStatsField, attrs, &c, &st))
 	return resp, nil
 }
 
-func criContainerStats(c sandbox.Container, st sandbox.Stats) *runtimeapi.ContainerStats {
-	ts := st.Timestamp.UnixNano()
-	mem := &runtimeapi.MemoryUsage{
-		Timestamp:       ts,
-		WorkingSetBytes: &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)},
-		UsageBytes:      &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)},
-		RssBytes:        &runtimeapi.UInt64Value{Value: uint64(st.MemoryBytes)},
+// ListContainerStats reports the containers matching the filter, written
+// straight to the wire (statswire.go).
+func (s *Server) ListContainerStats(ctx context.Context, req *runtimeapi.ListContainerStatsRequest) (*runtimeapi.ListContainerStatsResponse, error) {
+	f := req.GetFilter()
+	resp := &runtimeapi.ListContainerStatsResponse{}
+	p := s.containerAttributes.begin(f == nil)
+	var err error
+	s.sandboxes.EachContainerStats(func(c *sandbox.Container) bool {
+		return err == nil && matchID(f.GetId(), c.ID) && matchID(f.GetPodSandboxId(), c.SandboxID) && matchLabels(f.GetLabelSelector(), c.Config.GetLabels())
+	}, func(c *sandbox.Container, st *sandbox.Stats) {
+		var attrs []byte
+		if attrs, err = attributes(p, c, func() ([]byte, error) { return containerAttributes(c) }); err == nil {
+			p.wire = appendContainerStats(p.wire, listStatsField, attrs, c, st)
+		}
+	})
+	if err != nil {
+		return nil, err
 	}
-	if limit := c.Resources.MemoryLimitBytes; limit > 0 {
-		mem.AvailableBytes = &runtimeapi.UInt64Value{Value: uint64(max(limit-st.MemoryBytes, 0))}
+	p.end(resp)
+	return resp, nil
+}
+
+// attributes are an object's encoded attributes, from the cache or made
+// now.
+func attributes[K comparable](p *pass[K], id K, make func() ([]byte, error)) ([]byte, error) {
+	if b, ok := p.get(id, 0); ok {
+		return b, nil
 	}
-	return &runtimeapi.ContainerStats{
-		Attributes: &runtimeapi.ContainerAttributes{
-			Id:          c.ID,
-			Metadata:    c.Config.GetMetadata(),
-			Labels:      c.Config.GetLabels(),
-			Annotations: c.Config.GetAnnotations(),
-		},
-		Cpu: &runtimeapi.CpuUsage{
-			Timestamp:            ts,
-			UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: uint64(st.CPU)},
-			UsageNanoCores:       &runtimeapi.UInt64Value{Value: st.NanoCores},
-		},
-		Memory: mem,
-		WritableLayer: &runtimeapi.FilesystemUsage{
-			Timestamp:  ts,
-			FsId:       &runtimeapi.FilesystemIdentifier{Mountpoint: st.RootDir},
-			UsedBytes:  &runtimeapi.UInt64Value{Value: st.WritableBytes + st.LogBytes},
-			InodesUsed: &runtimeapi.UInt64Value{Value: st.WritableInodes},
-		},
+	b, err := make()
+	if err == nil {
+		p.put(id, 0, b)
 	}
+	return b, err
 }
 
 // PodSandboxStats reports a sandbox: the sum of its containers, and each.
@@ -72,59 +67,64 @@ func (s *Server) PodSandboxStats(ctx context.Context, req *runtimeapi.PodSandbox
 	if err != nil {
 		return nil, err
 	}
-	containers := s.sandboxes.AllContainerStats(func(c *sandbox.Container) bool { return c.SandboxID == sb.ID })
-	return &runtimeapi.PodSandboxStatsResponse{Stats: sandboxStats(sb, containers)}, nil
+	pods, err := s.podSums(false, func(c *sandbox.Container) bool { return c.SandboxID == sb.ID })
+	if err != nil {
+		return nil, err
+	}
+	attrs, err := sandboxAttributes(&sb)
+	if err != nil {
+		return nil, err
+	}
+	resp := &runtimeapi.PodSandboxStatsResponse{}
+	resp.ProtoReflect().SetUnknown(appendPodStats(nil, podStatsField, attrs, pods[sb.ID]))
+	return resp, nil
 }
 
 // ListPodSandboxStats reports the sandboxes matching the filter.
 func (s *Server) ListPodSandboxStats(ctx context.Context, req *runtimeapi.ListPodSandboxStatsRequest) (*runtimeapi.ListPodSandboxStatsResponse, error) {
 	f := req.GetFilter()
 	resp := &runtimeapi.ListPodSandboxStatsResponse{}
-	bySandbox := s.statsBySandbox()
-	for _, sb := range s.sandboxes.Sandboxes() {
-		if !matchID(f.GetId(), sb.ID) || !matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
-			continue
-		}
-		resp.Stats = append(resp.Stats, sandboxStats(sb, bySandbox[sb.ID]))
+	pods, err := s.podSums(true, func(*sandbox.Container) bool { return true })
+	if err != nil {
+		return nil, err
 	}
+	p := s.sandboxAttributes.begin(f == nil)
+	s.sandboxes.EachSandbox(func(sb *sandbox.Sandbox) {
+		if err != nil || !matchID(f.GetId(), sb.ID) || !matchLabels(f.GetLabelSelector(), sb.Config.GetLabels()) {
+			return
+		}
+		var attrs []byte
+		if attrs, err = attributes(p, sb, func() ([]byte, error) { return sandboxAttributes(sb) }); err == nil {
+			p.wire = appendPodStats(p.wire, listPodStatsField, attrs, pods[sb.ID])
+		}
+	})
+	if err != nil {
+		return nil, err
+	}
+	p.end(resp)
 	return resp, nil
 }
 
-// statsBySandbox measures every container once, grouped by sandbox.
-func (s *Server) statsBySandbox() map[string][]sandbox.ContainerWithStats {
-	by := map[string][]sandbox.ContainerWithStats{}
-	for _, cs := range s.sandboxes.AllContainerStats(func(*sandbox.Container) bool { return true }) {
-		by[cs.SandboxID] = append(by[cs.SandboxID], cs)
-	}
-	return by
-}
-
-func sandboxStats(sb sandbox.Sandbox, containers []sandbox.ContainerWithStats) *runtimeapi.PodSandboxStats {
-	linux := &runtimeapi.LinuxPodSandboxStats{}
-	var cpu, nanoCores, mem uint64
-	var running uint64
-	var ts int64
-	for _, cs := range containers {
-		c, st := cs.Container, criContainerStats(cs.Container, cs.Stats)
-		linux.Containers = append(linux.Containers, st)
-		cpu += st.Cpu.UsageCoreNanoSeconds.Value
-		nanoCores += st.Cpu.UsageNanoCores.Value
-		mem += st.Memory.WorkingSetBytes.Value
-		ts = max(ts, st.Cpu.Timestamp)
-		if c.State == sandbox.ContainerRunning {
-			running++
+// podSums measures every container keep accepts once, adding them up by
+// sandbox; all says keep accepts every container.
+func (s *Server) podSums(all bool, keep func(*sandbox.Container) bool) (map[string]*podSums, error) {
+	by := map[string]*podSums{}
+	var sums blocks[podSums]
+	var err error
+	p := s.containerAttributes.begin(all)
+	defer p.finish()
+	s.sandboxes.EachContainerStats(func(c *sandbox.Container) bool { return err == nil && keep(c) }, func(c *sandbox.Container, st *sandbox.Stats) {
+		var attrs []byte
+		if attrs, err = attributes(p, c, func() ([]byte, error) { return containerAttributes(c) }); err != nil {
+			return
 		}
-	}
-	linux.Cpu = &runtimeapi.CpuUsage{Timestamp: ts, UsageCoreNanoSeconds: &runtimeapi.UInt64Value{Value: cpu}, UsageNanoCores: &runtimeapi.UInt64Value{Value: nanoCores}}
-	linux.Memory = &runtimeapi.MemoryUsage{Timestamp: ts, WorkingSetBytes: &runtimeapi.UInt64Value{Value: mem}, UsageBytes: &runtimeapi.UInt64Value{Value: mem}}
-	linux.Process = &runtimeapi.ProcessUsage{Timestamp: ts, ProcessCount: &runtimeapi.UInt64Value{Value: running}}
-	return &runtimeapi.PodSandboxStats{
-		Attributes: &runtimeapi.PodSandboxAttributes{
-			Id:          sb.ID,
-			Metadata:    sb.Config.GetMetadata(),
-			Labels:      sb.Config.GetLabels(),
-			Annotations: sb.Config.GetAnnotations(),
-		},
-		Linux: linux,
-	}
+		sum := by[c.SandboxID]
+		if sum == nil {
+			sum = sums.next()
+			by[c.SandboxID] = sum
+		}
+		sum.add(c, st)
+		sum.containers = appendContainerStats(sum.containers, linuxContainers, attrs, c, st)
+	})
+	return by, err
 }

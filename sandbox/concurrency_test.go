@@ -44,7 +44,10 @@ func TestConcurrentLifecycles(t *testing.T) {
 				e.m.UpdateResources(c.ID, limit)
 			}
 			e.m.Sandboxes()
-			e.m.AllContainerStats(func(*Container) bool { return true })
+			e.m.EachSandbox(func(*Sandbox) {})
+			e.m.EachContainer(func(*Container) {})
+			e.m.EachContainerStats(func(*Container) bool { return true }, func(*Container, *Stats) {})
+			e.m.AllContainerDetails(func(*Container) bool { return true })
 		}
 	}()
 

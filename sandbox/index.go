@@ -15,12 +15,18 @@ import (
 // object's lock held, never the other way round.
 type index[T any] struct {
 	kind string
-	mu   sync.RWMutex
-	byID map[string]T
+	// created orders the objects; it is fixed at their creation.
+	created func(T) time.Time
+	mu      sync.RWMutex
+	byID    map[string]T
+	// ordered is every object, oldest first, made by all when nil and
+	// dropped by add and remove: kubelet lists every second, objects come
+	// and go far less often.
+	ordered []T
 }
 
-func newIndex[T any](kind string) *index[T] {
-	return &index[T]{kind: kind, byID: map[string]T{}}
+func newIndex[T any](kind string, created func(T) time.Time) *index[T] {
+	return &index[T]{kind: kind, created: created, byID: map[string]T{}}
 }
 
 // get finds an object by exact ID or unique prefix, as crictl users type
@@ -61,26 +67,37 @@ func (x *index[T]) has(id string) bool {
 func (x *index[T]) add(id string, v T) {
 	x.mu.Lock()
 	x.byID[id] = v
+	x.ordered = nil
 	x.mu.Unlock()
 }
 
 func (x *index[T]) remove(id string) {
 	x.mu.Lock()
 	delete(x.byID, id)
+	x.ordered = nil
 	x.mu.Unlock()
 }
 
-// all returns every object, ordered by created (oldest first), which is
-// fixed at creation and so is read without the objects' locks.
-func (x *index[T]) all(created func(T) time.Time) []T {
+// all returns every object, oldest first. The slice is shared by every
+// caller until the next add or remove: read it, never write to it.
+func (x *index[T]) all() []T {
 	x.mu.RLock()
-	out := make([]T, 0, len(x.byID))
-	for _, v := range x.byID {
-		out = append(out, v)
-	}
+	out := x.ordered
 	x.mu.RUnlock()
-	sort.Slice(out, func(i, j int) bool { return created(out[i]).Before(created(out[j])) })
-	return out
+	if out != nil {
+		return out
+	}
+	x.mu.Lock()
+	defer x.mu.Unlock()
+	if x.ordered == nil {
+		out := make([]T, 0, len(x.byID))
+		for _, v := range x.byID {
+			out = append(out, v)
+		}
+		sort.Slice(out, func(i, j int) bool { return x.created(out[i]).Before(x.created(out[j])) })
+		x.ordered = out[:len(out):len(out)] // an append by a caller copies
+	}
+	return x.ordered
 }
 
 // names reserves sandbox and container names: kubelet expects a second

@@ -95,7 +95,7 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 	}
 	m := &Manager{
 		opts: opts, images: images, runtime: rt, records: recs, log: opts.Logger,
-		sandboxes: newIndex[*sandboxEntry]("sandbox"), containers: newIndex[*containerEntry]("container"),
+		sandboxes: newIndex("sandbox", sandboxCreated), containers: newIndex("container", containerCreated),
 	}
 	sandboxes, containers, err := recs.load()
 	if err != nil {
@@ -168,7 +168,7 @@ func (m *Manager) Shutdown() {
 	}
 	m.usage.close()
 	var running []*run
-	for _, c := range m.containers.all(containerCreated) {
+	for _, c := range m.containers.all() {
 		c.mu.Lock()
 		if c.run != nil {
 			c.run.stop()
@@ -209,7 +209,7 @@ func (m *Manager) Sandbox(id string) (Sandbox, error) {
 
 // Sandboxes returns copies of every sandbox, oldest first.
 func (m *Manager) Sandboxes() []Sandbox {
-	all := m.sandboxes.all(sandboxCreated)
+	all := m.sandboxes.all()
 	out := make([]Sandbox, len(all))
 	for i, sb := range all {
 		sb.mu.Lock()
@@ -232,7 +232,7 @@ func (m *Manager) Container(id string) (Container, error) {
 
 // Containers returns copies of every container, oldest first.
 func (m *Manager) Containers() []Container {
-	all := m.containers.all(containerCreated)
+	all := m.containers.all()
 	out := make([]Container, len(all))
 	for i, c := range all {
 		c.mu.Lock()
@@ -245,7 +245,7 @@ func (m *Manager) Containers() []Container {
 // containersOf lists the containers of a sandbox.
 func (m *Manager) containersOf(sandboxID string) []*containerEntry {
 	var out []*containerEntry
-	for _, c := range m.containers.all(containerCreated) {
+	for _, c := range m.containers.all() {
 		if c.SandboxID == sandboxID {
 			out = append(out, c)
 		}

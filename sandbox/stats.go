@@ -16,7 +16,8 @@ type Stats struct {
 	// MemoryBytes is the linear memory of the running instance.
 	MemoryBytes int64
 	// Instance has the instance's finer figures (user/system CPU, peak
-	// memory, CPU cap accounting).
+	// memory, CPU cap accounting), filled in only by AllContainerDetails:
+	// they cost a read of /proc and of cgroupfs per container.
 	Instance wasm.Stats
 	// WritableBytes and WritableInodes measure the container's writable
 	// root; LogBytes its log file.
@@ -33,9 +34,9 @@ func (m *Manager) ContainerStats(id string) (Stats, error) {
 		return Stats{}, err
 	}
 	c.mu.Lock()
-	st := m.statsLocked(c, time.Now())
+	st := m.statsLocked(c, time.Now(), false)
 	c.mu.Unlock()
-	m.addUsage(c.ID, c.LogPath, &st)
+	m.addUsage(&c.Container, &st)
 	return st, nil
 }
 
@@ -45,32 +46,61 @@ type ContainerWithStats struct {
 	Stats Stats
 }
 
-// AllContainerStats measures every container the filter keeps, in one
-// pass: kubelet asks for all of them every few seconds.
-func (m *Manager) AllContainerStats(keep func(*Container) bool) []ContainerWithStats {
-	now := time.Now()
-	all := m.containers.all(containerCreated)
-	out := make([]ContainerWithStats, 0, len(all))
-	for _, c := range all {
-		c.mu.Lock()
-		if keep(&c.Container) {
-			out = append(out, ContainerWithStats{Container: c.Container, Stats: m.statsLocked(c, now)})
-		}
-		c.mu.Unlock()
-	}
-	for i := range out {
-		m.addUsage(out[i].ID, out[i].LogPath, &out[i].Stats)
-	}
+// AllContainerDetails measures every container the filter keeps, in one
+// pass, into copies, with each instance's finer figures: for the metrics
+// endpoint.
+func (m *Manager) AllContainerDetails(keep func(*Container) bool) []ContainerWithStats {
+	var out []ContainerWithStats
+	m.eachStats(keep, true, func(c *Container, st *Stats) {
+		out = append(out, ContainerWithStats{Container: *c, Stats: *st})
+	})
 	return out
 }
 
-// statsLocked reads the figures of c's instance; c.mu is held.
-func (m *Manager) statsLocked(c *containerEntry, now time.Time) Stats {
-	st := Stats{Timestamp: now, CPU: c.CPU, RootDir: m.writableDir(&c.Container), Instance: wasm.Stats{CPU: c.CPU}}
+// EachContainerStats measures every container keep accepts, in one
+// pass, and calls fn with it and its figures, oldest first, as
+// EachContainer does. keep runs under the container's lock too.
+func (m *Manager) EachContainerStats(keep func(*Container) bool, fn func(*Container, *Stats)) {
+	m.eachStats(keep, false, fn)
+}
+
+func (m *Manager) eachStats(keep func(*Container) bool, detailed bool, fn func(*Container, *Stats)) {
+	all := m.containers.all()
+	// Disk usage first, with no container locked: one not measured yet is
+	// measured now.
+	uses := m.diskUses(all)
+	now := time.Now()
+	// One Stats for all: fn keeps no pointer, and one per container would
+	// each go to the heap.
+	var st Stats
+	for i, c := range all {
+		func() {
+			c.mu.Lock()
+			defer c.mu.Unlock()
+			if c.removed || !keep(&c.Container) {
+				return
+			}
+			st = m.statsLocked(c, now, detailed)
+			uses[i].fill(&st)
+			fn(&c.Container, &st)
+		}()
+	}
+}
+
+// statsLocked reads the figures of c's instance, the finer ones only when
+// detailed; c.mu is held.
+func (m *Manager) statsLocked(c *containerEntry, now time.Time, detailed bool) Stats {
+	st := Stats{Timestamp: now, CPU: c.CPU, Instance: wasm.Stats{CPU: c.CPU}}
 	if l := c.run.running(); l != nil {
 		r := c.run
-		is := l.instance.Stats()
-		st.CPU, st.MemoryBytes, st.Instance = is.CPU, is.MemoryBytes, is
+		if detailed {
+			is := l.instance.Stats()
+			st.CPU, st.MemoryBytes, st.Instance = is.CPU, is.MemoryBytes, is
+		} else {
+			u := l.instance.Usage()
+			st.CPU, st.MemoryBytes = u.CPU, u.MemoryBytes
+			st.Instance.CPU, st.Instance.MemoryBytes = u.CPU, u.MemoryBytes
+		}
 		if prev := r.lastSample; !prev.at.IsZero() && now.After(prev.at) && st.CPU >= prev.cpu {
 			st.NanoCores = uint64(float64(st.CPU-prev.cpu) / now.Sub(prev.at).Seconds())
 		}

@@ -100,3 +100,39 @@ func fmtTypes(ts []EventType) string {
 	}
 	return strings.Join(s, " ")
 }
+
+// The stats listing reads each instance's CPU clock and memory; only the
+// detailed one (for the metrics endpoint) reads its user and system time,
+// and they agree.
+func TestStatsAndDetails(t *testing.T) {
+	e := newEnv(t)
+	img := e.image("hello", testmodule.Hello(t))
+	sb := e.sandbox("pod")
+	spinner := e.start(sb, ctrConfig("spinner", img, "spin"))
+	everything := func(*Container) bool { return true }
+	stats := func() (got Stats) {
+		n := 0
+		e.m.EachContainerStats(everything, func(c *Container, st *Stats) { got = *st; n++ })
+		if n != 1 {
+			t.Fatalf("%d containers listed, want 1", n)
+		}
+		return got
+	}
+	waitFor(t, "100ms of CPU", func() bool { return stats().CPU > 100*time.Millisecond })
+
+	cheap := stats()
+	all := e.m.AllContainerDetails(everything)
+	if len(all) != 1 || all[0].ID != spinner.ID {
+		t.Fatalf("AllContainerDetails: %+v", all)
+	}
+	detailed := all[0].Stats
+	if cheap.Instance.User != 0 || cheap.Instance.System != 0 {
+		t.Errorf("EachContainerStats read user/system time: %+v", cheap.Instance)
+	}
+	if busy := detailed.Instance.User + detailed.Instance.System; busy == 0 || detailed.CPU < cheap.CPU || detailed.Instance.CPU != detailed.CPU {
+		t.Errorf("details %+v after stats %+v", detailed.Instance, cheap)
+	}
+	if cheap.MemoryBytes == 0 || detailed.MemoryBytes == 0 {
+		t.Errorf("memory: stats %d, details %d", cheap.MemoryBytes, detailed.MemoryBytes)
+	}
+}

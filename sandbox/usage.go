@@ -9,9 +9,33 @@ import (
 )
 
 // addUsage fills in disk usage, from the cache when it has it.
-func (m *Manager) addUsage(id, logPath string, st *Stats) {
-	u := m.usage.get(id, st.RootDir, logPath)
-	st.WritableBytes, st.WritableInodes, st.LogBytes = u.bytes, u.inodes, u.logBytes
+func (m *Manager) addUsage(c *Container, st *Stats) {
+	u := m.usage.get(c.ID, m.writableDir(c), c.LogPath)
+	u.fill(st)
+}
+
+// diskUses is addUsage's figures for each of all, the cache locked once.
+func (m *Manager) diskUses(all []*containerEntry) []diskUse {
+	out := make([]diskUse, len(all))
+	var missing []int
+	m.usage.mu.Lock()
+	for i, c := range all {
+		u, ok := m.usage.uses[c.ID]
+		if !ok {
+			missing = append(missing, i)
+		}
+		out[i] = u
+	}
+	m.usage.mu.Unlock()
+	for _, i := range missing {
+		c := all[i]
+		out[i] = m.usage.get(c.ID, m.writableDir(&c.Container), c.LogPath)
+	}
+	return out
+}
+
+func (u *diskUse) fill(st *Stats) {
+	st.WritableBytes, st.WritableInodes, st.LogBytes, st.RootDir = u.bytes, u.inodes, u.logBytes, u.root
 }
 
 // usageRefresh is how old disk usage figures may get. Walking every
@@ -82,6 +106,11 @@ func (c *usageCache) refreshEvery(period time.Duration) {
 			c.mu.Lock()
 			if _, still := c.uses[id]; still {
 				c.uses[id] = fresh
+				// No root at all (not even itself counted): the container
+				// went, and a listing racing its removal measured it back.
+				if fresh.inodes == 0 {
+					delete(c.uses, id)
+				}
 			}
 			c.mu.Unlock()
 		}

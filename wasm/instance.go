@@ -116,6 +116,8 @@ type Instance struct {
 	// pendingMemoryLimit is a new limit for the instance's own thread to
 	// apply at its next host call; -1 is none.
 	pendingMemoryLimit atomic.Int64
+	// asleep follows its sleeps in poll_oneoff, for Usage (usage.go).
+	asleep sleepClock
 
 	mu       sync.Mutex
 	limits   Limits

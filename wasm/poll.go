@@ -96,9 +96,12 @@ func definePollOneoff(linker *wasmtime.Linker) error {
 
 			if !fdReady && soonest > 0 {
 				t := time.NewTimer(soonest)
+				inst.asleep.begin()
 				select {
 				case <-t.C:
+					inst.asleep.end()
 				case <-stop:
+					inst.asleep.end()
 					t.Stop()
 					return 0, wasmtime.NewTrap("stopped")
 				}

@@ -89,6 +89,26 @@ func (p *proc) pss() int {
 	return 0
 }
 
+// cpuTime is the CPU time (user and system) a process has used so far,
+// from /proc in ticks of 10ms.
+func (p *proc) cpuTime() time.Duration {
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", p.cmd.Process.Pid))
+	if err != nil {
+		return 0
+	}
+	s := string(b)
+	if i := strings.LastIndexByte(s, ')'); i >= 0 {
+		s = s[i+1:]
+	}
+	f := strings.Fields(s)
+	if len(f) < 13 {
+		return 0
+	}
+	utime, _ := strconv.ParseInt(f[11], 10, 64)
+	stime, _ := strconv.ParseInt(f[12], 10, 64)
+	return time.Duration(utime+stime) * 10 * time.Millisecond
+}
+
 func waitFor(what string, within time.Duration, ok func() bool) error {
 	deadline := time.Now().Add(within)
 	for !ok() {

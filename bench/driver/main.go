@@ -31,13 +31,17 @@ var (
 	scale      = flag.Float64("scale", 1, "multiplies every iteration count (0.1 for a quick look)")
 	densityMax = flag.Int("density", 1000, "the largest number of idle pods to run")
 	profileOut = flag.String("profile", "", "with -only: save the daemon's CPU profile of the part's busiest run to this file")
-	only       = flag.String("only", "", "run only this part (lifecycles) and print it; for a quick look while working")
+	only       = flag.String("only", "", `run only one part, printed, nothing written: "lists" (the list latency with -density idle pods) or "lifecycles" (throughput and container roots)`)
 )
 
 func n(base int) int { return max(int(float64(base)**scale), 3) }
 
 func main() {
 	flag.Parse()
+	if *only != "" && *only != "lists" && *only != "lifecycles" {
+		fmt.Fprintf(os.Stderr, "bench: -only %q: only \"lists\" and \"lifecycles\" are known\n", *only)
+		os.Exit(2)
+	}
 	os.Setenv("RUST_LIB_BACKTRACE", "0")
 	clog.SetLevel("warn")
 	if err := run(); err != nil {
@@ -86,12 +90,20 @@ func run() error {
 	defer regProc.stop()
 	s.registry = reg
 
+	tinyExit, tinySleep := bench.Wat(bench.TinyExitWAT), bench.Wat(bench.TinySleepWAT)
+	if *only == "lists" {
+		if err := s.density(tinySleep, nil); err != nil {
+			return err
+		}
+		s.section("Targets", s.targets.String())
+		return nil
+	}
+
 	fmt.Println("building the Go example for wasip1")
 	goModule, err := buildWasip1(ctx, dir)
 	if err != nil {
 		return err
 	}
-	tinyExit, tinySleep := bench.Wat(bench.TinyExitWAT), bench.Wat(bench.TinySleepWAT)
 
 	floorTiny, err := floor(tinyExit, dir, n(3000))
 	if err != nil {
@@ -348,6 +360,17 @@ func (s *suite) coldPods(module []byte, iterations int) (podResult, error) {
 
 // profile takes a CPU profile of the daemon while it starts tiny pods.
 func (s *suite) profile(ref string) string {
+	return s.profileWhile(false, func() {
+		if t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Wait: true, LogDirectory: s.logs}); err == nil {
+			s.client.RemovePod(s.ctx, t.SandboxID)
+		}
+	})
+}
+
+// profileWhile takes a 3s CPU profile of the daemon while load runs over
+// and over, and returns its top entries, by their own time or with their
+// callees' (cum).
+func (s *suite) profileWhile(cum bool, load func()) string {
 	stop := make(chan struct{})
 	var wg sync.WaitGroup
 	wg.Add(1)
@@ -359,9 +382,7 @@ func (s *suite) profile(ref string) string {
 				return
 			default:
 			}
-			if t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Wait: true, LogDirectory: s.logs}); err == nil {
-				s.client.RemovePod(s.ctx, t.SandboxID)
-			}
+			load()
 		}
 	}()
 	defer func() { close(stop); wg.Wait() }()
@@ -374,7 +395,13 @@ func (s *suite) profile(ref string) string {
 	f, _ := os.Create(prof)
 	io.Copy(f, resp.Body)
 	f.Close()
-	out, err := exec.Command("go", "tool", "pprof", "-top", "-nodecount=20", *wasmcriBin, prof).Output()
+	args := []string{"tool", "pprof", "-top", "-nodecount=20"}
+	if cum {
+		// By time with callees; the layers every call passes through
+		// (gRPC's, the handlers' wrappers) would fill the top otherwise.
+		args = append(args, "-nodecount=25", "-cum", `-hide=^google\.golang\.org/grpc\.|_Handler|recoverUnary|unaryInterceptor|runtime\.(systemstack|mcall|goexit)`)
+	}
+	out, err := exec.Command("go", append(args, *wasmcriBin, prof)...).Output()
 	if err != nil {
 		return "pprof failed: " + err.Error() + "\n"
 	}

@@ -98,6 +98,7 @@ func (s *suite) concurrency(sleepModule []byte) error {
 func (s *suite) density(sleepModule, goModule []byte) error {
 	t := table{head: []string{"idle pods", "module", "time per pod start ms", "daemon RSS before MiB", "after MiB", "RSS per pod KiB", "PSS per pod KiB", "threads per pod"}}
 	var lists *table
+	var statsProfile string
 	runs := []struct {
 		name   string
 		module []byte
@@ -112,6 +113,9 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 	main := *s
 	defer func() { s.targets = main.targets }()
 	for i, r := range runs {
+		if *only == "lists" && !r.lists {
+			continue
+		}
 		d, err := startWasmcri(*wasmcriBin, filepath.Join(s.dir, fmt.Sprintf("density-%d", i)))
 		if err != nil {
 			return err
@@ -152,6 +156,9 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 			fmt.Sprintf("%.0f", perPod), fmt.Sprintf("%.0f", pssPerPod), fmt.Sprintf("%.2f", float64(th-th0)/float64(r.count)))
 		if r.lists {
 			lists = sub.listLatency()
+			statsProfile = sub.profileWhile(true, func() {
+				sub.client.RT.ListContainerStats(sub.ctx, &runtimeapi.ListContainerStatsRequest{})
+			})
 			sub.target("≤ 1 MiB daemon RSS per idle running tiny pod", fmt.Sprintf("%.0f KiB", perPod), perPod <= 1024)
 			sub.target(fmt.Sprintf("%d running pods on one node", r.count), fmt.Sprintf("%d running, started in %s ms each", r.count, ms(took/time.Duration(r.count))), r.count >= 1000)
 			main.targets = sub.targets
@@ -165,43 +172,66 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 		text += fmt.Sprintf("\nList latency with %d containers (kubelet relists every second):\n\n", *densityMax) + lists.String()
 	}
 	s.section("Density: idle long-running pods", text)
+	if statsProfile != "" {
+		s.section(fmt.Sprintf("CPU profile of the daemon during ListContainerStats at %d containers (top entries with their callees, gRPC's layers hidden)", *densityMax), "```\n"+statsProfile+"```\n")
+	}
 	return nil
 }
 
+// listLatency times kubelet's list calls, one after another, end to end
+// (the client's decoding included). The target is of the three kubelet
+// relists every second; ListPodSandboxStats is shown beside them.
 func (s *suite) listLatency() *table {
-	t := table{head: []string{"call", "p50 ms", "p99 ms"}}
+	t := table{head: []string{"call", "p50 ms", "p99 ms", "daemon CPU per call ms"}}
 	calls := []struct {
-		name string
-		call func() error
+		name   string
+		target bool
+		call   func() error
 	}{
-		{"ListPodSandbox", func() error {
+		{"ListPodSandbox", true, func() error {
 			_, err := s.client.RT.ListPodSandbox(s.ctx, &runtimeapi.ListPodSandboxRequest{})
 			return err
 		}},
-		{"ListContainers", func() error {
+		{"ListContainers", true, func() error {
 			_, err := s.client.RT.ListContainers(s.ctx, &runtimeapi.ListContainersRequest{})
 			return err
 		}},
-		{"ListContainerStats", func() error {
+		{"ListContainerStats", true, func() error {
 			_, err := s.client.RT.ListContainerStats(s.ctx, &runtimeapi.ListContainerStatsRequest{})
 			return err
 		}},
+		{"ListPodSandboxStats", false, func() error {
+			_, err := s.client.RT.ListPodSandboxStats(s.ctx, &runtimeapi.ListPodSandboxStatsRequest{})
+			return err
+		}},
 	}
-	worst := time.Duration(0)
+	worst, worstName, failed := time.Duration(0), "", false
 	for _, c := range calls {
 		var smp sample
-		for i := 0; i < n(200); i++ {
+		var err error
+		cpu := s.daemon.cpuTime()
+		for i := 0; i < n(200) && err == nil; i++ {
 			start := time.Now()
-			if err := c.call(); err != nil {
-				t.add(c.name, "error: "+err.Error(), "")
-				break
+			if err = c.call(); err == nil {
+				smp = append(smp, time.Since(start))
 			}
-			smp = append(smp, time.Since(start))
 		}
-		t.add(c.name, ms(smp.p50()), ms(smp.p99()))
-		worst = max(worst, smp.p99())
+		cpu = s.daemon.cpuTime() - cpu
+		if err != nil {
+			t.add(c.name, "error: "+err.Error(), "", "")
+			failed = failed || c.target
+			continue
+		}
+		t.add(c.name, ms(smp.p50()), ms(smp.p99()), ms(cpu/time.Duration(len(smp))))
+		if c.target && smp.p99() >= worst {
+			worst, worstName = smp.p99(), c.name
+		}
 	}
-	s.target(fmt.Sprintf("List* p99 < 5 ms at %d containers", *densityMax), ms(worst)+" ms (worst p99)", worst < 5*time.Millisecond)
+	measured := fmt.Sprintf("%s ms (worst p99, %s)", ms(worst), worstName)
+	if failed {
+		measured = "a list call failed"
+	}
+	s.target(fmt.Sprintf("ListPodSandbox, ListContainers, ListContainerStats p99 < 5 ms at %d containers", *densityMax), measured, !failed && worst < 5*time.Millisecond)
 	return &t
 }
 
