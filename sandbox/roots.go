@@ -236,7 +236,7 @@ func (m *Manager) releaseRoot(c *containerEntry) {
 // and nothing was written to them yet. A root that cannot be made leaves
 // the container to fail its start, saying why.
 func (m *Manager) remakeRoots(ctx context.Context) {
-	for _, c := range m.containers.all(containerCreated) {
+	for _, c := range m.containers.all() {
 		if c.State != ContainerCreated {
 			continue
 		}
