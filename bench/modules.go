@@ -14,16 +14,7 @@ const TinyExitWAT = `(module
   (func (export "_start")))`
 
 // TinySleepWAT sleeps for an hour at a time, for ever: an idle pod.
-const TinySleepWAT = `(module
-  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (func (export "_start")
-    (i32.store8 (i32.const 8) (i32.const 0))
-    (i32.store (i32.const 16) (i32.const 1))
-    (i64.store (i32.const 24) (i64.const 3600000000000))
-    (loop $again
-      (drop (call $poll (i32.const 0) (i32.const 64) (i32.const 1) (i32.const 128)))
-      (br $again))))`
+const TinySleepWAT = testmodule.SleepHour
 
 // Wat compiles WebAssembly text.
 func Wat(text string) []byte {

@@ -5,10 +5,12 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"maps"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -294,13 +296,8 @@ func logKubeletMetrics(t *testing.T, kubeletURL string) {
 			counts[name] = v
 		}
 	}
-	var names []string
-	for name := range counts {
-		names = append(names, name)
-	}
-	sort.Strings(names)
 	var b strings.Builder
-	for _, name := range names {
+	for _, name := range slices.Sorted(maps.Keys(counts)) {
 		if counts[name] > 0 {
 			fmt.Fprintf(&b, "\n  %-32s %6.0f calls, mean %v", name, counts[name], time.Duration(sums[name]/counts[name]*float64(time.Second)).Round(10*time.Microsecond))
 		}
@@ -326,13 +323,8 @@ func logRuntimeCallTimes(t *testing.T, d *daemon) {
 			calls[string(m[1])] = append(calls[string(m[1])], dur)
 		}
 	}
-	var methods []string
-	for m := range calls {
-		methods = append(methods, m)
-	}
-	sort.Strings(methods)
 	var out strings.Builder
-	for _, m := range methods {
+	for _, m := range slices.Sorted(maps.Keys(calls)) {
 		ds := calls[m]
 		sort.Slice(ds, func(i, j int) bool { return ds[i] < ds[j] })
 		fmt.Fprintf(&out, "\n  %-22s %6d calls, median %v, 99th %v, max %v", m, len(ds), ds[len(ds)/2], ds[len(ds)*99/100], ds[len(ds)-1])
