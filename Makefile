@@ -67,11 +67,11 @@ unit:
 	$(GO) test -count=1 $$($(GO) list ./... | grep -v /integration)
 
 integration: $(TOOLS)
-	$(TOOL_ENV) $(GO) test -count=1 -timeout 20m ./integration/...
+	$(TOOL_ENV) $(GO) test -count=1 -timeout 30m ./integration/...
 
 ## test: everything CI runs
 test: lint $(TOOLS)
-	$(TOOL_ENV) $(GO) test -race -count=1 -timeout 30m ./...
+	$(TOOL_ENV) $(GO) test -race -count=1 -timeout 45m ./...
 
 # Every fuzz target, as package:Name; `make fuzz` fails if one is missing.
 FUZZ_TARGETS := ./config:FuzzParse \
