@@ -145,7 +145,7 @@ func (s *suite) lifecycles(tinyRef string, tinyModule []byte) error {
 		t.add("&nbsp;&nbsp;CreateContainer, under that load", ms(row.r.create.p50()), ms(row.r.create.p99()), "")
 	}
 	t.add("CreateContainer of a compat image with 30 files besides its module, one at a time", ms(creates.p50()), ms(creates.p99()), "")
-	s.section("Throughput and container roots", t.String()+"\nA CRI log file is a file created on the node's disk for each container (kubelet's log directory is there, not in memory); on this machine's disk each creation costs 1–3 ms of kernel time when several run at once, which bounds the second figure whatever the runtime does.\n")
+	s.section("Throughput and container roots", t.String()+"\nA CRI log file is a file created on the node's disk for each container (kubelet's log directory is there, not in memory). On this machine's disk a creation costs tens of µs when the disk is idle but 1–3 ms of kernel time when other work writes to it, so the second figure depends on the disk more than on the runtime.\n")
 	s.target(fmt.Sprintf("≥ 1,500 full lifecycles/s with %d clients", clients), fmt.Sprintf("%.0f /s", r.perSecond()), r.perSecond() >= 1500)
 	s.target("start-to-exit p50 ≤ 1 ms under that load", ms(r.startToExit.p50())+" ms", r.startToExit.p50() <= time.Millisecond)
 	s.target("CreateContainer of a 30-file compat image ≤ 2 ms p50", ms(creates.p50())+" ms", creates.p50() <= 2*time.Millisecond)
