@@ -87,7 +87,7 @@ fuzz:
 	done
 	@set -e; for t in $(FUZZ_TARGETS); do \
 	  echo "== fuzz $$t for $(FUZZTIME)"; \
-	  $(GO) test $${t%%:*} -run '^$$' -fuzz "^$${t##*:}\$$" -fuzztime $(FUZZTIME) -fuzzminimizetime 5s; \
+	  GO=$(GO) sh hack/fuzz.sh $${t%%:*} $${t##*:} $(FUZZTIME); \
 	done
 
 ## conformance: critest against a fresh daemon; rewrites docs/conformance.md
