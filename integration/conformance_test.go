@@ -378,9 +378,9 @@ func writeConformanceDoc(file string, specs []spec, counts map[string]int, figur
 	fmt.Fprintf(&b, "\n## critest's benchmarks\n\n")
 	fmt.Fprintf(&b, "critest's own figures from the `-benchmark` run (one run on the CI machine, 2 workers in\n")
 	fmt.Fprintf(&b, "parallel; a CRI call's time as critest's client sees it). `docs/performance.md` has wasmcri's\n")
-	fmt.Fprintf(&b, "benchmarks against their baselines. CreateContainer here copies the test image's ~30 files and\n")
-	fmt.Fprintf(&b, "symlinks (`/bin` applets, `/etc`) into the container's root; on the CI machine's disk each file\n")
-	fmt.Fprintf(&b, "created costs about 0.6 ms. An image that is only a module copies nothing (0.6 ms per create).\n\n%s", figures)
+	fmt.Fprintf(&b, "benchmarks against their baselines. CreateContainer mounts the container's writable layer (a\n")
+	fmt.Fprintf(&b, "tmpfs) and, for the test's compat image, an overlay over the image's unpacked files: nothing is\n")
+	fmt.Fprintf(&b, "copied, and no file is created on the node's disk.\n\n%s", figures)
 	fmt.Fprintf(&b, "\n## Every spec\n\n| spec | result |\n|---|---|\n")
 	for _, s := range specs {
 		result := s.state
