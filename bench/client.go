@@ -15,41 +15,65 @@ import (
 // Client drives a CRI runtime over its socket, as kubelet does, and learns
 // of container exits from the runtime's event stream.
 type Client struct {
-	RT   runtimeapi.RuntimeServiceClient
-	Img  runtimeapi.ImageServiceClient
-	conn *grpc.ClientConn
+	RT    runtimeapi.RuntimeServiceClient
+	Img   runtimeapi.ImageServiceClient
+	conn  *grpc.ClientConn
+	exits *exitWatch // nil: exits are seen by polling status
+	// owns is whether Close ends exits' stream.
+	owns   bool
+	socket string
+	seq    atomic.Int64
+}
 
+// exitWatch follows one GetContainerEvents stream and tells waiters of
+// exits; clients made by Another share it, as kubelet's workers share its
+// one stream.
+type exitWatch struct {
 	cancel  context.CancelFunc
 	mu      sync.Mutex
 	exited  map[string]bool
 	waiters map[string]chan struct{}
-	seq     atomic.Int64
 }
 
 // Dial connects to the runtime at socket. With events, the client follows
 // GetContainerEvents to see exits at once; without, it polls status.
 func Dial(socket string, events bool) (*Client, error) {
+	c, err := dial(socket)
+	if err != nil || !events {
+		return c, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	stream, err := c.RT.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
+	if err != nil {
+		cancel()
+		c.conn.Close()
+		return nil, err
+	}
+	c.exits = &exitWatch{cancel: cancel, exited: map[string]bool{}, waiters: map[string]chan struct{}{}}
+	c.owns = true
+	go c.exits.follow(stream)
+	return c, nil
+}
+
+// Another connects again to c's runtime; the new client sees exits the way
+// c does, through c's event stream if it has one. c must outlive it.
+func (c *Client) Another() (*Client, error) {
+	n, err := dial(c.socket)
+	if err == nil {
+		n.exits = c.exits
+	}
+	return n, err
+}
+
+func dial(socket string) (*Client, error) {
 	conn, err := grpc.NewClient("unix://"+socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{RT: runtimeapi.NewRuntimeServiceClient(conn), Img: runtimeapi.NewImageServiceClient(conn), conn: conn,
-		exited: map[string]bool{}, waiters: map[string]chan struct{}{}}
-	if events {
-		ctx, cancel := context.WithCancel(context.Background())
-		c.cancel = cancel
-		stream, err := c.RT.GetContainerEvents(ctx, &runtimeapi.GetEventsRequest{})
-		if err != nil {
-			cancel()
-			conn.Close()
-			return nil, err
-		}
-		go c.follow(stream)
-	}
-	return c, nil
+	return &Client{RT: runtimeapi.NewRuntimeServiceClient(conn), Img: runtimeapi.NewImageServiceClient(conn), conn: conn, socket: socket}, nil
 }
 
-func (c *Client) follow(stream grpc.ServerStreamingClient[runtimeapi.ContainerEventResponse]) {
+func (w *exitWatch) follow(stream grpc.ServerStreamingClient[runtimeapi.ContainerEventResponse]) {
 	for {
 		ev, err := stream.Recv()
 		if err != nil {
@@ -58,27 +82,29 @@ func (c *Client) follow(stream grpc.ServerStreamingClient[runtimeapi.ContainerEv
 		if ev.ContainerEventType != runtimeapi.ContainerEventType_CONTAINER_STOPPED_EVENT {
 			continue
 		}
-		c.mu.Lock()
-		c.exited[ev.ContainerId] = true
-		if w := c.waiters[ev.ContainerId]; w != nil {
-			close(w)
-			delete(c.waiters, ev.ContainerId)
+		w.mu.Lock()
+		if ch := w.waiters[ev.ContainerId]; ch != nil {
+			close(ch)
+			delete(w.waiters, ev.ContainerId)
+		} else {
+			w.exited[ev.ContainerId] = true
 		}
-		c.mu.Unlock()
+		w.mu.Unlock()
 	}
 }
 
 // Close disconnects.
 func (c *Client) Close() {
-	if c.cancel != nil {
-		c.cancel()
+	if c.owns {
+		c.exits.cancel()
 	}
 	c.conn.Close()
 }
 
 // waitExit waits for the container's exit.
 func (c *Client) waitExit(ctx context.Context, id string) error {
-	if c.cancel == nil {
+	w := c.exits
+	if w == nil {
 		for {
 			st, err := c.RT.ContainerStatus(ctx, &runtimeapi.ContainerStatusRequest{ContainerId: id})
 			if err != nil {
@@ -90,22 +116,22 @@ func (c *Client) waitExit(ctx context.Context, id string) error {
 			time.Sleep(200 * time.Microsecond)
 		}
 	}
-	c.mu.Lock()
-	if c.exited[id] {
-		delete(c.exited, id)
-		c.mu.Unlock()
+	w.mu.Lock()
+	if w.exited[id] {
+		delete(w.exited, id)
+		w.mu.Unlock()
 		return nil
 	}
-	w := make(chan struct{})
-	c.waiters[id] = w
-	c.mu.Unlock()
+	ch := make(chan struct{})
+	w.waiters[id] = ch
+	w.mu.Unlock()
 	select {
-	case <-w:
-		c.mu.Lock()
-		delete(c.exited, id)
-		c.mu.Unlock()
+	case <-ch:
 		return nil
 	case <-ctx.Done():
+		w.mu.Lock()
+		delete(w.waiters, id)
+		w.mu.Unlock()
 		return ctx.Err()
 	}
 }
