@@ -48,6 +48,8 @@ type Store struct {
 	ids idLocks
 	// deleted, when set, is told each blob deleted (Options.Deleted).
 	deleted func(digest.Digest)
+	// decoded saves Get from decoding records and references again.
+	decoded *decoded
 }
 
 // HasBlob says whether the store holds blob d.
@@ -84,7 +86,7 @@ func NewStore(db *bolt.DB, contentDir string) (*Store, error) {
 	if err != nil {
 		return nil, fmt.Errorf("init image metadata: %w", err)
 	}
-	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}, holds: map[string]int{}, ids: idLocks{m: map[string]*idLock{}}}, nil
+	return &Store{db: db, content: cs, contentDir: contentDir, leases: map[digest.Digest]int{}, holds: map[string]int{}, ids: idLocks{m: map[string]*idLock{}}, decoded: newDecoded()}, nil
 }
 
 // idLocks are per-image-ID locks that a waiter can give up on.
@@ -184,25 +186,43 @@ func (s *Store) Content() content.Store { return s.content }
 func (s *Store) Get(ref string) (*Image, error) {
 	var img *Image
 	err := s.db.View(func(tx *bolt.Tx) error {
-		id, err := resolveID(tx, ref)
+		id, err := s.resolve(tx, ref)
 		if err != nil {
 			return err
 		}
-		img, err = getImage(tx, id)
+		img, err = s.decoded.image(tx, id)
 		return err
 	})
 	return img, err
 }
 
 func resolveID(tx *bolt.Tx, ref string) (string, error) {
+	return resolveIDWith(tx, ref, normalName)
+}
+
+// resolve is resolveID with references normalized once per spelling.
+func (s *Store) resolve(tx *bolt.Tx, ref string) (string, error) {
+	return resolveIDWith(tx, ref, s.decoded.normalName)
+}
+
+// normalName is ref's normal form, or "" when it does not parse.
+func normalName(ref string) string {
+	named, err := ParseReference(ref)
+	if err != nil {
+		return ""
+	}
+	return named.String()
+}
+
+func resolveIDWith(tx *bolt.Tx, ref string, normal func(string) string) (string, error) {
 	images := tx.Bucket(bucketImages)
 	for _, id := range []string{ref, "sha256:" + ref} {
 		if images.Get([]byte(id)) != nil {
 			return id, nil
 		}
 	}
-	if named, err := ParseReference(ref); err == nil {
-		if id := tx.Bucket(bucketRefs).Get([]byte(named.String())); id != nil {
+	if name := normal(ref); name != "" {
+		if id := tx.Bucket(bucketRefs).Get([]byte(name)); id != nil {
 			return string(id), nil
 		}
 	}
@@ -425,6 +445,7 @@ func (s *Store) remove(ctx context.Context, ref, id string) (bool, error) {
 	if err != nil || removed == nil {
 		return true, err
 	}
+	s.decoded.forget(id)
 	if name, err := fsName(removed.ID); err == nil && !s.held(name) {
 		// What cannot be removed now is reclaimed when the daemon starts;
 		// a held tree goes with its last hold.

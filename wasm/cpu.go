@@ -47,6 +47,16 @@ func threadTimes(tid int) (user, system time.Duration) {
 	return time.Duration(utime) * tick, time.Duration(stime) * tick
 }
 
+// ownThreadTimes is the user and system CPU time of the calling thread:
+// one system call, where threadTimes reads a file.
+func ownThreadTimes() (user, system time.Duration) {
+	var ru unix.Rusage
+	if err := unix.Getrusage(unix.RUSAGE_THREAD, &ru); err != nil {
+		return 0, 0
+	}
+	return time.Duration(ru.Utime.Nano()), time.Duration(ru.Stime.Nano())
+}
+
 // CFSStats is a CPU cap's accounting, from cpu.stat.
 type CFSStats struct {
 	Periods, ThrottledPeriods uint64
@@ -56,7 +66,7 @@ type CFSStats struct {
 // stat reads the CFS accounting of an instance's cgroup; zero without one.
 func (c *cpuController) stat(id string) CFSStats {
 	var st CFSStats
-	if c == nil || id == "" {
+	if c == nil || id == "" || !c.isCapped(id) {
 		return st
 	}
 	b, err := os.ReadFile(filepath.Join(c.root, id, "cpu.stat"))
@@ -188,6 +198,15 @@ func (c *cpuController) apply(id string, tid int, l Limits) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return err
 	}
+	// Recorded as soon as it exists, so that release removes it even if
+	// a write below fails.
+	c.mu.Lock()
+	c.capped[id] = tid
+	if !c.sweeper {
+		c.sweeper = true
+		go c.sweepWhileCapped()
+	}
+	c.mu.Unlock()
 	period := l.CPUPeriod
 	if period <= 0 {
 		period = 100000
@@ -201,13 +220,6 @@ func (c *cpuController) apply(id string, tid int, l Limits) error {
 			return fmt.Errorf("cgroup %s: %w", w.file, err)
 		}
 	}
-	c.mu.Lock()
-	c.capped[id] = tid
-	if !c.sweeper {
-		c.sweeper = true
-		go c.sweepWhileCapped()
-	}
-	c.mu.Unlock()
 	c.evictStrays(id, tid)
 	return nil
 }
@@ -245,6 +257,14 @@ func (c *cpuController) sweepWhileCapped() {
 	}
 }
 
+// isCapped says whether instance id has a cgroup of its own.
+func (c *cpuController) isCapped(id string) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	_, ok := c.capped[id]
+	return ok
+}
+
 // release moves the thread back to the daemon's cgroup and removes the
 // instance's cgroup.
 func (c *cpuController) release(id string, tid int) {
@@ -252,12 +272,14 @@ func (c *cpuController) release(id string, tid int) {
 		return
 	}
 	c.mu.Lock()
+	_, had := c.capped[id]
 	delete(c.capped, id)
 	c.mu.Unlock()
-	dir := filepath.Join(c.root, id)
-	if _, err := os.Stat(dir); err != nil {
+	if !had {
+		// Only apply makes an instance's cgroup, and records it.
 		return
 	}
+	dir := filepath.Join(c.root, id)
 	c.evictStrays(id, -1)
 	if err := os.Remove(dir); err != nil {
 		// A thread being created by the instance at this moment: it is

@@ -214,7 +214,7 @@ func (i *Instance) run(r *Runtime, ld *loaded, sio *stdio, copied *sync.WaitGrou
 
 	res := i.execute(r.linker, ld)
 	i.mu.Lock()
-	i.final, i.cpuFinal = i.liveStatsLocked(), true
+	i.final, i.cpuFinal = i.ownStatsLocked(), true
 	i.memory.Store(0)
 	i.mu.Unlock()
 	i.cpu.release(i.id, i.tid)
@@ -455,6 +455,17 @@ func (i *Instance) Stats() Stats {
 // liveStatsLocked reads the running thread's clocks; i.mu is held.
 func (i *Instance) liveStatsLocked() Stats {
 	user, system := threadTimes(i.tid)
+	return i.statsLocked(user, system)
+}
+
+// ownStatsLocked is liveStatsLocked on the instance's own thread, which
+// asks for its times in one system call instead of reading /proc.
+func (i *Instance) ownStatsLocked() Stats {
+	user, system := ownThreadTimes()
+	return i.statsLocked(user, system)
+}
+
+func (i *Instance) statsLocked(user, system time.Duration) Stats {
 	return Stats{
 		CPU: threadCPU(i.tid), User: user, System: system,
 		MemoryBytes: i.memory.Load(), MaxMemoryBytes: i.maxMemory.Load(),

@@ -38,6 +38,11 @@ func TestUsageAgreesWithStats(t *testing.T) {
 	if end.CPU != final.CPU || end.CPU < after.CPU {
 		t.Errorf("after the end: Usage %v, Stats %v, last live reading %v", end.CPU, final.CPU, after.CPU)
 	}
+	// The final user and system times come from the thread itself
+	// (getrusage, in µs): they add up to its CPU clock.
+	if diff := final.CPU - (final.User + final.System); final.User == 0 || diff < -(5*time.Millisecond+final.CPU/20) || diff > 5*time.Millisecond+final.CPU/20 {
+		t.Errorf("final user %v + system %v against the CPU clock's %v", final.User, final.System, final.CPU)
+	}
 }
 
 // An instance asleep in poll_oneoff keeps its CPU time, which Usage then

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/wasmcri/wasmcri/bench"
@@ -30,7 +31,9 @@ func (s *suite) throughput(ref string, clients int, window time.Duration, logs b
 		return lifecycleResult{}, err
 	}
 	defer watch.Close()
+	daemonCPU, clientCPU := s.daemon.cpuTime(), ownCPU()
 	r, err := lifecycles(watch.Another, o, clients, window)
+	r.daemonCPU, r.clientCPU = s.daemon.cpuTime()-daemonCPU, ownCPU()-clientCPU
 	s.podCount += r.count
 	return r, err
 }
@@ -132,9 +135,30 @@ type lifecycleResult struct {
 	count               int
 	took                time.Duration
 	startToExit, create sample
+	// daemonCPU and clientCPU are what the runtime's process and this
+	// driver used over the run (zero where not measured).
+	daemonCPU, clientCPU time.Duration
 }
 
 func (r lifecycleResult) perSecond() float64 { return float64(r.count) / r.took.Seconds() }
+
+// cpuPerLifecycle says what one lifecycle cost the daemon and the client.
+func (r lifecycleResult) cpuPerLifecycle() string {
+	if r.daemonCPU == 0 || r.count == 0 {
+		return ""
+	}
+	per := func(d time.Duration) string { return ms(d / time.Duration(r.count)) }
+	return fmt.Sprintf("; CPU per lifecycle: daemon %s ms, client %s ms", per(r.daemonCPU), per(r.clientCPU))
+}
+
+// ownCPU is the CPU time this driver has used so far.
+func ownCPU() time.Duration {
+	var ru syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &ru) != nil {
+		return 0
+	}
+	return time.Duration(ru.Utime.Nano() + ru.Stime.Nano())
+}
 
 // compatCreate times CreateContainer of a compat image holding files
 // small files beside its module, in one pod, removing each container after.
@@ -194,7 +218,7 @@ func (s *suite) lifecycles(tinyRef string, tinyModule []byte) error {
 		if row.r.count == 0 {
 			continue
 		}
-		t.add(fmt.Sprintf("**full lifecycles, %d clients at once** (run, create, start, exit seen, stop, remove): %s", clients, row.name), "", "", fmt.Sprintf("%.0f /s (%d in %s s)", row.r.perSecond(), row.r.count, fmt.Sprintf("%.1f", row.r.took.Seconds())))
+		t.add(fmt.Sprintf("**full lifecycles, %d clients at once** (run, create, start, exit seen, stop, remove): %s", clients, row.name), "", "", fmt.Sprintf("%.0f /s (%d in %.1f s%s)", row.r.perSecond(), row.r.count, row.r.took.Seconds(), row.r.cpuPerLifecycle()))
 		t.add("&nbsp;&nbsp;StartContainer → exit seen, under that load", ms(row.r.startToExit.p50()), ms(row.r.startToExit.p99()), "")
 		t.add("&nbsp;&nbsp;CreateContainer, under that load", ms(row.r.create.p50()), ms(row.r.create.p99()), "")
 	}
