@@ -31,11 +31,41 @@ func (s *suite) throughput(ref string, clients int, window time.Duration, logs b
 		return lifecycleResult{}, err
 	}
 	defer watch.Close()
+	probe, err := watch.Another()
+	if err != nil {
+		return lifecycleResult{}, err
+	}
+	defer probe.Close()
+	stop := make(chan struct{})
+	probed := make(chan sample)
+	go func() { probed <- emptyCalls(probe, stop) }()
 	daemonCPU, clientCPU := s.daemon.cpuTime(), ownCPU()
 	r, err := lifecycles(watch.Another, o, clients, window)
 	r.daemonCPU, r.clientCPU = s.daemon.cpuTime()-daemonCPU, ownCPU()-clientCPU
+	close(stop)
+	r.emptyCall = <-probed
 	s.podCount += r.count
 	return r, err
+}
+
+// emptyCalls times an empty call (Version) on c every 5 ms until stop: the
+// round trip any call pays under the load around it, before the runtime
+// does anything.
+func emptyCalls(c *bench.Client, stop <-chan struct{}) sample {
+	var smp sample
+	t := time.NewTicker(5 * time.Millisecond)
+	defer t.Stop()
+	for {
+		select {
+		case <-stop:
+			return smp
+		case <-t.C:
+		}
+		start := time.Now()
+		if _, err := c.RT.Version(context.Background(), &runtimeapi.VersionRequest{}); err == nil {
+			smp = append(smp, time.Since(start))
+		}
+	}
 }
 
 // lifecycles runs pods of o from clients connections made by dial, each
@@ -135,6 +165,8 @@ type lifecycleResult struct {
 	count               int
 	took                time.Duration
 	startToExit, create sample
+	// emptyCall is the round trip of an empty call made beside the run.
+	emptyCall sample
 	// daemonCPU and clientCPU are what the runtime's process and this
 	// driver used over the run (zero where not measured).
 	daemonCPU, clientCPU time.Duration
@@ -221,11 +253,14 @@ func (s *suite) lifecycles(tinyRef string, tinyModule []byte) error {
 		t.add(fmt.Sprintf("**full lifecycles, %d clients at once** (run, create, start, exit seen, stop, remove): %s", clients, row.name), "", "", fmt.Sprintf("%.0f /s (%d in %.1f s%s)", row.r.perSecond(), row.r.count, row.r.took.Seconds(), row.r.cpuPerLifecycle()))
 		t.add("&nbsp;&nbsp;StartContainer → exit seen, under that load", ms(row.r.startToExit.p50()), ms(row.r.startToExit.p99()), "")
 		t.add("&nbsp;&nbsp;CreateContainer, under that load", ms(row.r.create.p50()), ms(row.r.create.p99()), "")
+		if len(row.r.emptyCall) > 0 {
+			t.add("&nbsp;&nbsp;an empty call (Version) under that load, every 5 ms on a connection of its own", ms(row.r.emptyCall.p50()), ms(row.r.emptyCall.p99()), "")
+		}
 	}
 	t.add("CreateContainer of a compat image with 30 files besides its module, one at a time", ms(creates.p50()), ms(creates.p99()), "")
 	s.section("Throughput and container roots", t.String()+"\nA CRI log file is a file created on the node's disk for each container (kubelet's log directory is there, not in memory). On this machine's disk a creation costs tens of µs when the disk is idle but 1–3 ms of kernel time when other work writes to it, so the second figure depends on the disk more than on the runtime.\n")
 	s.target(fmt.Sprintf("≥ 1,500 full lifecycles/s with %d clients", clients), fmt.Sprintf("%.0f /s (gRPC floor: %.0f groups of 5 empty calls /s)", r.perSecond(), floor), r.perSecond() >= 1500)
-	s.target("start-to-exit p50 ≤ 1 ms under that load", ms(r.startToExit.p50())+" ms", r.startToExit.p50() <= time.Millisecond)
+	s.target("start-to-exit p50 ≤ 1 ms under that load", fmt.Sprintf("%s ms (an empty call's round trip under that load: %s ms)", ms(r.startToExit.p50()), ms(r.emptyCall.p50())), r.startToExit.p50() <= time.Millisecond)
 	s.target("CreateContainer of a 30-file compat image ≤ 2 ms p50", ms(creates.p50())+" ms", creates.p50() <= 2*time.Millisecond)
 	return nil
 }
