@@ -46,8 +46,26 @@ type Config struct {
 	Runtime  RuntimeConfig  `toml:"runtime"`
 	Image    ImageConfig    `toml:"image"`
 	Registry RegistryConfig `toml:"registry"`
+	Network  NetworkConfig  `toml:"network"`
 	Admin    AdminConfig    `toml:"admin"`
 	Debug    DebugConfig    `toml:"debug"`
+}
+
+// NetworkConfig configures pod networking: each pod not on the node's
+// network gets a network namespace attached through CNI, as containerd's
+// CNI bin_dir and conf_dir do it.
+type NetworkConfig struct {
+	// CNIBinDirs are searched in order for plugin programs (Debian's
+	// containernetworking-plugins installs them in /usr/lib/cni).
+	CNIBinDirs []string `toml:"cni_bin_dirs"`
+	// CNIConfDir holds the node's CNI configuration; its first file by
+	// name is the pods' network.
+	CNIConfDir string `toml:"cni_conf_dir"`
+	// While CNIConfDir holds no configuration, pods join wasmcri's own
+	// network: bridge DefaultBridge, addresses from DefaultSubnet (IPv4),
+	// host ports through portmap.
+	DefaultBridge string `toml:"default_bridge"`
+	DefaultSubnet string `toml:"default_subnet"`
 }
 
 // AdminConfig configures the node-local socket `wasmcri image import` and
@@ -176,6 +194,12 @@ func Default() *Config {
 			MaxUnpackedEntries: 100_000,
 		},
 		Registry: RegistryConfig{PlainHTTP: []string{}},
+		Network: NetworkConfig{
+			CNIBinDirs: []string{"/usr/lib/cni", "/opt/cni/bin"}, CNIConfDir: "/etc/cni/net.d",
+			// Not 10.88/16 (containerd's and podman's examples) nor inside
+			// 10.96/12 (Kubernetes' default service range).
+			DefaultBridge: "wasmcri0", DefaultSubnet: "10.89.0.0/16",
+		},
 	}
 }
 
@@ -309,6 +333,22 @@ func (c *Config) Validate() error {
 		if v <= 0 {
 			return bad(key, "%d must be positive", v)
 		}
+	}
+	if len(c.Network.CNIBinDirs) == 0 {
+		return bad("network.cni_bin_dirs", "no directory given")
+	}
+	for _, d := range append([]string{c.Network.CNIConfDir}, c.Network.CNIBinDirs...) {
+		if !filepath.IsAbs(d) {
+			return bad("network", "%q is not an absolute path", d)
+		}
+	}
+	if b := c.Network.DefaultBridge; b == "" || len(b) > 15 || strings.ContainsAny(b, "/ \t\n:") {
+		return bad("network.default_bridge", "%q is not a link name (1 to 15 characters, no '/', ':' or spaces)", b)
+	}
+	if ip, n, err := net.ParseCIDR(c.Network.DefaultSubnet); err != nil || ip.To4() == nil {
+		return bad("network.default_subnet", "%q is not an IPv4 subnet (a.b.c.d/n)", c.Network.DefaultSubnet)
+	} else if ones, _ := n.Mask.Size(); ones > 30 {
+		return bad("network.default_subnet", "%q leaves no room for pods (/30 at most)", c.Network.DefaultSubnet)
 	}
 	if c.Image.PullTimeout.Duration <= 0 {
 		return bad("image.pull_timeout", "%s must be positive", c.Image.PullTimeout)

@@ -79,6 +79,13 @@ func TestParseRefusesNamingTheKey(t *testing.T) {
 		{"pprof on TCP", "[debug]\npprof_address = \"127.0.0.1:6060\"", "debug.pprof_address"},
 		{"pprof on the CRI socket", "[debug]\npprof_address = \"unix:///run/wasmcri/wasmcri.sock\"", "debug.pprof_address"},
 		{"cgroup driver", "[runtime]\ncgroup_driver = \"none\"", "runtime.cgroup_driver"},
+		{"no CNI plugin dirs", "[network]\ncni_bin_dirs = []", "network.cni_bin_dirs"},
+		{"relative CNI conf dir", "[network]\ncni_conf_dir = \"etc/cni\"", "network"},
+		{"bridge name too long", "[network]\ndefault_bridge = \"a-bridge-name-too-long\"", "network.default_bridge"},
+		{"bridge name with a slash", "[network]\ndefault_bridge = \"../x\"", "network.default_bridge"},
+		{"subnet not CIDR", "[network]\ndefault_subnet = \"10.89.0.0\"", "network.default_subnet"},
+		{"IPv6 subnet", "[network]\ndefault_subnet = \"fd00::/64\"", "network.default_subnet"},
+		{"subnet too small", "[network]\ndefault_subnet = \"10.89.0.0/31\"", "network.default_subnet"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.toml))

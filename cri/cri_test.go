@@ -17,6 +17,7 @@ import (
 	"github.com/wasmcri/wasmcri/daemon"
 	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/image/imagebuild"
+	"github.com/wasmcri/wasmcri/internal/testcni"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	"github.com/wasmcri/wasmcri/internal/testregistry"
 	"google.golang.org/grpc"
@@ -56,6 +57,10 @@ func startWith(t *testing.T, tweak func(*config.Config), log io.Writer) clients 
 	cfg.Root, cfg.State = filepath.Join(dir, "root"), filepath.Join(dir, "state")
 	cfg.GRPC.Address = filepath.Join(sockDir, "cri.sock")
 	cfg.Runtime.Handlers = []string{"wasmtime", "spare"}
+	cfg.Network.CNIBinDirs = testcni.Require(t)
+	cfg.Network.CNIConfDir = filepath.Join(dir, "net.d")
+	cfg.Network.DefaultBridge, cfg.Network.DefaultSubnet = testcni.Network(t, "10.251")
+	testcni.UnpinAtEnd(t, filepath.Join(cfg.State, "netns"))
 	if tweak != nil {
 		tweak(cfg)
 	}

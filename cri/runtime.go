@@ -48,14 +48,16 @@ func semanticVersion(v string) string {
 	return "0.0.0-dev+" + strings.Join(ids, ".")
 }
 
-// Status reports the runtime ready. The network is ready too: Wasm pods
-// need no CNI network, and kubelet holds a node NotReady while
-// NetworkReady is false.
+// Status reports the runtime ready, and the network ready while pods can
+// join the pod network (kubelet holds a node NotReady while it is not).
 func (s *Server) Status(ctx context.Context, req *runtimeapi.StatusRequest) (*runtimeapi.StatusResponse, error) {
+	network := &runtimeapi.RuntimeCondition{Type: runtimeapi.NetworkReady, Status: true}
+	if err := s.sandboxes.NetworkStatus(); err != nil {
+		network.Status, network.Reason, network.Message = false, "NetworkPluginNotReady", err.Error()
+	}
 	resp := &runtimeapi.StatusResponse{
 		Status: &runtimeapi.RuntimeStatus{Conditions: []*runtimeapi.RuntimeCondition{
-			{Type: runtimeapi.RuntimeReady, Status: true},
-			{Type: runtimeapi.NetworkReady, Status: true},
+			{Type: runtimeapi.RuntimeReady, Status: true}, network,
 		}},
 	}
 	caps := &runtimeapi.RuntimeCondition{Type: "CPUQuotaEnforced", Status: true}

@@ -15,7 +15,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 	if req.GetConfig() == nil {
 		return nil, fmt.Errorf("RunPodSandbox: no config: %w", errdefs.ErrInvalidArgument)
 	}
-	sb, err := s.sandboxes.RunSandbox(req.GetConfig(), req.GetRuntimeHandler())
+	sb, err := s.sandboxes.RunSandbox(ctx, req.GetConfig(), req.GetRuntimeHandler())
 	if err != nil {
 		return nil, err
 	}
@@ -24,7 +24,7 @@ func (s *Server) RunPodSandbox(ctx context.Context, req *runtimeapi.RunPodSandbo
 
 // StopPodSandbox ends every container of the sandbox.
 func (s *Server) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSandboxRequest) (*runtimeapi.StopPodSandboxResponse, error) {
-	if err := s.sandboxes.StopSandbox(req.GetPodSandboxId()); err != nil {
+	if err := s.sandboxes.StopSandbox(ctx, req.GetPodSandboxId()); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.StopPodSandboxResponse{}, nil
@@ -32,7 +32,7 @@ func (s *Server) StopPodSandbox(ctx context.Context, req *runtimeapi.StopPodSand
 
 // RemovePodSandbox removes the sandbox and its containers.
 func (s *Server) RemovePodSandbox(ctx context.Context, req *runtimeapi.RemovePodSandboxRequest) (*runtimeapi.RemovePodSandboxResponse, error) {
-	if err := s.sandboxes.RemoveSandbox(req.GetPodSandboxId()); err != nil {
+	if err := s.sandboxes.RemoveSandbox(ctx, req.GetPodSandboxId()); err != nil {
 		return nil, err
 	}
 	return &runtimeapi.RemovePodSandboxResponse{}, nil
@@ -57,13 +57,11 @@ func (s *Server) PodSandboxStatus(ctx context.Context, req *runtimeapi.PodSandbo
 
 func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 	return &runtimeapi.PodSandboxStatus{
-		Id:        sb.ID,
-		Metadata:  sb.Config.GetMetadata(),
-		State:     sandboxState(sb.State),
-		CreatedAt: nanos(sb.CreatedAt),
-		// No network status at all: a Wasm pod has no network of its own.
-		// (An empty IP would make kubelet recreate the sandbox forever.)
-		Network:     nil,
+		Id:          sb.ID,
+		Metadata:    sb.Config.GetMetadata(),
+		State:       sandboxState(sb.State),
+		CreatedAt:   nanos(sb.CreatedAt),
+		Network:     networkStatus(sb),
 		Labels:      sb.Config.GetLabels(),
 		Annotations: sb.Config.GetAnnotations(),
 		// kubelet compares the namespace options with the pod's to decide
@@ -73,6 +71,20 @@ func sandboxStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxStatus {
 		}},
 		RuntimeHandler: sb.RuntimeHandler,
 	}
+}
+
+// networkStatus is the pod's addresses on the pod network; none for a pod
+// on the node's network or one taken off the pod network by its stop (an
+// empty IP on a ready sandbox makes kubelet recreate it).
+func networkStatus(sb sandbox.Sandbox) *runtimeapi.PodSandboxNetworkStatus {
+	if len(sb.IPs) == 0 || sb.NetworkDetached {
+		return nil
+	}
+	st := &runtimeapi.PodSandboxNetworkStatus{Ip: sb.IPs[0]}
+	for _, ip := range sb.IPs[1:] {
+		st.AdditionalIps = append(st.AdditionalIps, &runtimeapi.PodIP{Ip: ip})
+	}
+	return st
 }
 
 // ListPodSandbox lists sandboxes matching the filter. Each sandbox's

@@ -111,6 +111,12 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 	d.Sandboxes, err = sandbox.NewManager(d.stateDB, d.Images, d.runtime, sandbox.Options{
 		RootDir: cfg.Root, RootsDir: filepath.Join(cfg.State, "containers"), Handlers: cfg.Runtime.Handlers, Logger: log,
 		WritableLayerSize: cfg.Runtime.WritableLayerSize, WritableLayerInodes: cfg.Runtime.WritableLayerInodes,
+		// Namespaces and the built-in network's leases live in the state
+		// directory: both end with the machine, and go together.
+		Network: &sandbox.NetworkOptions{
+			PluginDirs: cfg.Network.CNIBinDirs, ConfDir: cfg.Network.CNIConfDir, NetNSDir: filepath.Join(cfg.State, "netns"),
+			DefaultBridge: cfg.Network.DefaultBridge, DefaultSubnet: cfg.Network.DefaultSubnet, IPAMDir: filepath.Join(cfg.State, "cni"),
+		},
 	})
 	if err != nil {
 		return nil, err

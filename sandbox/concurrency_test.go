@@ -80,7 +80,7 @@ func TestConcurrentLifecycles(t *testing.T) {
 			}()
 		}
 	}
-	if err := e.m.StopSandbox(victim.ID); err != nil {
+	if err := e.m.StopSandbox(context.Background(), victim.ID); err != nil {
 		t.Fatal(err)
 	}
 	// Once the stop has returned nothing runs in the pod, and nothing

@@ -98,7 +98,7 @@ func (e *env) image(name string, module []byte) string {
 
 func (e *env) sandbox(name string) Sandbox {
 	e.t.Helper()
-	sb, err := e.m.RunSandbox(podConfig(name, e.dir), "")
+	sb, err := e.m.RunSandbox(context.Background(), podConfig(name, e.dir), "")
 	if err != nil {
 		e.t.Fatal(err)
 	}

@@ -122,7 +122,7 @@ func TestStopIsPromptAndIsolated(t *testing.T) {
 		t.Fatalf("the other pod's container is %s", got.State)
 	}
 	// Stopping the sandbox stops what runs in it; removing it removes all.
-	if err := e.m.StopSandbox(b.ID); err != nil {
+	if err := e.m.StopSandbox(context.Background(), b.ID); err != nil {
 		t.Fatal(err)
 	}
 	if got, _ := e.m.Container(cb.ID); got.State != ContainerExited {
@@ -136,7 +136,7 @@ func TestStopIsPromptAndIsolated(t *testing.T) {
 	}); !errdefs.IsFailedPrecondition(err) {
 		t.Fatalf("create in a stopped sandbox: %v", err)
 	}
-	if err := e.m.RemoveSandbox(a.ID); err != nil {
+	if err := e.m.RemoveSandbox(context.Background(), a.ID); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := e.m.Container(ca.ID); !errdefs.IsNotFound(err) {
@@ -145,7 +145,7 @@ func TestStopIsPromptAndIsolated(t *testing.T) {
 	if _, err := os.Stat(e.m.rootfs(ca.ID)); !os.IsNotExist(err) {
 		t.Fatalf("container root left behind: %v", err)
 	}
-	if err := e.m.RemoveSandbox(a.ID); err != nil {
+	if err := e.m.RemoveSandbox(context.Background(), a.ID); err != nil {
 		t.Fatalf("second remove: %v", err)
 	}
 }
@@ -186,7 +186,7 @@ func TestStateSurvivesRestart(t *testing.T) {
 	if err := m2.StartContainer(context.Background(), created.ID); err != nil {
 		t.Fatal(err)
 	}
-	if _, err := m2.RunSandbox(podConfig("pod", e.dir), ""); !errdefs.IsAlreadyExists(err) {
+	if _, err := m2.RunSandbox(context.Background(), podConfig("pod", e.dir), ""); !errdefs.IsAlreadyExists(err) {
 		t.Fatalf("sandbox name not reserved after restart: %v", err)
 	}
 	m2.Shutdown()
@@ -200,16 +200,16 @@ func TestRefusals(t *testing.T) {
 	sb := e.sandbox("pod")
 	ctx := context.Background()
 
-	if _, err := e.m.RunSandbox(podConfig("pod", e.dir), ""); !errdefs.IsAlreadyExists(err) {
+	if _, err := e.m.RunSandbox(context.Background(), podConfig("pod", e.dir), ""); !errdefs.IsAlreadyExists(err) {
 		t.Errorf("duplicate sandbox: %v", err)
 	}
-	if _, err := e.m.RunSandbox(podConfig("other", e.dir), "runc"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "runc") {
+	if _, err := e.m.RunSandbox(context.Background(), podConfig("other", e.dir), "runc"); !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), "runc") {
 		t.Errorf("unknown handler: %v", err)
 	}
-	if got, err := e.m.RunSandbox(podConfig("debug", e.dir), "wasmtime-debug"); err != nil || got.RuntimeHandler != "wasmtime-debug" {
+	if got, err := e.m.RunSandbox(context.Background(), podConfig("debug", e.dir), "wasmtime-debug"); err != nil || got.RuntimeHandler != "wasmtime-debug" {
 		t.Errorf("second handler: %+v, %v", got, err)
 	}
-	if _, err := e.m.RunSandbox(&runtimeapi.PodSandboxConfig{}, ""); !errdefs.IsInvalidArgument(err) {
+	if _, err := e.m.RunSandbox(context.Background(), &runtimeapi.PodSandboxConfig{}, ""); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("no metadata: %v", err)
 	}
 	if _, err := e.m.CreateContainer(ctx, "nope", &runtimeapi.ContainerConfig{Metadata: &runtimeapi.ContainerMetadata{Name: "x"}, Image: &runtimeapi.ImageSpec{Image: img}}); !errdefs.IsNotFound(err) {
@@ -244,7 +244,7 @@ func TestRefusals(t *testing.T) {
 	for name, err := range map[string]error{
 		"remove container": e.m.RemoveContainer("nope"),
 		"stop container":   e.m.StopContainer("nope", 0),
-		"stop sandbox":     e.m.StopSandbox("nope"),
+		"stop sandbox":     e.m.StopSandbox(context.Background(), "nope"),
 	} {
 		if err != nil {
 			t.Errorf("%s of an unknown ID: %v", name, err)

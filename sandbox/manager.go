@@ -44,7 +44,10 @@ type Options struct {
 	// Handlers are the runtime handler names accepted; the first is the
 	// default for an empty runtime_handler.
 	Handlers []string
-	Logger   *slog.Logger
+	// Network attaches pods to a CNI network, each in a namespace of its
+	// own (network.go); nil keeps every pod on the node's network.
+	Network *NetworkOptions
+	Logger  *slog.Logger
 }
 
 // Manager owns every sandbox and container. Each object has its own lock
@@ -66,6 +69,8 @@ type Manager struct {
 
 	events events
 	usage  *usageCache
+	// network is nil when pods use the node's network.
+	network *podNetwork
 }
 
 // NewManager loads persisted state. Containers that were running when the
@@ -119,7 +124,13 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 		m.containers.add(c.ID, &containerEntry{Container: *c})
 		m.names.reserve(c.Name(), c.ID)
 	}
+	if opts.Network != nil {
+		if m.network, err = newPodNetwork(*opts.Network); err != nil {
+			return nil, err
+		}
+	}
 	m.reclaim()
+	m.reclaimNetworks()
 	if err := m.mountRoots(); err != nil {
 		return nil, err
 	}

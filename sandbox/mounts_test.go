@@ -96,7 +96,7 @@ func TestContainerRootAndReadOnlyMounts(t *testing.T) {
 	cfg := podConfig("rooted", e.dir)
 	cfg.Hostname = "wasm-host"
 	cfg.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"10.0.0.10"}, Searches: []string{"svc.local"}, Options: []string{"ndots:5"}}
-	sb, err := e.m.RunSandbox(cfg, "")
+	sb, err := e.m.RunSandbox(context.Background(), cfg, "")
 	if err != nil {
 		t.Fatal(err)
 	}

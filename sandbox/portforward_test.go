@@ -29,7 +29,7 @@ func TestPortForwardNeverReachesTheNode(t *testing.T) {
 	port := int32(l.Addr().(*net.TCPAddr).Port)
 	cfg := podConfig("web", e.dir)
 	cfg.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: port}}
-	sb, err := e.m.RunSandbox(cfg, "")
+	sb, err := e.m.RunSandbox(context.Background(), cfg, "")
 	if err != nil {
 		t.Fatal(err)
 	}

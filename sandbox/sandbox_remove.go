@@ -1,6 +1,7 @@
 package sandbox
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -8,9 +9,10 @@ import (
 	"github.com/containerd/errdefs"
 )
 
-// RemoveSandbox stops and removes the sandbox and all its containers.
-// Removing an absent sandbox is not an error (CRI: idempotent).
-func (m *Manager) RemoveSandbox(id string) error {
+// RemoveSandbox stops and removes the sandbox, all its containers and its
+// network namespace. Removing an absent sandbox is not an error (CRI:
+// idempotent).
+func (m *Manager) RemoveSandbox(ctx context.Context, id string) error {
 	sb, err := m.sandboxes.get(id)
 	if errdefs.IsNotFound(err) {
 		return nil
@@ -18,7 +20,7 @@ func (m *Manager) RemoveSandbox(id string) error {
 	if err != nil {
 		return err
 	}
-	if err := m.StopSandbox(sb.ID); err != nil {
+	if err := m.StopSandbox(ctx, sb.ID); err != nil {
 		return err
 	}
 	for _, c := range m.containersOf(sb.ID) {
@@ -33,6 +35,9 @@ func (m *Manager) RemoveSandbox(id string) error {
 	if err != nil {
 		return err
 	}
+	// Detached by the stop above; the namespace goes with the record. One
+	// left by a crash between the two is reclaimed at start-up.
+	m.releaseNetwork(gone)
 	m.removeOwnLogDir(gone)
 	m.log.Info("sandbox removed", "sandbox", sb.ID)
 	return nil

@@ -1,16 +1,19 @@
 package sandbox
 
 import (
+	"context"
 	"fmt"
 
 	"github.com/containerd/errdefs"
 )
 
-// StopSandbox marks the sandbox not ready and ends every container of it
-// at once (CRI: forcibly). Marking it first means no container is created
-// or started in it from then on. Stopping a stopped or absent sandbox is
-// not an error; a second stop ends what the first could not.
-func (m *Manager) StopSandbox(id string) error {
+// StopSandbox marks the sandbox not ready, ends every container of it at
+// once (CRI: forcibly), then takes the pod off the pod network (CNI DEL);
+// its namespace stays until RemoveSandbox. Marking it first means no
+// container is created or started in it from then on. Stopping a stopped
+// or absent sandbox is not an error; a second stop ends what the first
+// could not.
+func (m *Manager) StopSandbox(ctx context.Context, id string) error {
 	sb, err := m.sandboxes.get(id)
 	if errdefs.IsNotFound(err) {
 		// CRI: idempotent; a sandbox already removed is stopped.
@@ -30,6 +33,9 @@ func (m *Manager) StopSandbox(id string) error {
 		if err := m.StopContainer(c.ID, 0); err != nil && !errdefs.IsNotFound(err) {
 			return fmt.Errorf("stop container %s of sandbox %s: %w", c.ID, sb.ID, err)
 		}
+	}
+	if err := m.detachNetwork(ctx, sb); err != nil {
+		return err
 	}
 	if wasReady {
 		m.log.Info("sandbox stopped", "sandbox", sb.ID)

@@ -301,7 +301,7 @@ func TestCRIInputRefusals(t *testing.T) {
 	for field, mutate := range pods {
 		cfg := podConfig("bad-pod", e.dir)
 		mutate(cfg)
-		_, err := e.m.RunSandbox(cfg, "")
+		_, err := e.m.RunSandbox(context.Background(), cfg, "")
 		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), field) {
 			t.Errorf("pod with a bad %s: %v", field, err)
 		}
@@ -311,7 +311,7 @@ func TestCRIInputRefusals(t *testing.T) {
 	a.Metadata.Namespace, a.Metadata.Name = "ns/a", "b"
 	b.Metadata.Namespace, b.Metadata.Name = "ns", "a/b"
 	a.Metadata.Uid, b.Metadata.Uid = "u", "u"
-	if _, err := e.m.RunSandbox(a, ""); !errdefs.IsInvalidArgument(err) {
+	if _, err := e.m.RunSandbox(context.Background(), a, ""); !errdefs.IsInvalidArgument(err) {
 		t.Errorf("namespace with '/': %v", err)
 	}
 

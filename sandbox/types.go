@@ -51,6 +51,18 @@ type Sandbox struct {
 	CreatedAt      time.Time                    `json:"createdAt"`
 	// LogDirectory is where container log paths are relative to.
 	LogDirectory string `json:"logDirectory"`
+	// NetNS is the pod's network namespace (a pinned file named by the
+	// sandbox ID), "" for a pod on the node's network; IPs are its
+	// addresses on the pod network, IPv4 first, until NetworkDetached
+	// (StopPodSandbox ran CNI DEL).
+	NetNS           string   `json:"netns,omitempty"`
+	IPs             []string `json:"ips,omitempty"`
+	NetworkDetached bool     `json:"networkDetached,omitempty"`
+}
+
+// HostNetwork says whether the pod config asks for the node's network.
+func HostNetwork(cfg *runtimeapi.PodSandboxConfig) bool {
+	return cfg.GetLinux().GetSecurityContext().GetNamespaceOptions().GetNetwork() == runtimeapi.NamespaceMode_NODE
 }
 
 // Name is the sandbox's reserved name: one sandbox per pod attempt.

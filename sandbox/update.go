@@ -57,25 +57,28 @@ func (m *Manager) updateContainerLocked(c *containerEntry, kind changeKind, ev E
 // setSandboxStateLocked is the one change a sandbox's status has: a
 // state that cannot be persisted is refused. sb.mu is held.
 func (m *Manager) setSandboxStateLocked(sb *sandboxEntry, state SandboxState) error {
+	return m.updateSandboxLocked(sb, func(next *Sandbox) { next.State = state })
+}
+
+// updateSandboxLocked changes a copy of the sandbox, persists it, then
+// makes it the sandbox's; sb's lock is held. A change that cannot be
+// persisted is not made.
+func (m *Manager) updateSandboxLocked(sb *sandboxEntry, change func(*Sandbox)) error {
 	next := sb.Sandbox
-	next.State = state
+	change(&next)
 	if !sb.removed {
 		if err := m.records.putSandbox(&next); err != nil {
 			return fmt.Errorf("persist sandbox %s: %w", sb.ID, err)
 		}
 	}
-	sb.State = state
+	sb.Sandbox = next
 	return nil
 }
 
-// addSandbox reserves the new sandbox's name, persists it and makes it
-// visible.
+// addSandbox persists the new sandbox, whose name its caller reserved,
+// and makes it visible.
 func (m *Manager) addSandbox(sb *sandboxEntry) error {
-	if other, ok := m.names.reserve(sb.Name(), sb.ID); !ok {
-		return fmt.Errorf("sandbox name %q is taken by sandbox %s: %w", sb.Name(), other, errdefs.ErrAlreadyExists)
-	}
 	if err := m.records.putSandbox(&sb.Sandbox); err != nil {
-		m.names.release(sb.Name())
 		return fmt.Errorf("persist sandbox %s: %w", sb.ID, err)
 	}
 	m.sandboxes.add(sb.ID, sb)
