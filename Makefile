@@ -11,6 +11,7 @@ CRICTL_VERSION ?= v1.37.0
 KUBE_VERSION   ?= v1.37.2
 ETCD_VERSION   ?= v3.6.16
 CRITEST_VERSION ?= v1.37.0
+CNI_VERSION    ?= v1.9.0
 TOOLS_DIR      ?= $(HOME)/.cache/wasmcri/tools
 CRICTL         := $(TOOLS_DIR)/crictl-$(CRICTL_VERSION)/crictl
 KUBELET        := $(TOOLS_DIR)/kubelet-$(KUBE_VERSION)/kubelet
@@ -18,8 +19,12 @@ KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)/kube-apiserver
 KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)/kubectl
 ETCD           := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 CRITEST        := $(TOOLS_DIR)/critest-$(CRITEST_VERSION)/critest
-TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(ETCD) $(CRITEST)
-TOOL_ENV       := CRICTL=$(CRICTL) KUBELET=$(KUBELET) KUBE_APISERVER=$(KUBE_APISERVER) KUBECTL=$(KUBECTL) ETCD=$(ETCD)
+# CNI plugins: the node's (Debian's /usr/lib/cni, upstream's /opt/cni/bin)
+# first, these when the node has none.
+CNI_DIR        := $(TOOLS_DIR)/cni-plugins-$(CNI_VERSION)
+CNI_DIRS       := /usr/lib/cni:/opt/cni/bin:$(CNI_DIR)
+TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(ETCD) $(CRITEST) $(CNI_DIR)/bridge
+TOOL_ENV       := CRICTL=$(CRICTL) KUBELET=$(KUBELET) KUBE_APISERVER=$(KUBE_APISERVER) KUBECTL=$(KUBECTL) ETCD=$(ETCD) WASMCRI_CNI_DIRS=$(CNI_DIRS)
 
 # Where `make run` keeps its state: inside the checkout, no root needed.
 RUN_DIR ?= $(CURDIR)/_output
@@ -39,8 +44,8 @@ run: build
 	$(BIN) serve --root $(RUN_DIR)/root --state $(RUN_DIR)/state --listen unix://$(RUN_DIR)/wasmcri.sock
 
 ## demo: registry + push + pull + run a Wasm pod with crictl, then clean up
-demo: build $(CRICTL)
-	CRICTL=$(CRICTL) WASMCRI=$(CURDIR)/$(BIN) hack/demo.sh
+demo: build $(CRICTL) $(CNI_DIR)/bridge
+	CRICTL=$(CRICTL) CNI_DIRS=$(CNI_DIRS) WASMCRI=$(CURDIR)/$(BIN) hack/demo.sh
 
 tools: $(TOOLS)
 
@@ -56,6 +61,9 @@ $(ETCD):
 
 $(CRITEST):
 	hack/build-critest.sh $(CRITEST_VERSION) $@
+
+$(CNI_DIR)/bridge:
+	hack/build-cni-plugins.sh $(CNI_VERSION) $(CNI_DIR)
 
 lint:
 	@unformatted=$$(gofmt -l $$(git ls-files '*.go')); \
@@ -98,9 +106,9 @@ conformance: $(CRICTL) $(CRITEST)
 	  $(GO) test -tags conformance -count=1 -timeout 45m -run '^TestCritest$$' -v ./integration/
 
 ## bench: Go benchmarks, then the driver that rewrites docs/performance.md
-bench: build bench-deps
-	$(GO) test -run '^$$' -bench . -benchtime 2s ./wasm ./bench
-	$(GO) run ./bench/driver -wasmcri $(BIN) -out docs/performance.md
+bench: build bench-deps $(CNI_DIR)/bridge
+	WASMCRI_CNI_DIRS=$(CNI_DIRS) $(GO) test -run '^$$' -bench . -benchtime 2s ./wasm ./bench
+	WASMCRI_CNI_DIRS=$(CNI_DIRS) $(GO) run ./bench/driver -wasmcri $(BIN) -out docs/performance.md
 
 # containerd and runc for the comparison; the driver skips it, saying why,
 # where they cannot be installed or run.

@@ -6,6 +6,11 @@ set -euo pipefail
 
 WASMCRI=${WASMCRI:?set WASMCRI to the wasmcri binary (make demo does)}
 CRICTL=${CRICTL:?set CRICTL to the crictl binary (make demo does)}
+# CNI_DIRS: where the CNI plugins are, ':'-separated (make demo adds its
+# own build of them after the node's).
+CNI_DIRS=${CNI_DIRS:-/usr/lib/cni:/opt/cni/bin}
+# The demo's pod network: a bridge of its own, removed at the end.
+BRIDGE=wasmcri-demo
 # REGISTRY is a docker-registry binary, or "builtin" for an in-memory
 # registry built from this repository (the default when docker-registry
 # is not installed: the demo needs nothing but Go).
@@ -16,6 +21,9 @@ pids=()
 cleanup() {
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   wait 2>/dev/null || true
+  # Pods a failed run left: their namespaces are pinned under the state.
+  for ns in "$work"/state/netns/*; do [ -e "$ns" ] && umount -l "$ns" 2>/dev/null; done
+  ip link del "$BRIDGE" 2>/dev/null || true
   rm -rf "$work"
 }
 trap cleanup EXIT
@@ -53,7 +61,15 @@ GOOS=wasip1 GOARCH=wasm go build -C "$(dirname "$0")/../examples/hello" -o "$wor
 
 step "wasmcri serve (state in $work)"
 sock=$work/wasmcri.sock
-"$WASMCRI" serve --root "$work/root" --state "$work/state" --listen "unix://$sock" >"$work/wasmcri.log" 2>&1 &
+bins=$(printf '"%s", ' $(echo "$CNI_DIRS" | tr ':' ' '))
+cat >"$work/config.toml" <<TOML
+version = 1
+[network]
+cni_bin_dirs = [${bins%, }]
+cni_conf_dir = "$work/net.d"
+default_bridge = "$BRIDGE"
+TOML
+"$WASMCRI" serve --config "$work/config.toml" --root "$work/root" --state "$work/state" --listen "unix://$sock" >"$work/wasmcri.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do [ -S "$sock" ] && break; sleep 0.1; done
 
@@ -75,6 +91,7 @@ JSON
 
 step "crictl runp / create / start"
 pod=$(crictl runp "$work/pod.json")
+echo "pod $pod, address $(crictl inspectp -o go-template --template '{{.status.network.ip}}' "$pod")"
 ctr=$(crictl create "$pod" "$work/container.json" "$work/pod.json")
 crictl start "$ctr"
 for _ in $(seq 100); do

@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/wasmcri/wasmcri/internal/testcni"
 	"golang.org/x/crypto/bcrypt"
 )
 
@@ -190,6 +191,8 @@ type daemon struct {
 	config       string
 	crictl       string
 	crictlConfig string
+	// bridge is the daemon's pod network bridge.
+	bridge string
 }
 
 func newDaemon(t *testing.T) *daemon {
@@ -216,6 +219,9 @@ func newDaemonWithConfig(t *testing.T, toml string) *daemon {
 		t.Fatal(err)
 	}
 	d.config = filepath.Join(dir, "wasmcri.toml")
+	var network string
+	network, d.bridge = testNetworkTOML(t, dir)
+	toml += network
 	if err := os.WriteFile(d.config, []byte(toml), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -225,6 +231,25 @@ func newDaemonWithConfig(t *testing.T, toml string) *daemon {
 	t.Cleanup(func() { unmountUnder(t, d.state) })
 	d.start()
 	return d
+}
+
+// testNetworkTOML gives a daemon a built-in pod network of its own: the
+// test plugins, a bridge and a /24 no other daemon of this run uses (the
+// sandbox, cri and bench tests take other /16s), and no node CNI
+// configuration.
+func testNetworkTOML(t *testing.T, dir string) (toml, bridge string) {
+	bridge, subnet := testcni.Network(t, "10.253")
+	return fmt.Sprintf("\n[network]\ncni_bin_dirs = %s\ncni_conf_dir = %q\ndefault_bridge = %q\ndefault_subnet = %q\n",
+		tomlStrings(testcni.Dirs()), filepath.Join(dir, "net.d"), bridge, subnet), bridge
+}
+
+// tomlStrings is a TOML array of strings.
+func tomlStrings(ss []string) string {
+	q := make([]string, len(ss))
+	for i, s := range ss {
+		q[i] = strconv.Quote(s)
+	}
+	return "[" + strings.Join(q, ", ") + "]"
 }
 
 // adminSocket is where `wasmcri image import` reaches this daemon.

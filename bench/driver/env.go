@@ -155,6 +155,9 @@ func startRegistry(dir string) (string, *proc, error) {
 	return addr, p, err
 }
 
+// benchBridge is the bench daemons' pod network bridge, removed at the end.
+const benchBridge = "wcribench"
+
 // daemonProc is a wasmcri process with its CRI and pprof sockets.
 type daemonProc struct {
 	*proc
@@ -166,8 +169,20 @@ func startWasmcri(bin, dir string) (*daemonProc, error) {
 		return nil, err
 	}
 	pprof := filepath.Join(dir, "pprof.sock")
-	cfg := fmt.Sprintf("root = %q\nstate = %q\n[grpc]\naddress = %q\n[log]\nlevel = \"info\"\n[debug]\npprof_address = %q\n",
-		filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "wasmcri.sock"), pprof)
+	// A pod network of its own: no node CNI configuration, a bridge of
+	// its own (removed with the suite).
+	cniDirs := []string{"/usr/lib/cni", "/opt/cni/bin"}
+	if v := os.Getenv("WASMCRI_CNI_DIRS"); v != "" {
+		cniDirs = strings.Split(v, ":")
+	}
+	quoted := make([]string, len(cniDirs))
+	for i, d := range cniDirs {
+		quoted[i] = strconv.Quote(d)
+	}
+	cfg := fmt.Sprintf("root = %q\nstate = %q\n[grpc]\naddress = %q\n[log]\nlevel = \"info\"\n[debug]\npprof_address = %q\n"+
+		"[network]\ncni_bin_dirs = [%s]\ncni_conf_dir = %q\ndefault_bridge = %q\ndefault_subnet = \"10.254.0.0/16\"\n",
+		filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "wasmcri.sock"), pprof,
+		strings.Join(quoted, ", "), filepath.Join(dir, "net.d"), benchBridge)
 	cfgPath := filepath.Join(dir, "wasmcri.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err

@@ -28,7 +28,7 @@ func (s *suite) startIdle(ref string, args []string, count, workers int) ([]stri
 		go func() {
 			defer wg.Done()
 			for i := range next {
-				t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Args: args, LogDirectory: s.logs})
+				t, err := s.client.RunPod(s.ctx, bench.PodOptions{Image: ref, Args: args, LogDirectory: s.logs, HostNetwork: true})
 				if err != nil {
 					errs <- err
 					return

@@ -22,7 +22,7 @@ import (
 // on one event stream the clients share, as kubelet's pod workers share
 // its one stream.
 func (s *suite) throughput(ref string, clients int, window time.Duration, logs bool) (lifecycleResult, error) {
-	o := bench.PodOptions{Image: ref, Wait: true}
+	o := bench.PodOptions{Image: ref, Wait: true, HostNetwork: true}
 	if logs {
 		o.LogDirectory = s.logs
 	}
