@@ -28,7 +28,7 @@ func (m *Manager) CreateContainer(ctx context.Context, sandboxID string, cfg *ru
 			m.releaseRoot(c)
 		}
 	}()
-	if err := m.makeRoot(ctx, c, p.img, p.sandbox.Config); err != nil {
+	if err := m.makeRoot(ctx, c, p.img, p.sandbox); err != nil {
 		return Container{}, err
 	}
 	if err := m.commitContainer(c); err != nil {

@@ -10,10 +10,12 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/wasmcri/wasmcri/internal/netns"
 	"github.com/wasmcri/wasmcri/internal/testcni"
+	"github.com/wasmcri/wasmcri/internal/testmodule"
 	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
@@ -183,6 +185,21 @@ func TestPodNetworkLifecycle(t *testing.T) {
 	if host.NetNS != "" || len(host.IPs) != 0 {
 		t.Fatalf("a host-network pod got %s %v", host.NetNS, host.IPs)
 	}
+	// A container's /etc/hosts names the pod's address; a host-network
+	// pod's is the node's.
+	img := e.image("hello", testmodule.Hello(t))
+	for _, p := range []struct {
+		sb   Sandbox
+		want string
+	}{{sb, sb.IPs[0] + "\tweb\n"}, {host, readFile(t, "/etc/hosts")}} {
+		c, err := m.CreateContainer(ctx, p.sb.ID, ctrConfig("app", img))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if hosts := readFile(t, filepath.Join(m.rootfs(c.ID), "etc", "hosts")); !strings.Contains(hosts, p.want) {
+			t.Errorf("/etc/hosts of a container in %s:\n%s\nwant %q", p.sb.Config.Metadata.Name, hosts, p.want)
+		}
+	}
 
 	// A new manager on the same state (the daemon restarted) keeps the
 	// pod's namespace and address.
@@ -261,6 +278,71 @@ func TestCrashLeftNetworksReclaimed(t *testing.T) {
 	for _, id := range []string{kept.ID, lost.ID} {
 		if err := m.RemoveSandbox(ctx, id); err != nil {
 			t.Fatal(err)
+		}
+	}
+}
+
+// A host port reaches the pod through the portmap plugin: a connection to
+// the node's loopback on the host port lands on the container port inside
+// the pod's namespace. Detaching the pod takes the rule away.
+func TestHostPort(t *testing.T) {
+	o := testNetwork(t)
+	n, err := newPodNetwork(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	ns, err := netns.Create(o.NetNSDir, "hostport-pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer netns.Remove(ns)
+	probe, err := net.Listen("tcp", "127.0.0.1:0") // a free host port
+	if err != nil {
+		t.Fatal(err)
+	}
+	hostPort := probe.Addr().(*net.TCPAddr).Port
+	probe.Close()
+	cfg := &runtimeapi.PodSandboxConfig{
+		Metadata:     &runtimeapi.PodSandboxMetadata{Name: "hostport", Namespace: "test", Uid: "hostport"},
+		PortMappings: []*runtimeapi.PortMapping{{ContainerPort: 8080, HostPort: int32(hostPort), Protocol: runtimeapi.Protocol_TCP}},
+	}
+	if _, err := n.attach(ctx, "hostport-pod", ns, cfg); err != nil {
+		t.Fatal(err)
+	}
+	var l net.Listener
+	if err := netns.Do(ns, func() (err error) { l, err = net.Listen("tcp", ":8080"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			io.WriteString(c, "through the host port")
+			c.Close()
+		}
+	}()
+	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))
+	c, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatalf("the host port: %v", err)
+	}
+	b, _ := io.ReadAll(c)
+	c.Close()
+	if string(b) != "through the host port" {
+		t.Fatalf("read %q through the host port", b)
+	}
+	if err := n.detach(ctx, "hostport-pod", ns, cfg); err != nil {
+		t.Fatal(err)
+	}
+	if c, err := net.Dial("tcp", addr); err == nil {
+		b, _ := io.ReadAll(c)
+		c.Close()
+		if string(b) == "through the host port" {
+			t.Fatal("the host port still reaches the pod after detach")
 		}
 	}
 }

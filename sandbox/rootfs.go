@@ -30,18 +30,19 @@ var devices = []struct {
 // seedLayer writes what every container's root gets into dir, a fresh
 // empty directory the daemon has just made on the container's own tmpfs:
 // /etc/hostname and /etc/resolv.conf from the pod's config (as containerd
-// provides them) and the device nodes of /dev. Nothing of the image or the
+// provides them), /etc/hosts (podHosts) and the device nodes of /dev. Nothing of the image or the
 // module can be in dir yet, so plain system calls are safe here; over an
 // image the overlay shows these instead of whatever the image has at the
 // same paths, which is never written through.
-func seedLayer(dir string, sb *runtimeapi.PodSandboxConfig) error {
+func seedLayer(dir string, pod Sandbox) error {
+	sb := pod.Config
 	etc, dev := filepath.Join(dir, "etc"), filepath.Join(dir, "dev")
 	for _, d := range []string{etc, dev} {
 		if err := os.Mkdir(d, 0o755); err != nil {
 			return fmt.Errorf("create container root: %w", err)
 		}
 	}
-	for name, data := range map[string][]byte{"hostname": []byte(hostname(sb) + "\n"), "resolv.conf": resolvConf(sb.GetDnsConfig())} {
+	for name, data := range map[string][]byte{"hostname": []byte(hostname(sb) + "\n"), "resolv.conf": resolvConf(sb.GetDnsConfig()), "hosts": podHosts(pod)} {
 		if err := writeNew(filepath.Join(etc, name), data, 0o644); err != nil {
 			return fmt.Errorf("create container root: %w", err)
 		}
@@ -77,6 +78,29 @@ func writeNew(p string, data []byte, mode os.FileMode) error {
 	}
 	return err
 }
+
+// podHosts is a pod's /etc/hosts: the node's for a pod on the node's
+// network (as containerd gives it); otherwise the loopback names and the
+// pod's own addresses under its hostname (as CRI-O writes it). kubelet
+// mounts its own over it for the pods it runs.
+func podHosts(pod Sandbox) []byte {
+	if HostNetwork(pod.Config) {
+		if b := nodeHosts.read(); b != nil {
+			return b
+		}
+	}
+	var b strings.Builder
+	b.WriteString("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	if !pod.NetworkDetached {
+		for _, ip := range pod.IPs {
+			b.WriteString(ip + "\t" + hostname(pod.Config) + "\n")
+		}
+	}
+	return []byte(b.String())
+}
+
+// nodeHosts is the node's /etc/hosts.
+var nodeHosts = &fileCache{path: "/etc/hosts"}
 
 // resolvConf is the pod's DNS configuration, or the node's without one.
 func resolvConf(dns *runtimeapi.DNSConfig) []byte {

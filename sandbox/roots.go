@@ -11,7 +11,6 @@ import (
 	"github.com/wasmcri/wasmcri/image"
 	"github.com/wasmcri/wasmcri/internal/inroot"
 	"golang.org/x/sys/unix"
-	runtimeapi "k8s.io/cri-api/pkg/apis/runtime/v1"
 )
 
 // Container roots live in memory, one tmpfs per container, so that making
@@ -136,7 +135,7 @@ func isMountPoint(dir string) bool {
 // makeRoot makes container c's root: its writable layer, the image's
 // files under it, then the files every container gets. On success c holds
 // the image's files (c.RootImage) until removeRoot.
-func (m *Manager) makeRoot(ctx context.Context, c *containerEntry, img *image.Image, sb *runtimeapi.PodSandboxConfig) error {
+func (m *Manager) makeRoot(ctx context.Context, c *containerEntry, img *image.Image, sb Sandbox) error {
 	layer := m.layerDir(c.ID)
 	if err := os.Mkdir(layer, 0o700); err != nil {
 		return fmt.Errorf("create container root: %w", err)
@@ -175,7 +174,7 @@ func (m *Manager) makeRoot(ctx context.Context, c *containerEntry, img *image.Im
 // overlayImage stacks the container's writable layer over the image's
 // unpacked files at its root. The files are held for the container, so
 // removing the image leaves them in place until the container goes.
-func (m *Manager) overlayImage(ctx context.Context, c *containerEntry, img *image.Image, sb *runtimeapi.PodSandboxConfig) error {
+func (m *Manager) overlayImage(ctx context.Context, c *containerEntry, img *image.Image, sb Sandbox) error {
 	lower, err := m.images.HoldFilesystem(ctx, img)
 	if err != nil {
 		return err
@@ -252,7 +251,7 @@ func (m *Manager) remakeRoots(ctx context.Context) {
 			img, err = &image.Image{ID: c.RootImage, Format: image.FormatCompat}, nil
 		}
 		if err == nil {
-			err = m.makeRoot(ctx, c, img, sb.Config)
+			err = m.makeRoot(ctx, c, img, sb.Sandbox)
 		}
 		if err != nil {
 			m.log.Warn("root of a created container not made again; its start will fail", "container", c.ID, "error", err)

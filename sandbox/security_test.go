@@ -297,6 +297,18 @@ func TestCRIInputRefusals(t *testing.T) {
 		"dns_config.servers": func(c *runtimeapi.PodSandboxConfig) {
 			c.DnsConfig = &runtimeapi.DNSConfig{Servers: []string{"1.1.1.1\nnameserver 6.6.6.6"}}
 		},
+		"port_mappings[1]: ports": func(c *runtimeapi.PodSandboxConfig) {
+			c.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: 80}, {ContainerPort: 80, HostPort: 70000}}
+		},
+		"port_mappings[0]: host port": func(c *runtimeapi.PodSandboxConfig) {
+			c.PortMappings = []*runtimeapi.PortMapping{{HostPort: 8080}}
+		},
+		"port_mappings[0].host_ip": func(c *runtimeapi.PodSandboxConfig) {
+			c.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: 80, HostPort: 8080, HostIp: "0.0.0.0 -j ACCEPT"}}
+		},
+		"port_mappings[0].protocol": func(c *runtimeapi.PodSandboxConfig) {
+			c.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: 80, Protocol: 9}}
+		},
 	}
 	for field, mutate := range pods {
 		cfg := podConfig("bad-pod", e.dir)

@@ -2,6 +2,7 @@ package sandbox
 
 import (
 	"fmt"
+	"net"
 	"path/filepath"
 	"strings"
 	"unicode/utf8"
@@ -77,6 +78,21 @@ func validateSandboxConfig(cfg *runtimeapi.PodSandboxConfig) error {
 			if strings.ContainsAny(v, "\x00\n") {
 				return invalid("%s[%d] %q contains a NUL byte or a newline", field, i, v)
 			}
+		}
+	}
+	// Host ports reach the CNI portmap plugin as its arguments.
+	for i, p := range cfg.GetPortMappings() {
+		if p.GetContainerPort() < 0 || p.GetContainerPort() > 65535 || p.GetHostPort() < 0 || p.GetHostPort() > 65535 {
+			return invalid("port_mappings[%d]: ports %d (container) and %d (host) are not all in 0-65535", i, p.GetContainerPort(), p.GetHostPort())
+		}
+		if p.GetHostPort() > 0 && p.GetContainerPort() == 0 {
+			return invalid("port_mappings[%d]: host port %d maps to no container port", i, p.GetHostPort())
+		}
+		if ip := p.GetHostIp(); ip != "" && net.ParseIP(ip) == nil {
+			return invalid("port_mappings[%d].host_ip %q is not an IP address", i, ip)
+		}
+		if _, ok := runtimeapi.Protocol_name[int32(p.GetProtocol())]; !ok {
+			return invalid("port_mappings[%d].protocol %d is not TCP, UDP or SCTP", i, p.GetProtocol())
 		}
 	}
 	return nil
