@@ -66,6 +66,10 @@ type NetworkConfig struct {
 	// host ports through portmap.
 	DefaultBridge string `toml:"default_bridge"`
 	DefaultSubnet string `toml:"default_subnet"`
+	// PoolSize namespaces are kept attached to the built-in network ahead
+	// of need, so that a pod start does not wait for the plugins; 0 runs
+	// them for each pod as it starts.
+	PoolSize int `toml:"pool_size"`
 }
 
 // AdminConfig configures the node-local socket `wasmcri image import` and
@@ -198,7 +202,7 @@ func Default() *Config {
 			CNIBinDirs: []string{"/usr/lib/cni", "/opt/cni/bin"}, CNIConfDir: "/etc/cni/net.d",
 			// Not 10.88/16 (containerd's and podman's examples) nor inside
 			// 10.96/12 (Kubernetes' default service range).
-			DefaultBridge: "wasmcri0", DefaultSubnet: "10.89.0.0/16",
+			DefaultBridge: "wasmcri0", DefaultSubnet: "10.89.0.0/16", PoolSize: 4,
 		},
 	}
 }
@@ -349,6 +353,9 @@ func (c *Config) Validate() error {
 		return bad("network.default_subnet", "%q is not an IPv4 subnet (a.b.c.d/n)", c.Network.DefaultSubnet)
 	} else if ones, _ := n.Mask.Size(); ones > 30 {
 		return bad("network.default_subnet", "%q leaves no room for pods (/30 at most)", c.Network.DefaultSubnet)
+	}
+	if c.Network.PoolSize < 0 || c.Network.PoolSize > 256 {
+		return bad("network.pool_size", "%d is not in 0-256", c.Network.PoolSize)
 	}
 	if c.Image.PullTimeout.Duration <= 0 {
 		return bad("image.pull_timeout", "%s must be positive", c.Image.PullTimeout)

@@ -86,6 +86,7 @@ func TestParseRefusesNamingTheKey(t *testing.T) {
 		{"subnet not CIDR", "[network]\ndefault_subnet = \"10.89.0.0\"", "network.default_subnet"},
 		{"IPv6 subnet", "[network]\ndefault_subnet = \"fd00::/64\"", "network.default_subnet"},
 		{"subnet too small", "[network]\ndefault_subnet = \"10.89.0.0/31\"", "network.default_subnet"},
+		{"negative pool", "[network]\npool_size = -1", "network.pool_size"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			_, err := Parse([]byte(tc.toml))

@@ -116,6 +116,7 @@ func Start(cfg *config.Config, version string, log *slog.Logger) (_ *Daemon, err
 		Network: &sandbox.NetworkOptions{
 			PluginDirs: cfg.Network.CNIBinDirs, ConfDir: cfg.Network.CNIConfDir, NetNSDir: filepath.Join(cfg.State, "netns"),
 			DefaultBridge: cfg.Network.DefaultBridge, DefaultSubnet: cfg.Network.DefaultSubnet, IPAMDir: filepath.Join(cfg.State, "cni"),
+			PoolSize: cfg.Network.PoolSize,
 		},
 	})
 	if err != nil {

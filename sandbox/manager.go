@@ -69,8 +69,10 @@ type Manager struct {
 
 	events events
 	usage  *usageCache
-	// network is nil when pods use the node's network.
+	// network is nil when pods use the node's network; netPool, when not
+	// nil, holds namespaces attached ahead of need.
 	network *podNetwork
+	netPool *netPool
 }
 
 // NewManager loads persisted state. Containers that were running when the
@@ -131,6 +133,9 @@ func NewManager(db *bolt.DB, images Images, rt *wasm.Runtime, opts Options) (*Ma
 	}
 	m.reclaim()
 	m.reclaimNetworks()
+	if m.network != nil && opts.Network.PoolSize > 0 {
+		m.netPool = newNetPool(m.network, opts.Network.PoolSize, m.log)
+	}
 	if err := m.mountRoots(); err != nil {
 		return nil, err
 	}
@@ -178,6 +183,7 @@ func (m *Manager) Shutdown() {
 		return
 	}
 	m.usage.close()
+	m.netPool.close()
 	var running []*run
 	for _, c := range m.containers.all() {
 		c.mu.Lock()

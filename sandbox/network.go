@@ -34,6 +34,9 @@ type NetworkOptions struct {
 	// a bridge (DefaultBridge) with host-local addresses from
 	// DefaultSubnet, leases kept in IPAMDir, and portmap for host ports.
 	DefaultBridge, DefaultSubnet, IPAMDir string
+	// PoolSize namespaces are kept attached to the built-in network ahead
+	// of need (network_pool.go); 0 attaches each pod as it starts.
+	PoolSize int
 }
 
 // defaultNetworkName is the built-in network's CNI name.
@@ -89,6 +92,13 @@ func (n *podNetwork) load() error {
 	}
 	n.builtIn = true
 	return nil
+}
+
+// isBuiltIn says whether pods join the built-in network.
+func (n *podNetwork) isBuiltIn() bool {
+	n.mu.Lock()
+	defer n.mu.Unlock()
+	return n.builtIn
 }
 
 // builtInNetwork is the CNI configuration of wasmcri's own network: a
@@ -248,6 +258,10 @@ func (m *Manager) attachNetwork(ctx context.Context, sb *sandboxEntry) error {
 	if err := m.network.status(); err != nil {
 		return fmt.Errorf("the pod network is not ready: %v: %w", err, errdefs.ErrFailedPrecondition)
 	}
+	if got, ok := m.netPool.take(sb.Config); ok {
+		sb.NetNS, sb.IPs, sb.NetworkID = got.netns, got.ips, got.id
+		return nil
+	}
 	ns, err := netns.Create(m.network.opts.NetNSDir, sb.ID)
 	if err != nil {
 		return fmt.Errorf("create the network namespace of sandbox %s: %w", sb.ID, err)
@@ -271,7 +285,7 @@ func (m *Manager) detachNetwork(ctx context.Context, sb *sandboxEntry) error {
 		return nil
 	}
 	if m.network != nil {
-		if err := m.network.detach(ctx, s.ID, s.NetNS, s.Config); err != nil {
+		if err := m.network.detach(ctx, s.cniID(), s.NetNS, s.Config); err != nil {
 			return fmt.Errorf("take sandbox %s off the pod network: %w", s.ID, err)
 		}
 	}
@@ -289,7 +303,7 @@ func (m *Manager) releaseNetwork(s Sandbox) {
 	}
 	if !s.NetworkDetached && m.network != nil {
 		ctx, cancel := context.WithTimeout(context.Background(), networkTimeout)
-		err := m.network.detach(ctx, s.ID, s.NetNS, s.Config)
+		err := m.network.detach(ctx, s.cniID(), s.NetNS, s.Config)
 		cancel()
 		if err != nil {
 			m.log.Warn("sandbox not taken off the pod network", "sandbox", s.ID, "error", err)
@@ -322,7 +336,7 @@ func (m *Manager) reclaimNetworks() {
 		// DEL still frees what the plugins hold for it (its lease), with
 		// the namespace gone.
 		ctx, cancel := context.WithTimeout(context.Background(), networkTimeout)
-		if err := m.network.detach(ctx, sb.ID, sb.NetNS, sb.Config); err != nil {
+		if err := m.network.detach(ctx, sb.cniID(), sb.NetNS, sb.Config); err != nil {
 			m.log.Warn("sandbox not taken off the pod network", "sandbox", sb.ID, "error", err)
 		}
 		cancel()
@@ -339,7 +353,8 @@ func (m *Manager) reclaimNetworks() {
 		if recorded[name] {
 			continue
 		}
-		// Named by its sandbox ID, which is also the CNI container ID.
+		// Named by the CNI container ID it was attached under: its
+		// sandbox's ID, or a pooled one's.
 		m.releaseNetwork(Sandbox{ID: name, Config: &runtimeapi.PodSandboxConfig{}, NetNS: filepath.Join(dir, name)})
 		m.log.Info("reclaimed a network namespace of an earlier run", "netns", filepath.Join(dir, name))
 	}

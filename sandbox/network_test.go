@@ -346,3 +346,78 @@ func TestHostPort(t *testing.T) {
 		}
 	}
 }
+
+// With a pool, a pod takes a namespace attached ahead of need, under the
+// pool's CNI ID, which its stop detaches; the pool fills up again; a pod
+// with host ports gets an attachment of its own; Shutdown releases what
+// the pool holds, and a crash's pool is reclaimed at the next start.
+func TestNetworkPool(t *testing.T) {
+	o := testNetwork(t)
+	o.PoolSize = 2
+	e := newEnv(t)
+	m := e.managerWith(Options{Network: &o})
+	ctx := context.Background()
+	pooled := func() int {
+		names, _ := netns.List(o.NetNSDir)
+		n := 0
+		for _, name := range names {
+			if strings.HasPrefix(name, poolPrefix) {
+				n++
+			}
+		}
+		return n
+	}
+	leases := func() []string {
+		l, _ := filepath.Glob(filepath.Join(o.IPAMDir, defaultNetworkName, "10.*"))
+		return l
+	}
+	waitFor(t, "the pool filled", func() bool { m.netPool.mu.Lock(); defer m.netPool.mu.Unlock(); return len(m.netPool.ready) == 2 })
+
+	sb, err := m.RunSandbox(ctx, podConfig("pooled", e.dir), "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !strings.HasPrefix(sb.NetworkID, poolPrefix) || filepath.Base(sb.NetNS) != sb.NetworkID || len(sb.IPs) != 1 || !netns.IsPinned(sb.NetNS) {
+		t.Fatalf("pod from the pool: %+v", sb)
+	}
+	waitFor(t, "the pool filled again", func() bool { m.netPool.mu.Lock(); defer m.netPool.mu.Unlock(); return len(m.netPool.ready) == 2 })
+
+	cfg := podConfig("ports", e.dir)
+	cfg.PortMappings = []*runtimeapi.PortMapping{{ContainerPort: 80, HostPort: 18080}}
+	own, err := m.RunSandbox(ctx, cfg, "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if own.NetworkID != "" || filepath.Base(own.NetNS) != own.ID {
+		t.Fatalf("a pod with host ports took %q", own.NetworkID)
+	}
+	if got := len(leases()); got != 4 {
+		t.Fatalf("%d leases for 2 pods and 2 pooled namespaces", got)
+	}
+	for _, id := range []string{sb.ID, own.ID} {
+		if err := m.StopSandbox(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+		if err := m.RemoveSandbox(ctx, id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got := len(leases()); got != 2 || pooled() != 2 {
+		t.Fatalf("after the pods went: %d leases, %d pooled namespaces", got, pooled())
+	}
+
+	// A crash leaves the pool's namespaces: the next start reclaims them
+	// and fills a new pool; a clean shutdown releases it.
+	stale, _ := netns.List(o.NetNSDir)
+	m2 := e.managerWith(Options{Network: &o})
+	for _, name := range stale {
+		if _, err := os.Stat(filepath.Join(o.NetNSDir, name)); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("the earlier pool's %s was not reclaimed", name)
+		}
+	}
+	waitFor(t, "the new pool filled", func() bool { m2.netPool.mu.Lock(); defer m2.netPool.mu.Unlock(); return len(m2.netPool.ready) == 2 })
+	m2.Shutdown()
+	if names, _ := netns.List(o.NetNSDir); len(names) != 0 || len(leases()) != 0 {
+		t.Fatalf("after shutdown: namespaces %v, leases %v", names, leases())
+	}
+}

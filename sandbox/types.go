@@ -58,6 +58,17 @@ type Sandbox struct {
 	NetNS           string   `json:"netns,omitempty"`
 	IPs             []string `json:"ips,omitempty"`
 	NetworkDetached bool     `json:"networkDetached,omitempty"`
+	// NetworkID is the CNI container ID the namespace was attached under
+	// when it is not the sandbox's (one attached ahead of need).
+	NetworkID string `json:"networkId,omitempty"`
+}
+
+// cniID is the CNI container ID of the sandbox's attachment.
+func (s *Sandbox) cniID() string {
+	if s.NetworkID != "" {
+		return s.NetworkID
+	}
+	return s.ID
 }
 
 // HostNetwork says whether the pod config asks for the node's network.
