@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/wasmcri/wasmcri/internal/netns"
+	"github.com/wasmcri/wasmcri/internal/testcni"
 )
 
 // podNetwork is a pod's address (crictl inspectp's status.network) and
@@ -46,16 +47,7 @@ func serveIn(t *testing.T, path, ip, msg string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { l.Close() })
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, msg)
-			c.Close()
-		}
-	}()
+	go testcni.Answer(l, msg)
 	return net.JoinHostPort(ip, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 }
 

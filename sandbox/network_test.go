@@ -104,16 +104,7 @@ func TestBuiltInNetwork(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "hello from pod-a")
-			c.Close()
-		}
-	}()
+	go testcni.Answer(l, "hello from pod-a")
 	addr := net.JoinHostPort(pods[0].ip, strconv.Itoa(l.Addr().(*net.TCPAddr).Port))
 	read := func() error {
 		c, err := net.Dial("tcp", addr)
@@ -315,16 +306,7 @@ func TestHostPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			io.WriteString(c, "through the host port")
-			c.Close()
-		}
-	}()
+	go testcni.Answer(l, "through the host port")
 	addr := net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))
 	c, err := net.Dial("tcp", addr)
 	if err != nil {

@@ -28,41 +28,15 @@ func Create(dir, name string) (string, error) {
 		return "", fmt.Errorf("create network namespace file: %w", err)
 	}
 	f.Close()
-	errc := make(chan error, 1)
-	go func() {
-		// The thread enters the new namespace only to pin it, then goes
-		// home. Go may run this on the process's main thread, which can
-		// never end: it must not stay behind in the pod's namespace.
-		runtime.LockOSThread()
-		home, err := unix.Open("/proc/thread-self/ns/net", unix.O_RDONLY|unix.O_CLOEXEC, 0)
-		if err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("open this thread's network namespace: %w", err)
-			return
+	// thread-self, not self/task/<tid>: this process may see another pid
+	// namespace's /proc.
+	err = away(func() error { return unix.Unshare(unix.CLONE_NEWNET) }, func() error {
+		if err := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, ""); err != nil {
+			return fmt.Errorf("pin the network namespace at %s: %w", path, err)
 		}
-		defer unix.Close(home)
-		if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
-			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("unshare the network namespace: %w", err)
-			return
-		}
-		// thread-self, not self/task/<tid>: this process may see another
-		// pid namespace's /proc.
-		merr := unix.Mount("/proc/thread-self/ns/net", path, "", unix.MS_BIND, "")
-		if merr != nil {
-			merr = fmt.Errorf("pin the network namespace at %s: %w", path, merr)
-		}
-		if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
-			// Left locked, the thread ends with this goroutine (or, the
-			// main thread, is parked for good) rather than serve others
-			// from the pod's namespace.
-			errc <- errors.Join(merr, fmt.Errorf("return from the new network namespace: %w", err))
-			return
-		}
-		runtime.UnlockOSThread()
-		errc <- merr
-	}()
-	if err := <-errc; err != nil {
+		return nil
+	})
+	if err != nil {
 		os.Remove(path)
 		return "", err
 	}
@@ -97,6 +71,15 @@ func Do(path string, fn func() error) error {
 		return fmt.Errorf("open network namespace %s: %w", path, err)
 	}
 	defer unix.Close(target)
+	return away(func() error { return unix.Setns(target, unix.CLONE_NEWNET) }, fn)
+}
+
+// away runs work on a locked OS thread that enter has moved to another
+// network namespace, then moves the thread home. Go may pick the process's
+// main thread, which can never end: no thread may stay behind. One that
+// cannot go home stays locked, and ends with its goroutine (or, the main
+// thread, is parked for good) rather than serve others from elsewhere.
+func away(enter, work func() error) error {
 	errc := make(chan error, 1)
 	go func() {
 		runtime.LockOSThread()
@@ -107,20 +90,18 @@ func Do(path string, fn func() error) error {
 			return
 		}
 		defer unix.Close(home)
-		if err := unix.Setns(target, unix.CLONE_NEWNET); err != nil {
+		if err := enter(); err != nil {
 			runtime.UnlockOSThread()
-			errc <- fmt.Errorf("enter network namespace %s: %w", path, err)
+			errc <- fmt.Errorf("enter the network namespace: %w", err)
 			return
 		}
-		ferr := fn()
+		werr := work()
 		if err := unix.Setns(home, unix.CLONE_NEWNET); err != nil {
-			// The thread stays locked and ends with this goroutine rather
-			// than serve others from the wrong namespace.
-			errc <- errors.Join(ferr, fmt.Errorf("leave network namespace %s: %w", path, err))
+			errc <- errors.Join(werr, fmt.Errorf("return to this thread's network namespace: %w", err))
 			return
 		}
 		runtime.UnlockOSThread()
-		errc <- ferr
+		errc <- werr
 	}()
 	return <-errc
 }

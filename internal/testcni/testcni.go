@@ -6,6 +6,8 @@ package testcni
 
 import (
 	"fmt"
+	"io"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,4 +66,17 @@ func UnpinAtEnd(t testing.TB, dir string) {
 			unix.Unmount(filepath.Join(dir, e.Name()), unix.MNT_DETACH)
 		}
 	})
+}
+
+// Answer writes msg to each connection l accepts, until l is closed: a
+// server a test runs inside a pod's namespace.
+func Answer(l net.Listener, msg string) {
+	for {
+		c, err := l.Accept()
+		if err != nil {
+			return
+		}
+		io.WriteString(c, msg)
+		c.Close()
+	}
 }
