@@ -164,7 +164,9 @@ type daemonProc struct {
 	socket, pprof string
 }
 
-func startWasmcri(bin, dir string) (*daemonProc, error) {
+// startWasmcri starts a wasmcri daemon in dir; poolSize is its
+// network.pool_size, or the default when negative.
+func startWasmcri(bin, dir string, poolSize int) (*daemonProc, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, err
 	}
@@ -183,6 +185,9 @@ func startWasmcri(bin, dir string) (*daemonProc, error) {
 		"[network]\ncni_bin_dirs = [%s]\ncni_conf_dir = %q\ndefault_bridge = %q\ndefault_subnet = \"10.254.0.0/16\"\n",
 		filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(dir, "wasmcri.sock"), pprof,
 		strings.Join(quoted, ", "), filepath.Join(dir, "net.d"), benchBridge)
+	if poolSize >= 0 {
+		cfg += fmt.Sprintf("pool_size = %d\n", poolSize)
+	}
 	cfgPath := filepath.Join(dir, "wasmcri.toml")
 	if err := os.WriteFile(cfgPath, []byte(cfg), 0o600); err != nil {
 		return nil, err

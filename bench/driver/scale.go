@@ -117,7 +117,7 @@ func (s *suite) density(sleepModule, goModule []byte) error {
 		if *only == "lists" && !r.lists {
 			continue
 		}
-		d, err := startWasmcri(*wasmcriBin, filepath.Join(s.dir, fmt.Sprintf("density-%d", i)))
+		d, err := startWasmcri(*wasmcriBin, filepath.Join(s.dir, fmt.Sprintf("density-%d", i)), -1)
 		if err != nil {
 			return err
 		}
