@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"fmt"
+	"net"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -298,6 +299,12 @@ spec:
 	waitFor(t, "plain pod Running", 120*time.Second, func() bool {
 		return cp.jsonpath("pod", "plain", ".status.phase") == "Running"
 	})
+	// Each pod has an address of its own on the daemon's pod network,
+	// which kubelet publishes in the pod's status.
+	appIP, plainIP := cp.jsonpath("pod", "app", ".status.podIP"), cp.jsonpath("pod", "plain", ".status.podIP")
+	if ip := net.ParseIP(appIP); ip == nil || ip.To4() == nil || !strings.HasPrefix(appIP, "10.253.") || appIP == plainIP {
+		t.Errorf("pod IPs: app %q, plain %q", appIP, plainIP)
+	}
 	waitFor(t, "kubectl logs", 30*time.Second, func() bool {
 		out, _ := cp.run("logs", "app")
 		return strings.Contains(out, "tick 2")
