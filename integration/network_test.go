@@ -63,7 +63,7 @@ func dialRead(addr string) (string, error) {
 
 // With real crictl: every pod not on the node's network gets a namespace
 // and an address of its own on the daemon's built-in network, reachable
-// from the node; the address survives a kill -9 of the daemon; stopping the
+// from the node, and its host ports on the node's loopback; the address survives a kill -9 of the daemon; stopping the
 // pod frees it, and once the pods are removed and the daemon stopped no
 // namespace, link or lease is left.
 func TestPodNetworkWithCrictl(t *testing.T) {
@@ -108,6 +108,30 @@ func TestPodNetworkWithCrictl(t *testing.T) {
 	if got, err := dialRead(addr); err != nil || got != "pod A" {
 		t.Fatalf("pod A from the node: %q, %v", got, err)
 	}
+
+	// A host port reaches its pod's container port (portmap), from the
+	// node's loopback; stopping the pod takes it away.
+	hostPort := freePort(t)
+	ports := strings.TrimSpace(d.must("runp", writeJSON(t, "ports-pod.json", map[string]any{
+		"metadata":      map[string]any{"name": "net-ports", "namespace": "default", "uid": "net-ports-uid"},
+		"port_mappings": []map[string]any{{"container_port": 8080, "host_port": hostPort}},
+	})))
+	_, nsP := d.podNetwork(ports)
+	var l net.Listener
+	if err := netns.Do(nsP, func() (err error) { l, err = net.Listen("tcp", ":8080"); return err }); err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go testcni.Answer(l, "through the host port")
+	hostAddr := net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))
+	if got, err := dialRead(hostAddr); err != nil || got != "through the host port" {
+		t.Fatalf("host port %d: %q, %v", hostPort, got, err)
+	}
+	d.must("stopp", ports)
+	if got, _ := dialRead(hostAddr); got == "through the host port" {
+		t.Fatalf("host port %d still reaches the stopped pod", hostPort)
+	}
+	d.must("rmp", ports)
 
 	d.stop(syscall.SIGKILL)
 	d.start()
