@@ -27,8 +27,9 @@ type NetworkOptions struct {
 	// ConfDir holds the node's CNI configuration; its first file (by
 	// name) is the pods' network, as with containerd.
 	ConfDir string
-	// NetNSDir holds each pod's network namespace, a file named by its
-	// sandbox ID.
+	// NetNSDir holds the pods' network namespaces, each a file named by
+	// the CNI container ID it was attached under: its sandbox's ID, or a
+	// pooled one's (network_pool.go).
 	NetNSDir string
 	// The built-in network, used while ConfDir holds no configuration:
 	// a bridge (DefaultBridge) with host-local addresses from
@@ -42,8 +43,8 @@ type NetworkOptions struct {
 // defaultNetworkName is the built-in network's CNI name.
 const defaultNetworkName = "wasmcri"
 
-// podNetwork attaches pods to the CNI network (network.go): it makes
-// their namespaces and runs the plugins' ADD and DEL.
+// podNetwork is the pods' CNI network: it loads the configuration and
+// runs the plugins' ADD and DEL for a namespace.
 type podNetwork struct {
 	opts NetworkOptions
 	cni  gocni.CNI
