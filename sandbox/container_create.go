@@ -44,23 +44,31 @@ type createPlan struct {
 	img       *image.Image
 	cfg       *runtimeapi.ContainerConfig
 	resources Resources
+	// volumeHolds are the images whose files the image volumes hold.
+	volumeHolds []string
 }
 
 // checkCreate refuses a request that cannot make a container (bad config,
 // sandbox not ready, image absent, module that does not compile) before
 // anything is made for it.
-func (m *Manager) checkCreate(ctx context.Context, sandboxID string, cfg *runtimeapi.ContainerConfig) (createPlan, error) {
+func (m *Manager) checkCreate(ctx context.Context, sandboxID string, cfg *runtimeapi.ContainerConfig) (_ createPlan, err error) {
 	if err := validateContainerConfig(cfg); err != nil {
 		return createPlan{}, err
 	}
-	cfg, err := m.resolveImageMounts(ctx, cfg)
+	cfg, held, err := m.resolveImageMounts(ctx, cfg)
 	if err != nil {
 		return createPlan{}, err
 	}
+	// The holds pass to the container, or end here.
+	defer func() {
+		if err != nil {
+			m.releaseVolumes(held)
+		}
+	}()
 	if err := checkMounts(cfg.GetMounts()); err != nil {
 		return createPlan{}, err
 	}
-	p := createPlan{cfg: cfg, resources: resourcesFrom(cfg.GetLinux().GetResources())}
+	p := createPlan{cfg: cfg, resources: resourcesFrom(cfg.GetLinux().GetResources()), volumeHolds: held}
 	if err := checkResources(p.resources); err != nil {
 		return createPlan{}, err
 	}
@@ -129,6 +137,7 @@ func newContainer(p createPlan) *containerEntry {
 	if !hasEnv(c.Env, "HOSTNAME") {
 		c.Env = append(c.Env, "HOSTNAME="+hostname(p.sandbox.Config))
 	}
+	c.volumeHolds = p.volumeHolds
 	return c
 }
 

@@ -26,6 +26,8 @@ type Images interface {
 	// ReleaseFilesystem even if the image is removed: a container root
 	// stacks its writable layer over them.
 	HoldFilesystem(ctx context.Context, img *image.Image) (string, error)
+	// Hold keeps an image's unpacked files, if any, the same way.
+	Hold(ctx context.Context, id string) error
 	ReleaseFilesystem(id string)
 }
 

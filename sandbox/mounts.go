@@ -70,10 +70,18 @@ func checkMounts(mounts []*runtimeapi.Mount) error {
 
 // resolveImageMounts turns image volumes into read-only directory mounts
 // of the image's unpacked files (at its sub path), recording the image ID
-// the status reports. It returns cfg, or a copy with the mounts resolved.
-// A sub path is resolved inside the image's files: its symlinks are the
-// image's and never lead out of them.
-func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.ContainerConfig) (*runtimeapi.ContainerConfig, error) {
+// the status reports. It returns cfg, or a copy with the mounts resolved,
+// and the IDs of the images whose files it holds for the container
+// (removing such an image leaves its files until releaseRoot); on error
+// it holds none. A sub path is resolved inside the image's files: its
+// symlinks are the image's and never lead out of them.
+func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.ContainerConfig) (_ *runtimeapi.ContainerConfig, held []string, err error) {
+	defer func() {
+		if err != nil {
+			m.releaseVolumes(held)
+			held = nil
+		}
+	}()
 	resolved := cfg
 	for i, mnt := range cfg.GetMounts() {
 		if mnt.GetImage() == nil {
@@ -84,30 +92,54 @@ func (m *Manager) resolveImageMounts(ctx context.Context, cfg *runtimeapi.Contai
 		}
 		mnt = resolved.Mounts[i]
 		if !mnt.GetReadonly() {
-			return nil, fmt.Errorf("image volume at %s must be read-only: %w", mnt.GetContainerPath(), errdefs.ErrInvalidArgument)
+			return nil, held, fmt.Errorf("image volume at %s must be read-only: %w", mnt.GetContainerPath(), errdefs.ErrInvalidArgument)
 		}
 		img, err := m.images.Get(mnt.GetImage().GetImage())
 		if err != nil {
-			return nil, fmt.Errorf("image volume at %s: %w", mnt.GetContainerPath(), err)
+			return nil, held, fmt.Errorf("image volume at %s: %w", mnt.GetContainerPath(), err)
 		}
-		dir, err := m.images.Filesystem(ctx, img)
+		dir, err := m.images.HoldFilesystem(ctx, img)
 		if err != nil {
-			return nil, err
+			return nil, held, err
 		}
+		held = append(held, img.ID)
 		if sub := mnt.GetImageSubPath(); sub != "" {
 			// The unpacked image never changes (modules only ever see it
 			// read-only), so the resolved path stays what it was resolved to.
 			if dir, err = securejoin.SecureJoin(dir, sub); err != nil {
-				return nil, fmt.Errorf("image volume at %s: sub path %q: %v: %w", mnt.GetContainerPath(), sub, err, errdefs.ErrInvalidArgument)
+				return nil, held, fmt.Errorf("image volume at %s: sub path %q: %v: %w", mnt.GetContainerPath(), sub, err, errdefs.ErrInvalidArgument)
 			}
 			if _, err := os.Lstat(dir); err != nil {
-				return nil, fmt.Errorf("image volume at %s: sub path %q is not in image %s: %w", mnt.GetContainerPath(), sub, img.ID, errdefs.ErrInvalidArgument)
+				return nil, held, fmt.Errorf("image volume at %s: sub path %q is not in image %s: %w", mnt.GetContainerPath(), sub, img.ID, errdefs.ErrInvalidArgument)
 			}
 		}
 		mnt.HostPath = dir
 		mnt.Image.ImageRef = img.ID
 	}
-	return resolved, nil
+	return resolved, held, nil
+}
+
+// releaseVolumes ends the holds of image volumes' files.
+func (m *Manager) releaseVolumes(held []string) {
+	for _, id := range held {
+		m.images.ReleaseFilesystem(id)
+	}
+}
+
+// holdVolumes takes again, at start-up, the holds of a created
+// container's image volumes on their images' files.
+func (m *Manager) holdVolumes(ctx context.Context, c *containerEntry) {
+	for _, mnt := range c.Config.GetMounts() {
+		id := mnt.GetImage().GetImageRef()
+		if id == "" {
+			continue
+		}
+		if err := m.images.Hold(ctx, id); err != nil {
+			m.log.Warn("image volume's files not held", "container", c.ID, "image", id, "error", err)
+			continue
+		}
+		c.volumeHolds = append(c.volumeHolds, id)
+	}
 }
 
 // fileMount is a file placed into the container root.

@@ -293,3 +293,68 @@ func TestImageFilesMaskedAndReadOnlyPaths(t *testing.T) {
 		t.Errorf("run_as_group without a user: %v", err)
 	}
 }
+
+// An image volume holds its image's files as a container root does:
+// removing the image leaves them to the containers that show them, also
+// over a restart of the daemon, until the last of those is removed; a
+// create that fails holds nothing.
+func TestImageVolumeOutlivesItsImage(t *testing.T) {
+	e := newEnv(t)
+	ctx := context.Background()
+	runner := e.image("hello", testmodule.Hello(t))
+	data := e.hostileImage("data", imagebuild.TarEntry{Name: "/etc/motd", Data: []byte("from the volume\n")})
+	got, err := e.images.Get(data)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tree, err := e.images.Filesystem(ctx, got)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sb := e.sandbox("volumes")
+	volume := []*runtimeapi.Mount{{ContainerPath: "/data", Readonly: true, Image: &runtimeapi.ImageSpec{Image: data}}}
+	running := ctrConfig("running", runner, "sleep-forever")
+	running.Mounts = volume
+	r := e.start(sb, running)
+	created := ctrConfig("created", runner)
+	created.Mounts = volume
+	c, err := e.m.CreateContainer(ctx, sb.ID, created)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// A create that fails after the volume is resolved holds nothing.
+	failing := ctrConfig("running", runner) // the name is taken
+	failing.Mounts = volume
+	if _, err := e.m.CreateContainer(ctx, sb.ID, failing); !errdefs.IsAlreadyExists(err) {
+		t.Fatalf("a second container under one name: %v", err)
+	}
+
+	if err := e.images.Remove(ctx, data); err != nil {
+		t.Fatal(err)
+	}
+	if code, out, _, _ := e.m.ExecSync(ctx, r.ID, []string{"x", "cat", "/data/etc/motd"}, 10, 1<<10); code != 0 || string(out) != "from the volume\n" {
+		t.Fatalf("the volume after its image was removed: %d %q", code, out)
+	}
+	// The daemon restarts: the created container holds the files again
+	// before the unheld ones are collected.
+	e.m.Shutdown()
+	if e.images, err = image.NewService(e.db, filepath.Join(e.dir, "content"), image.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	e.m = e.manager()
+	if n, err := e.images.CollectFilesystems(ctx); n != 0 || err != nil {
+		t.Fatalf("collected %d trees (%v) while a created container holds one", n, err)
+	}
+	if err := e.m.RemoveContainer(r.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(filepath.Join(tree, "etc", "motd")); err != nil {
+		t.Fatalf("the files went while a container still shows them: %v", err)
+	}
+	if err := e.m.RemoveContainer(c.ID); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := os.Stat(tree); !os.IsNotExist(err) {
+		t.Errorf("the removed image's files outlived its last container: %v", err)
+	}
+}

@@ -228,10 +228,12 @@ func (m *Manager) releaseRoot(c *containerEntry) {
 		c.holdsRoot = false
 		m.images.ReleaseFilesystem(c.RootImage)
 	}
+	m.releaseVolumes(c.volumeHolds)
+	c.volumeHolds = nil
 }
 
 // remakeRoots makes again, at start-up, the roots of containers created
-// but never started: their roots went with the daemon (or the machine),
+// but never started (and takes again the holds of their image volumes): their roots went with the daemon (or the machine),
 // and nothing was written to them yet. A root that cannot be made leaves
 // the container to fail its start, saying why.
 func (m *Manager) remakeRoots(ctx context.Context) {
@@ -243,6 +245,7 @@ func (m *Manager) remakeRoots(ctx context.Context) {
 		if err != nil {
 			continue
 		}
+		m.holdVolumes(ctx, c)
 		img, err := m.images.Get(c.ImageID)
 		if err != nil && c.RootImage != "" {
 			// Removed while the container held its files, which it holds

@@ -157,8 +157,10 @@ type containerEntry struct {
 	// record is gone, so a late exit is neither persisted nor announced.
 	removing, removed bool
 	// holdsRoot says this run of the daemon holds RootImage's files for
-	// the container (roots.go).
-	holdsRoot bool
+	// the container (roots.go); volumeHolds are the images whose files it
+	// holds for the container's image volumes (mounts.go).
+	holdsRoot   bool
+	volumeHolds []string
 }
 
 func itoa(n uint32) string { return strconv.FormatUint(uint64(n), 10) }
