@@ -318,6 +318,20 @@ func TestCRIInputRefusals(t *testing.T) {
 			t.Errorf("pod with a bad %s: %v", field, err)
 		}
 	}
+	// Names reach the CNI plugins as CNI_ARGS: no separator gets through
+	// to add an argument (host-local's IP= would pick the pod's address).
+	for field, mutate := range map[string]func(*runtimeapi.PodSandboxConfig){
+		"metadata.name":      func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Name = "web;IP=10.89.0.1" },
+		"metadata.namespace": func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Namespace = "ns;IgnoreUnknown=0" },
+		"metadata.uid":       func(c *runtimeapi.PodSandboxConfig) { c.Metadata.Uid = "u=1" },
+	} {
+		cfg := podConfig("cni-args", e.dir)
+		mutate(cfg)
+		_, err := e.m.RunSandbox(context.Background(), cfg, "")
+		if !errdefs.IsInvalidArgument(err) || !strings.Contains(err.Error(), field) || !strings.Contains(err.Error(), "CNI") {
+			t.Errorf("pod with a CNI separator in %s: %v", field, err)
+		}
+	}
 	// Two pods whose names would join to the same reservation.
 	a, b := podConfig("x", e.dir), podConfig("y", e.dir)
 	a.Metadata.Namespace, a.Metadata.Name = "ns/a", "b"

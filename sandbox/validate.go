@@ -61,6 +61,14 @@ func validateSandboxConfig(cfg *runtimeapi.PodSandboxConfig) error {
 	if err := name("metadata.uid", md.GetUid(), false); err != nil {
 		return err
 	}
+	// The three reach the CNI plugins as CNI_ARGS ("K=V;K=V"), where a
+	// separator would add arguments of the pod's choosing (host-local's
+	// IP=, for one). Kubernetes names and UIDs never hold them.
+	for field, v := range map[string]string{"metadata.name": md.GetName(), "metadata.namespace": md.GetNamespace(), "metadata.uid": md.GetUid()} {
+		if strings.ContainsAny(v, ";=") {
+			return invalid("%s %q must not contain ';' or '=' (it is passed to the CNI plugins)", field, v)
+		}
+	}
 	if dir := cfg.GetLogDirectory(); dir != "" {
 		if err := plain("log_directory", dir); err != nil {
 			return err
