@@ -16,6 +16,7 @@ import (
 
 	clog "github.com/containerd/log"
 	"github.com/wasmcri/wasmcri/config"
+	"github.com/wasmcri/wasmcri/internal/testcni"
 )
 
 func testConfig(t *testing.T) *config.Config {
@@ -28,6 +29,10 @@ func testConfig(t *testing.T) *config.Config {
 	cfg := config.Default()
 	dir := t.TempDir()
 	cfg.Root, cfg.State, cfg.GRPC.Address = filepath.Join(dir, "root"), filepath.Join(dir, "state"), filepath.Join(sockDir, "cri.sock")
+	// A network of the test's own: the daemon attaches its pool at start.
+	cfg.Network.CNIBinDirs, cfg.Network.CNIConfDir = testcni.Dirs(), filepath.Join(dir, "net.d")
+	cfg.Network.DefaultBridge, cfg.Network.DefaultSubnet = testcni.Network(t, "10.250")
+	testcni.UnpinAtEnd(t, filepath.Join(cfg.State, "netns"))
 	return cfg
 }
 

@@ -76,7 +76,8 @@ func TestServeJSONLogAndCleanShutdown(t *testing.T) {
 	defer os.RemoveAll(sockDir)
 	sock := filepath.Join(sockDir, "s.sock")
 	cfgPath := filepath.Join(dir, "config.toml")
-	os.WriteFile(cfgPath, []byte("root = \""+filepath.Join(dir, "root")+"\"\n[log]\nformat = \"json\"\n"), 0o600)
+	network, _ := testNetworkTOML(t, dir)
+	os.WriteFile(cfgPath, []byte("root = \""+filepath.Join(dir, "root")+"\"\n[log]\nformat = \"json\"\n"+network), 0o600)
 
 	for round := 0; round < 2; round++ {
 		cmd := exec.Command(wasmcriBin, "serve", "--config", cfgPath, "--state", filepath.Join(dir, "state"), "--listen", "unix://"+sock)
