@@ -45,6 +45,9 @@ type Spec struct {
 	// nil discards.
 	Stdout, Stderr io.WriteCloser
 	Limits         Limits
+	// Listeners are handed to the module at fd 3 and up (sockets.go); the
+	// instance owns them from Start on.
+	Listeners []Listener
 }
 
 // Result is how an instance ended.
@@ -94,12 +97,18 @@ type Instance struct {
 	done   chan struct{}
 	result Result
 	stdin  *stdinPipe
-	cpu    *cpuController
-	id     string
+	// socks are the instance's listeners and connections, nil without
+	// listeners (sockets.go).
+	socks *socketTable
+	cpu   *cpuController
+	id    string
 	// shape is the module's number of memories and tables; defaultLimit
 	// the memory limit of an instance given none.
 	shape        moduleShape
 	defaultLimit int64
+	// helpers are the socket dispatch modules, for an instance with
+	// listeners.
+	helpers *socketHelpers
 
 	// The instance's memories and tables, and their sizes as last
 	// measured: only its own thread touches them (the store is not safe
@@ -141,11 +150,20 @@ type Instance struct {
 // here; anything that fails later, instantiation included, is the
 // instance's Result.
 func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
+	var helpers *socketHelpers
+	if len(spec.Listeners) > 0 {
+		if helpers, err = r.listenSpec(&spec); err != nil {
+			closeListeners(spec.Listeners)
+			return nil, err
+		}
+	}
 	ld, err := r.acquire(c)
 	if err != nil {
+		closeListeners(spec.Listeners)
 		return nil, err
 	}
 	if ld.linkErr != nil {
+		closeListeners(spec.Listeners)
 		r.release(ld)
 		return nil, ld.linkErr
 	}
@@ -157,6 +175,11 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	var sio *stdio
 	defer func() {
 		if err != nil {
+			if inst.socks != nil {
+				inst.socks.close()
+			} else {
+				closeListeners(spec.Listeners)
+			}
 			if sio != nil {
 				sio.abandon()
 			}
@@ -172,6 +195,12 @@ func (r *Runtime) Start(c Compiled, spec Spec) (_ *Instance, err error) {
 	store.SetEpochDeadline(1)
 	if err := stopOnFlag(store, inst.stopFlag); err != nil {
 		return nil, err
+	}
+	if helpers != nil {
+		if inst.socks, err = newSocketTable(spec.Listeners); err != nil {
+			return nil, err
+		}
+		inst.helpers = helpers
 	}
 	inst.storeLimits(spec.Limits.MemoryBytes).apply(store)
 
@@ -214,6 +243,9 @@ func (i *Instance) run(r *Runtime, ld *loaded, sio *stdio, copied *sync.WaitGrou
 
 	res := i.execute(r.linker, ld)
 	i.mu.Lock()
+	// Closed before the instance is done, so its successor can bind the
+	// same ports.
+	i.socks.close()
 	i.final, i.cpuFinal = i.ownStatsLocked(), true
 	i.memory.Store(0)
 	i.mu.Unlock()
@@ -243,7 +275,13 @@ func (i *Instance) execute(linker *wasmtime.Linker, ld *loaded) Result {
 		return Result{ExitCode: 137, Stopped: true}
 	default:
 	}
-	instance, err := linker.Instantiate(i.store, ld.module)
+	var instance *wasmtime.Instance
+	var err error
+	if i.socks != nil {
+		instance, err = i.helpers.instantiate(i, ld.module)
+	} else {
+		instance, err = linker.Instantiate(i.store, ld.module)
+	}
 	if err != nil {
 		return i.instantiationResult(err)
 	}
@@ -284,7 +322,16 @@ func (i *Instance) measure(s wasmtime.Storelike) {
 // storeLimits are the limiter's knobs for a memory limit of limit bytes
 // (0: the default).
 func (i *Instance) storeLimits(limit int64) storeLimits {
-	return limitsFor(i.effectiveLimit(limit), i.shape)
+	l := limitsFor(i.effectiveLimit(limit), i.shape)
+	if i.helpers != nil {
+		// The dispatch and trampoline instances, and the dispatch table.
+		l.instances += 2
+		l.tables++
+		if l.tableElements >= 0 {
+			l.tableElements = max(l.tableElements, int64(i.helpers.slots))
+		}
+	}
+	return l
 }
 
 func (i *Instance) effectiveLimit(limit int64) int64 {
@@ -426,6 +473,8 @@ func (i *Instance) Stop() {
 	close(i.stop)
 	i.stopFlag.set()
 	i.engine.IncrementEpoch()
+	// A wait for a socket ends when its wake fd is readable.
+	i.socks.wakeUp()
 	// A read of stdin blocks in the host; its end of file sends the module
 	// back into wasm code, where the epoch deadline callback ends it.
 	i.stdin.close()

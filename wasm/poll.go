@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/bytecodealliance/wasmtime-go/v39"
+	"golang.org/x/sys/unix"
 )
 
 // WASI preview1 layout of poll_oneoff's subscriptions and events.
@@ -28,9 +29,10 @@ const (
 // so Stop can end an instance that sleeps: epoch interruption only reaches
 // running wasm code, never a thread blocked inside a host call.
 //
-// Clock subscriptions wait for the earliest deadline. File descriptors are
-// reported ready at once: WASI files and our output pipes never block a
-// reader or writer for long, as on POSIX for regular files.
+// Clock subscriptions wait for the earliest deadline; sockets (sockets.go)
+// until they are ready. Other file descriptors are reported ready at once:
+// WASI files and our output pipes never block a reader or writer for
+// long, as on POSIX for regular files.
 //
 // The linker is shared by all instances, running at once on their own
 // threads: the calling instance is the store's data.
@@ -62,18 +64,13 @@ func definePollOneoff(linker *wasmtime.Linker) error {
 
 			// Read the subscriptions out before waiting; guest memory is
 			// looked up again afterwards.
-			type sub struct {
-				userdata uint64
-				tag      byte
-				wait     time.Duration
-			}
-			list := make([]sub, nsubs)
-			fdReady := false
-			var soonest time.Duration = -1
+			list := make([]pollSub, nsubs)
+			var w pollWait
+			w.soonest = -1
 			now := time.Now()
-			for i := range list {
-				s := subs[i*subscriptionSize : (i+1)*subscriptionSize]
-				list[i] = sub{userdata: binary.LittleEndian.Uint64(s[0:]), tag: s[8]}
+			for k := range list {
+				s := subs[k*subscriptionSize : (k+1)*subscriptionSize]
+				list[k] = pollSub{userdata: binary.LittleEndian.Uint64(s[0:]), tag: s[8], sock: -1}
 				switch s[8] {
 				case eventTypeClock:
 					clockID := binary.LittleEndian.Uint32(s[16:])
@@ -83,54 +80,157 @@ func definePollOneoff(linker *wasmtime.Linker) error {
 					if flags&subscriptionAbstime != 0 {
 						d = absoluteWait(clockID, timeout, now, origin)
 					}
-					list[i].wait = max(d, 0)
-					if soonest < 0 || list[i].wait < soonest {
-						soonest = list[i].wait
+					list[k].wait = max(d, 0)
+					if w.soonest < 0 || list[k].wait < w.soonest {
+						w.soonest = list[k].wait
 					}
 				case eventTypeFdRead, eventTypeFdWrite:
-					fdReady = true
+					w.addFD(inst.socks, &list[k], int32(binary.LittleEndian.Uint32(s[16:])))
 				default:
 					return errnoInval, nil
 				}
 			}
 
-			if !fdReady && soonest > 0 {
-				t := time.NewTimer(soonest)
-				inst.asleep.begin()
-				select {
-				case <-t.C:
-					inst.asleep.end()
-				case <-stop:
-					inst.asleep.end()
-					t.Stop()
-					return 0, wasmtime.NewTrap("stopped")
-				}
-			}
-			select {
-			case <-stop:
-				return 0, wasmtime.NewTrap("stopped")
-			default:
+			if trap := inst.pollWait(&w, stop); trap != nil {
+				return 0, trap
 			}
 
 			// Memory may have been replaced while we waited; look again.
 			data = mem.Memory().UnsafeData(caller)
 			elapsed := time.Since(now)
+			anyReady := w.fdReady || w.socketReady()
 			n := 0
 			for _, s := range list {
-				fired := s.tag != eventTypeClock || (!fdReady && s.wait <= elapsed) || s.wait == 0
-				if !fired {
-					continue
+				var errno uint16
+				var flags uint16
+				switch {
+				case s.tag == eventTypeClock:
+					if (anyReady || s.wait > elapsed) && s.wait != 0 {
+						continue
+					}
+				case s.sock >= 0:
+					rev := w.fds[s.sock].Revents
+					if rev == 0 {
+						continue
+					}
+					if rev&(unix.POLLHUP|unix.POLLERR|unix.POLLNVAL) != 0 {
+						flags = eventHangup
+					}
+				case s.badSocket:
+					errno = errnoBadf
 				}
 				e := data[int(out)+n*eventSize : int(out)+(n+1)*eventSize]
 				clear(e)
 				binary.LittleEndian.PutUint64(e[0:], s.userdata)
-				binary.LittleEndian.PutUint16(e[8:], errnoSuccess)
+				binary.LittleEndian.PutUint16(e[8:], errno)
 				e[10] = s.tag
+				binary.LittleEndian.PutUint16(e[24:], flags)
 				n++
 			}
 			binary.LittleEndian.PutUint32(data[neventsPtr:], uint32(n))
 			return errnoSuccess, nil
 		})
+}
+
+// pollSub is one subscription, read out of guest memory.
+type pollSub struct {
+	userdata uint64
+	tag      byte
+	wait     time.Duration
+	// sock is the subscription's index in pollWait.fds, -1 for none;
+	// badSocket marks an fd in the socket range that is not open.
+	sock      int
+	badSocket bool
+}
+
+// pollWait is what one poll_oneoff waits for.
+type pollWait struct {
+	// soonest is the earliest clock deadline, -1 for none.
+	soonest time.Duration
+	// fdReady is set by an fd that is ready at once: WASI files and our
+	// output pipes never block a reader or writer for long, as on POSIX
+	// for regular files; a closed socket fd is ready with EBADF.
+	fdReady bool
+	// fds are the sockets to wait for, then the instance's wake fd.
+	fds []unix.PollFd
+}
+
+func (w *pollWait) addFD(t *socketTable, s *pollSub, fd int32) {
+	if t == nil || !t.isSocketFD(fd) {
+		w.fdReady = true
+		return
+	}
+	sock := t.socks[fd]
+	if sock == nil {
+		s.badSocket = true
+		w.fdReady = true
+		return
+	}
+	events := int16(unix.POLLIN)
+	if s.tag == eventTypeFdWrite {
+		events = unix.POLLOUT
+	}
+	s.sock = len(w.fds)
+	w.fds = append(w.fds, unix.PollFd{Fd: int32(sock.host), Events: events})
+}
+
+func (w *pollWait) socketReady() bool {
+	for _, f := range w.fds {
+		if f.Revents != 0 {
+			return true
+		}
+	}
+	return false
+}
+
+// pollWait blocks for the earliest deadline, or, with sockets, until one
+// is ready, in ppoll with the wake fd among them so Stop ends the wait.
+// Without sockets it waits on a timer, which Stop's channel cuts short.
+func (i *Instance) pollWait(w *pollWait, stop <-chan struct{}) *wasmtime.Trap {
+	if len(w.fds) == 0 {
+		if !w.fdReady && w.soonest > 0 {
+			t := time.NewTimer(w.soonest)
+			i.asleep.begin()
+			select {
+			case <-t.C:
+				i.asleep.end()
+			case <-stop:
+				i.asleep.end()
+				t.Stop()
+				return wasmtime.NewTrap("stopped")
+			}
+		}
+	} else {
+		w.fds = append(w.fds, unix.PollFd{Fd: int32(i.socks.wake), Events: unix.POLLIN})
+		wait := w.soonest
+		if w.fdReady {
+			wait = 0
+		}
+		deadline := time.Now().Add(wait)
+		i.asleep.begin()
+		for {
+			var ts *unix.Timespec
+			if wait >= 0 {
+				t := unix.NsecToTimespec(int64(max(time.Until(deadline), 0)))
+				ts = &t
+			}
+			if _, err := unix.Ppoll(w.fds, ts, nil); err != unix.EINTR {
+				break
+			}
+		}
+		i.asleep.end()
+		wake := w.fds[len(w.fds)-1]
+		w.fds = w.fds[:len(w.fds)-1]
+		if wake.Revents != 0 {
+			return wasmtime.NewTrap("stopped")
+		}
+	}
+	select {
+	case <-stop:
+		return wasmtime.NewTrap("stopped")
+	default:
+	}
+	return nil
 }
 
 // absoluteWait converts an absolute clock deadline to a wait from now.

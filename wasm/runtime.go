@@ -111,6 +111,9 @@ type Runtime struct {
 	drops       uint64
 	// CPUCapsUnavailable says why CPU quotas are not enforced, or is nil.
 	CPUCapsUnavailable error
+	// helpers are the modules instances with listeners are linked through
+	// (socket_dispatch.go), compiled on first use.
+	helpers helperCache
 	// beforeInstantiate, when set (by tests), runs on each instance's
 	// thread after Start has returned and before instantiation.
 	beforeInstantiate func(*Instance)

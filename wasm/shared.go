@@ -166,6 +166,7 @@ func (r *Runtime) closeShared() {
 }
 
 func (r *Runtime) closeEngine() {
+	r.helpers.h.close()
 	r.linker.Close()
 	r.engine.Close()
 }

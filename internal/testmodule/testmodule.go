@@ -25,12 +25,17 @@ type goModule struct {
 }
 
 var (
-	hello   = &goModule{dir: "examples/hello"}
-	wasmbox = &goModule{dir: "integration/images/wasmbox"}
+	hello     = &goModule{dir: "examples/hello"}
+	webserver = &goModule{dir: "examples/webserver"}
+	wasmbox   = &goModule{dir: "integration/images/wasmbox"}
 )
 
 // Hello returns examples/hello built with GOOS=wasip1 GOARCH=wasm.
 func Hello(t testing.TB) []byte { return hello.build(t) }
+
+// Webserver returns examples/webserver built for wasip1: an HTTP server on
+// the listeners it is handed.
+func Webserver(t testing.TB) []byte { return webserver.build(t) }
 
 // Wasmbox returns the busybox-like conformance test program for wasip1.
 func Wasmbox(t testing.TB) []byte { return wasmbox.build(t) }
