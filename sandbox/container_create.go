@@ -46,6 +46,7 @@ type createPlan struct {
 	resources Resources
 	// volumeHolds are the images whose files the image volumes hold.
 	volumeHolds []string
+	ports       []Port
 }
 
 // checkCreate refuses a request that cannot make a container (bad config,
@@ -73,6 +74,9 @@ func (m *Manager) checkCreate(ctx context.Context, sandboxID string, cfg *runtim
 		return createPlan{}, err
 	}
 	if p.sandbox, err = m.readySandbox(sandboxID); err != nil {
+		return createPlan{}, err
+	}
+	if p.ports, err = containerPorts(cfg, p.sandbox.Config, len(m.containersOf(sandboxID)) == 0); err != nil {
 		return createPlan{}, err
 	}
 	if p.img, err = m.images.Get(cfg.GetImage().GetImage()); err != nil {
@@ -116,6 +120,7 @@ func newContainer(p createPlan) *containerEntry {
 		Args:           commandLine(img, cfg),
 		Env:            environment(img, cfg),
 		WorkingDir:     cfg.GetWorkingDir(),
+		Ports:          p.ports,
 		CreatedAt:      time.Now(),
 		ContainerStatus: ContainerStatus{
 			State:     ContainerCreated,

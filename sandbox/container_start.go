@@ -114,10 +114,22 @@ func (m *Manager) startRun(ctx context.Context, c *Container) (_ *live, err erro
 	if err := restrictPaths(pre, root, m.emptyDir(), sc.GetMaskedPaths(), sc.GetReadonlyPaths()); err != nil {
 		return nil, err
 	}
+	var listeners []wasm.Listener
+	if len(c.Ports) > 0 {
+		sb, err := m.Sandbox(c.SandboxID)
+		if err != nil {
+			return nil, err
+		}
+		// Start owns the sockets from then on, whether it succeeds or not.
+		if listeners, err = openListeners(sb.NetNS, c.Ports); err != nil {
+			return nil, err
+		}
+	}
 	l := &live{pre: pre, files: files, stdout: newOutputHub(), stderr: newOutputHub()}
 	stdout, stderr := tee{hub: l.stdout}, tee{hub: l.stderr}
 	if c.LogPath != "" {
 		if l.log, err = crilog.Open(c.LogPath); err != nil {
+			closeListeners(listeners)
 			return nil, fmt.Errorf("open log: %w", err)
 		}
 		stdout.log, stderr.log = l.log.Stream("stdout"), l.log.Stream("stderr")
@@ -131,6 +143,7 @@ func (m *Manager) startRun(ctx context.Context, c *Container) (_ *live, err erro
 		Stdout:     stdout,
 		Stderr:     stderr,
 		Limits:     c.Resources.limits(),
+		Listeners:  listeners,
 	}
 	if c.Config.GetStdin() {
 		l.stdin = newStdinHub(c.Config.GetStdinOnce())

@@ -103,6 +103,9 @@ type Container struct {
 	Args       []string `json:"args"`
 	Env        []string `json:"env"`
 	WorkingDir string   `json:"workingDir"`
+	// Ports are the TCP ports bound for the module at each start
+	// (listeners.go).
+	Ports []Port `json:"ports,omitempty"`
 	// LogPath is absolute, or "" when the config asks for no log.
 	LogPath   string    `json:"logPath"`
 	CreatedAt time.Time `json:"createdAt"`
