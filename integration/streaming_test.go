@@ -47,7 +47,17 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 		"port_mappings": []map[string]any{{"container_port": podPort}},
 	})
 	pod := strings.TrimSpace(d.must("runp", podCfg))
-	main := strings.TrimSpace(d.must("create", pod, containerJSON(t, "main", ref, []string{"sleep-forever"}, map[string]string{"ROLE": "server"}), podCfg))
+	// The container declares no port of its own (an empty ports
+	// annotation, as kubelet's would be): the test serves the pod's port.
+	mainCfg := writeJSON(t, "main-ctr.json", map[string]any{
+		"metadata":    map[string]any{"name": "main"},
+		"image":       map[string]any{"image": ref},
+		"args":        []string{"sleep-forever"},
+		"envs":        []map[string]string{{"key": "ROLE", "value": "server"}},
+		"log_path":    "main.log",
+		"annotations": map[string]string{"io.kubernetes.container.ports": "[]"},
+	})
+	main := strings.TrimSpace(d.must("create", pod, mainCfg, podCfg))
 	d.must("start", main)
 	d.waitState(main, "CONTAINER_RUNNING", 10*time.Second)
 
@@ -120,9 +130,8 @@ func TestCrictlStreamingAndStats(t *testing.T) {
 	})
 
 	t.Run("port-forward reaches the pod, not the node", func(t *testing.T) {
-		// No module can listen yet: the test serves on the pod's own
-		// loopback, inside its namespace, on the very port the node's
-		// service has.
+		// The test serves on the pod's own loopback, inside its
+		// namespace, on the very port the node's service has.
 		_, ns := d.podNetwork(pod)
 		var inPod net.Listener
 		if err := netns.Do(ns, func() (err error) { inPod, err = net.Listen("tcp4", "127.0.0.1:"+strconv.Itoa(podPort)); return err }); err != nil {
