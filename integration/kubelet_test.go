@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -201,6 +202,8 @@ func TestKubeletWithAPIServer(t *testing.T) {
 	d := newDaemon(t)
 	image := reg + "/wasmcri/hello:v1"
 	pushWasm(t, testmodule.Hello(t), image, "oci")
+	webImage := reg + "/wasmcri/webserver:v1"
+	pushWasm(t, testmodule.Webserver(t), webImage, "oci")
 	cp := startControlPlane(t)
 	k := startKubelet(t, d, cp.kubeconfig)
 
@@ -288,7 +291,35 @@ spec:
   containers:
   - name: app
     image: %[2]s
-`, k.node, image))
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web}
+spec:
+  nodeName: %[1]s
+  runtimeClassName: wasmtime
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: server
+    image: %[3]s
+    ports: [{name: http, containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /healthz, port: http}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 8080}, periodSeconds: 1, failureThreshold: 1}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web-unready}
+spec:
+  nodeName: %[1]s
+  runtimeClassName: wasmtime
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: server
+    image: %[3]s
+    ports: [{containerPort: 8080}]
+    readinessProbe: {httpGet: {path: /no-such-page, port: 8080}, periodSeconds: 1}
+    livenessProbe: {tcpSocket: {port: 9090}, periodSeconds: 1, failureThreshold: 1}
+`, k.node, image, webImage))
 
 	waitFor(t, "app pod Running", 120*time.Second, func() bool {
 		return cp.jsonpath("pod", "app", ".status.phase") == "Running"
@@ -350,6 +381,25 @@ spec:
 		}
 		return false
 	})
+	// Probes reach the Wasm server on the pod's address: httpGet and
+	// tcpSocket pass where it serves, and fail where it does not (a page it
+	// has not: never ready; a port it has not: restarted).
+	waitFor(t, "web pod Ready", 120*time.Second, func() bool {
+		return cp.jsonpath("pod", "web", `.status.conditions[?(@.type=="Ready")].status`) == "True"
+	})
+	webIP := cp.jsonpath("pod", "web", ".status.podIP")
+	waitServes(t, "http://"+net.JoinHostPort(webIP, "8080")+"/", "Hello from WebAssembly on web")
+	waitFor(t, "web-unready restarted by its liveness probe", 120*time.Second, func() bool {
+		n, _ := strconv.Atoi(cp.jsonpath("pod", "web-unready", ".status.containerStatuses[0].restartCount"))
+		return n >= 1
+	})
+	if ready := cp.jsonpath("pod", "web-unready", `.status.conditions[?(@.type=="Ready")].status`); ready != "False" {
+		t.Errorf("web-unready, whose readiness page is missing, is Ready=%q", ready)
+	}
+	if n := cp.jsonpath("pod", "web", ".status.containerStatuses[0].restartCount"); n != "0" {
+		t.Errorf("web, whose liveness probe passes, restarted %s times", n)
+	}
+
 	if phase := cp.jsonpath("pod", "app", ".status.phase"); phase != "Running" {
 		t.Errorf("app pod is %s after the misfit failed", phase)
 	}
