@@ -17,14 +17,17 @@ CRICTL         := $(TOOLS_DIR)/crictl-$(CRICTL_VERSION)/crictl
 KUBELET        := $(TOOLS_DIR)/kubelet-$(KUBE_VERSION)/kubelet
 KUBE_APISERVER := $(TOOLS_DIR)/kube-apiserver-$(KUBE_VERSION)/kube-apiserver
 KUBECTL        := $(TOOLS_DIR)/kubectl-$(KUBE_VERSION)/kubectl
+KUBE_CONTROLLER_MANAGER := $(TOOLS_DIR)/kube-controller-manager-$(KUBE_VERSION)/kube-controller-manager
+KUBE_PROXY     := $(TOOLS_DIR)/kube-proxy-$(KUBE_VERSION)/kube-proxy
 ETCD           := $(TOOLS_DIR)/etcd-$(ETCD_VERSION)/etcd
 CRITEST        := $(TOOLS_DIR)/critest-$(CRITEST_VERSION)/critest
 # CNI plugins: the node's (Debian's /usr/lib/cni, upstream's /opt/cni/bin)
 # first, these when the node has none.
 CNI_DIR        := $(TOOLS_DIR)/cni-plugins-$(CNI_VERSION)
 CNI_DIRS       := /usr/lib/cni:/opt/cni/bin:$(CNI_DIR)
-TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(ETCD) $(CRITEST) $(CNI_DIR)/bridge
-TOOL_ENV       := CRICTL=$(CRICTL) KUBELET=$(KUBELET) KUBE_APISERVER=$(KUBE_APISERVER) KUBECTL=$(KUBECTL) ETCD=$(ETCD) WASMCRI_CNI_DIRS=$(CNI_DIRS)
+TOOLS          := $(CRICTL) $(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(KUBE_CONTROLLER_MANAGER) $(KUBE_PROXY) $(ETCD) $(CRITEST) $(CNI_DIR)/bridge
+TOOL_ENV       := CRICTL=$(CRICTL) KUBELET=$(KUBELET) KUBE_APISERVER=$(KUBE_APISERVER) KUBECTL=$(KUBECTL) \
+                  KUBE_CONTROLLER_MANAGER=$(KUBE_CONTROLLER_MANAGER) KUBE_PROXY=$(KUBE_PROXY) ETCD=$(ETCD) WASMCRI_CNI_DIRS=$(CNI_DIRS)
 
 # Where `make run` keeps its state: inside the checkout, no root needed.
 RUN_DIR ?= $(CURDIR)/_output
@@ -53,7 +56,7 @@ $(CRICTL):
 	mkdir -p $(dir $@)
 	GOBIN=$(dir $@) $(GO) install sigs.k8s.io/cri-tools/cmd/crictl@$(CRICTL_VERSION)
 
-$(KUBELET) $(KUBE_APISERVER) $(KUBECTL):
+$(KUBELET) $(KUBE_APISERVER) $(KUBECTL) $(KUBE_CONTROLLER_MANAGER) $(KUBE_PROXY):
 	hack/build-k8s-tool.sh $(notdir $@) $(KUBE_VERSION) $@
 
 $(ETCD):
@@ -84,7 +87,7 @@ test: lint $(TOOLS)
 # Every fuzz target, as package:Name; `make fuzz` fails if one is missing.
 FUZZ_TARGETS := ./config:FuzzParse \
   ./image:FuzzUnpackLayers ./image:FuzzApplyEntries ./image:FuzzManifest ./image:FuzzImportLayout \
-  ./wasm:FuzzExportMemoriesAndTables ./internal/crilog:FuzzStreams
+  ./wasm:FuzzExportMemoriesAndTables ./wasm:FuzzIovecs ./sandbox:FuzzContainerPorts ./internal/crilog:FuzzStreams
 FUZZTIME ?= 10s
 
 ## fuzz: each fuzz target for FUZZTIME (their seed corpora also run in `make test`);

@@ -155,6 +155,8 @@ type PodOptions struct {
 	// LogDirectory, made by the caller as kubelet does, gets each
 	// container's log; empty keeps no log.
 	LogDirectory string
+	// Annotations are the container's (its declared ports, for one).
+	Annotations map[string]string
 }
 
 // RunPod starts one pod with one container and times each call.
@@ -187,10 +189,11 @@ func (c *Client) RunPod(ctx context.Context, o PodOptions) (PodTiming, error) {
 	ctr, err := c.RT.CreateContainer(ctx, &runtimeapi.CreateContainerRequest{
 		PodSandboxId: sb.PodSandboxId,
 		Config: &runtimeapi.ContainerConfig{
-			Metadata: &runtimeapi.ContainerMetadata{Name: "app"},
-			Image:    &runtimeapi.ImageSpec{Image: o.Image},
-			Args:     o.Args,
-			LogPath:  logPath,
+			Metadata:    &runtimeapi.ContainerMetadata{Name: "app"},
+			Image:       &runtimeapi.ImageSpec{Image: o.Image},
+			Args:        o.Args,
+			LogPath:     logPath,
+			Annotations: o.Annotations,
 		},
 		SandboxConfig: sbCfg,
 	})

@@ -5,7 +5,7 @@
 # module requires them with the staging replacements resolved to the
 # published versions.
 #
-#   hack/build-k8s-tool.sh kubelet|kube-apiserver|kubectl VERSION OUT
+#   hack/build-k8s-tool.sh kubelet|kube-apiserver|kube-controller-manager|kube-proxy|kubectl VERSION OUT
 #   hack/build-k8s-tool.sh etcd VERSION OUT
 set -euo pipefail
 name=$1 version=$2 out=$3
@@ -17,7 +17,7 @@ cd "$work"
 export GOFLAGS=-mod=mod GOTOOLCHAIN=local
 
 case $name in
-kubelet|kube-apiserver|kubectl)
+kubelet|kube-apiserver|kube-controller-manager|kube-proxy|kubectl)
   staging=v0.${version#v1.}
   go mod init wasmcri.local/build-$name >/dev/null 2>&1
   gomod=$(go mod download -json "k8s.io/kubernetes@$version" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')
@@ -31,6 +31,8 @@ kubelet|kube-apiserver|kubectl)
   case $name in
   kubelet) pkg=k8s.io/kubernetes/cmd/kubelet/app ;;
   kube-apiserver) pkg=k8s.io/kubernetes/cmd/kube-apiserver/app ;;
+  kube-controller-manager) pkg=k8s.io/kubernetes/cmd/kube-controller-manager/app ;;
+  kube-proxy) pkg=k8s.io/kubernetes/cmd/kube-proxy/app ;;
   kubectl) pkg=k8s.io/kubectl/pkg/cmd ;;
   esac
   printf '//go:build tools\n\npackage tools\n\nimport _ "%s"\n' "$pkg" >tools.go

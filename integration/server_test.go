@@ -48,10 +48,15 @@ func httpGet(client *http.Client, url string) (string, error) {
 	return string(b), err
 }
 
+// newClient is an HTTP client making a new connection for each request.
+func newClient(timeout time.Duration) *http.Client {
+	return &http.Client{Timeout: timeout, Transport: &http.Transport{DisableKeepAlives: true}}
+}
+
 // waitServes polls url until its body starts with want.
 func waitServes(t *testing.T, url, want string) {
 	t.Helper()
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	client := newClient(5 * time.Second)
 	var body string
 	var err error
 	waitFor(t, url+" serving", 30*time.Second, func() bool {
@@ -150,7 +155,7 @@ func TestWasmServerWithCrictl(t *testing.T) {
 
 	// Stopped, the server no longer answers; a new container serves again.
 	d.must("stop", "--timeout", "10", srvA)
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
+	client := newClient(5 * time.Second)
 	if _, err := httpGet(client, urlA+"/"); err == nil {
 		t.Fatal("a stopped server still answers")
 	}

@@ -31,7 +31,7 @@ var (
 	scale      = flag.Float64("scale", 1, "multiplies every iteration count (0.1 for a quick look)")
 	densityMax = flag.Int("density", 1000, "the largest number of idle pods to run")
 	profileOut = flag.String("profile", "", "with -only: save the daemon's CPU profile of the part's busiest run to this file")
-	only       = flag.String("only", "", `run only one part, printed, nothing written: "lists" (the list latency with -density idle pods) or "lifecycles" (throughput and container roots)`)
+	only       = flag.String("only", "", `run only one part, printed, nothing written: "lists" (the list latency with -density idle pods), "lifecycles" (throughput and container roots) or "servers" (the example web server)`)
 )
 
 func n(base int) int { return max(int(float64(base)**scale), 3) }
@@ -139,6 +139,9 @@ func run() error {
 	if *only == "lifecycles" {
 		return s.lifecycles(tinyRef, tinyExit)
 	}
+	if *only == "servers" {
+		return s.servers(ctx)
+	}
 	warmTiny, err := s.pods(tinyRef, nil, n(500), true)
 	if err != nil {
 		return err
@@ -219,6 +222,9 @@ func run() error {
 		return err
 	}
 	if err := s.pulls(goModule); err != nil {
+		return err
+	}
+	if err := s.servers(ctx); err != nil {
 		return err
 	}
 	compiles := strings.Count(readFile(s.daemon.log), `msg="compiled module"`)

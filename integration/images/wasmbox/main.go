@@ -15,6 +15,8 @@ import (
 	"fmt"
 	"io"
 	"io/fs"
+	"net"
+	"net/http"
 	"os"
 	"path"
 	"regexp"
@@ -222,12 +224,31 @@ func seq(p *proc, args []string) int {
 	return 0
 }
 
-// httpd stands in for the web server of critest's multi-container pod: it
-// says it started, as httpd does in its log, and stays up. It serves
-// nothing: WASI preview 1, as wasmcri runs it, has no sockets.
+// httpd stands in for the web server of critest's network specs: it
+// serves on the listeners the runtime hands it (LISTEN_FDS at fd 3…),
+// answering every GET with a page, and says it started, as httpd does in
+// its log. Given no listener (no port declared) it only stays up.
 func httpd(p *proc, args []string) int {
-	fmt.Fprintln(p.stderr, "httpd: started; no listener, WASI preview 1 has no sockets")
-	return top(p, args)
+	n, _ := strconv.Atoi(os.Getenv("LISTEN_FDS"))
+	if n < 1 {
+		fmt.Fprintln(p.stderr, "httpd: started; no port declared, nothing to serve")
+		return top(p, args)
+	}
+	page := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		io.WriteString(w, "<html><body><h1>It works!</h1></body></html>\n")
+	})
+	errs := make(chan error, n)
+	for fd := 3; fd < 3+n; fd++ {
+		l, err := net.FileListener(os.NewFile(uintptr(fd), "listener"))
+		if err != nil {
+			fmt.Fprintf(p.stderr, "httpd: fd %d: %v\n", fd, err)
+			return 1
+		}
+		go func() { errs <- http.Serve(l, page) }()
+	}
+	fmt.Fprintf(p.stderr, "httpd: started; serving on %d listener(s)\n", n)
+	fmt.Fprintln(p.stderr, "httpd:", <-errs)
+	return 1
 }
 
 func ls(p *proc, args []string) int {
