@@ -181,3 +181,32 @@ func manyPorts(n int) string {
 	}
 	return strings.Join(parts, ",")
 }
+
+// Any annotation is a list of ports or InvalidArgument; the ports are
+// TCP ports with usable names, no more than a module can be handed.
+func FuzzContainerPorts(f *testing.F) {
+	f.Add(`[{"name":"http","containerPort":8080,"protocol":"TCP"},{"containerPort":53,"protocol":"UDP"}]`)
+	f.Add(`[{"containerPort":0}]`)
+	f.Add(`[{"name":"a:b","containerPort":1}]`)
+	f.Add(`{}`)
+	f.Fuzz(func(t *testing.T, annotation string) {
+		cfg := &runtimeapi.ContainerConfig{Annotations: map[string]string{portsAnnotation: annotation}}
+		ports, err := containerPorts(cfg, &runtimeapi.PodSandboxConfig{}, true)
+		if err != nil {
+			if !errdefs.IsInvalidArgument(err) {
+				t.Fatalf("%v is not InvalidArgument", err)
+			}
+			return
+		}
+		if len(ports) > 64 {
+			t.Fatalf("%d ports", len(ports))
+		}
+		seen := map[int32]bool{}
+		for _, p := range ports {
+			if p.Number < 1 || p.Number > 65535 || seen[p.Number] || p.Name == "" || strings.ContainsAny(p.Name, ":\x00\n") {
+				t.Fatalf("port %+v of %q", p, annotation)
+			}
+			seen[p.Number] = true
+		}
+	})
+}

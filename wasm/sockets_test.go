@@ -12,6 +12,7 @@ import (
 	"sync"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/wasmcri/wasmcri/internal/testmodule"
 	"golang.org/x/sys/unix"
@@ -274,4 +275,34 @@ func TestStopEndsBlockingAccept(t *testing.T) {
 	if res := wait(t, served, 20*time.Second); res.ExitCode != 10 {
 		t.Fatalf("accepting instance: %+v, want exit 10 (accepted)", res)
 	}
+}
+
+// Whatever a module passes as an iovec list, the buffers are inside its
+// memory, or the call fails with an errno.
+func FuzzIovecs(f *testing.F) {
+	f.Add([]byte{0, 0, 0, 0, 8, 0, 0, 0, 'a', 'b', 'c', 'd', 'e', 'f', 'g', 'h'}, int32(0), int32(1))
+	f.Add([]byte{0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff}, int32(0), int32(1))
+	f.Add([]byte{}, int32(-8), int32(-1))
+	f.Fuzz(func(t *testing.T, data []byte, iovs, n int32) {
+		bufs, errno := iovecs(data, iovs, n)
+		if errno != errnoSuccess {
+			if bufs != nil {
+				t.Fatal("buffers with an errno")
+			}
+			return
+		}
+		if n < 0 || n > maxIovecs || len(bufs) > int(n) {
+			t.Fatalf("%d buffers of %d iovecs", len(bufs), n)
+		}
+		for _, b := range bufs {
+			if len(b) == 0 {
+				t.Fatal("an empty buffer")
+			}
+			// b shares data's backing array: it must lie inside it.
+			start := int(uintptr(unsafe.Pointer(&b[0])) - uintptr(unsafe.Pointer(&data[0])))
+			if start < 0 || start+len(b) > len(data) {
+				t.Fatalf("buffer [%d,+%d) outside %d bytes", start, len(b), len(data))
+			}
+		}
+	})
 }
