@@ -72,3 +72,53 @@ func BenchmarkStopSpinning(b *testing.B) {
 		<-inst.Done()
 	}
 }
+
+// fdstatLoop calls fd_fdstat_get on stdout 100,000 times: a WASI call on
+// an ordinary fd, which an instance with listeners sends through its
+// dispatch module and trampoline to wasmtime's own function.
+const fdstatLoop = `(module
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fdstat (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $n i32)
+    (local.set $n (i32.const 100000))
+    (loop $again
+      (drop (call $fdstat (i32.const 1) (i32.const 0)))
+      (br_if $again (local.tee $n (i32.sub (local.get $n) (i32.const 1)))))))`
+
+// BenchmarkOrdinaryFDCall is a WASI call on a file descriptor that is no
+// socket, by an instance without listeners (wasmtime's function bound
+// directly) and by one with a listener (dispatched): the dispatch should
+// cost next to nothing, never a trip through Go.
+func BenchmarkOrdinaryFDCall(b *testing.B) {
+	r, err := NewRuntime(b.TempDir(), Options{})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer r.Close()
+	module := testmodule.Wat(b, fdstatLoop)
+	c, err := r.Prepare(context.Background(), digest.FromBytes(module), func() ([]byte, error) { return module, nil })
+	if err != nil {
+		b.Fatal(err)
+	}
+	for _, listeners := range []int{0, 1} {
+		b.Run(map[int]string{0: "direct", 1: "dispatched"}[listeners], func(b *testing.B) {
+			for i := 0; i < b.N; i++ {
+				spec := Spec{ID: "bench", Stdout: discard{}, Stderr: discard{}}
+				if listeners > 0 {
+					b.StopTimer()
+					l, _ := listen(b)
+					spec.Listeners = []Listener{l}
+					b.StartTimer()
+				}
+				inst, err := r.Start(c, spec)
+				if err != nil {
+					b.Fatal(err)
+				}
+				if res := inst.Result(); res.ExitCode != 0 {
+					b.Fatalf("%+v", res)
+				}
+			}
+			b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(b.N)/100000, "ns/call")
+		})
+	}
+}

@@ -19,7 +19,7 @@ import (
 )
 
 // listen is a non-blocking listening socket on 127.0.0.1 and its port.
-func listen(t *testing.T) (Listener, int) {
+func listen(t testing.TB) (Listener, int) {
 	t.Helper()
 	fd, err := unix.Socket(unix.AF_INET, unix.SOCK_STREAM|unix.SOCK_NONBLOCK|unix.SOCK_CLOEXEC, 0)
 	if err != nil {

@@ -162,8 +162,6 @@ const benchBridge = "wcribench"
 type daemonProc struct {
 	*proc
 	socket, pprof string
-	// state is its state directory (pod namespaces are under netns/).
-	state string
 }
 
 // startWasmcri starts a wasmcri daemon in dir; poolSize is its
@@ -198,7 +196,7 @@ func startWasmcri(bin, dir string, poolSize int) (*daemonProc, error) {
 	if err != nil {
 		return nil, err
 	}
-	d := &daemonProc{proc: p, socket: filepath.Join(dir, "wasmcri.sock"), pprof: pprof, state: filepath.Join(dir, "state")}
+	d := &daemonProc{proc: p, socket: filepath.Join(dir, "wasmcri.sock"), pprof: pprof}
 	return d, waitFor("wasmcri socket", 30*time.Second, func() bool {
 		c, err := net.Dial("unix", d.socket)
 		if err == nil {

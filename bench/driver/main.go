@@ -38,8 +38,8 @@ func n(base int) int { return max(int(float64(base)**scale), 3) }
 
 func main() {
 	flag.Parse()
-	if *only != "" && *only != "lists" && *only != "lifecycles" {
-		fmt.Fprintf(os.Stderr, "bench: -only %q: only \"lists\" and \"lifecycles\" are known\n", *only)
+	if *only != "" && *only != "lists" && *only != "lifecycles" && *only != "servers" {
+		fmt.Fprintf(os.Stderr, "bench: -only %q: only \"lists\", \"lifecycles\" and \"servers\" are known\n", *only)
 		os.Exit(2)
 	}
 	os.Setenv("RUST_LIB_BACKTRACE", "0")
