@@ -306,3 +306,57 @@ func FuzzIovecs(f *testing.F) {
 		}
 	})
 }
+
+// blockingEcho is what a Rust std server does with its listener
+// (TcpListener::from_raw_fd(3), set_nonblocking(false)): a blocking
+// accept, a blocking read of up to 64 bytes, the bytes sent back, its
+// side shut down, the connection closed; it exits with the count read.
+const blockingEcho = `(module
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $setfl (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $shutdown (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func $check (param $errno i32) (param $code i32)
+    (if (local.get $errno) (then (call $exit (local.get $code)))))
+  (func (export "_start") (local $conn i32)
+    (call $check (call $setfl (i32.const 3) (i32.const 0)) (i32.const 101))
+    (call $check (call $accept (i32.const 3) (i32.const 0) (i32.const 0)) (i32.const 102))
+    (local.set $conn (i32.load (i32.const 0)))
+    ;; one iovec at 16: 64 bytes at 256
+    (i32.store (i32.const 16) (i32.const 256))
+    (i32.store (i32.const 20) (i32.const 64))
+    (call $check (call $read (local.get $conn) (i32.const 16) (i32.const 1) (i32.const 8)) (i32.const 103))
+    (i32.store (i32.const 20) (i32.load (i32.const 8)))
+    (call $check (call $send (local.get $conn) (i32.const 16) (i32.const 1) (i32.const 0) (i32.const 12)) (i32.const 104))
+    (call $check (call $shutdown (local.get $conn) (i32.const 2)) (i32.const 105))
+    (call $check (call $close (local.get $conn)) (i32.const 106))
+    (call $exit (i32.load (i32.const 8)))))`
+
+// A server written as Rust std writes one, blocking in accept and in
+// read, serves a connection: its calls wait in the host for the peer.
+func TestBlockingServer(t *testing.T) {
+	r := newRuntime(t)
+	l, port := listen(t)
+	inst, out := run(t, r, testmodule.Wat(t, blockingEcho), Spec{Listeners: []Listener{l}})
+	conn, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	conn.SetDeadline(time.Now().Add(20 * time.Second))
+	// The module is blocked in its read until this arrives.
+	if _, err := conn.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	back, err := io.ReadAll(conn)
+	if err != nil || string(back) != "hello" {
+		t.Fatalf("echoed %q, %v", back, err)
+	}
+	if res := wait(t, inst, 20*time.Second); res.ExitCode != 5 {
+		t.Fatalf("%+v %s", res, out.stderr.String())
+	}
+}
