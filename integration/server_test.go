@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"fmt"
 	"io"
@@ -11,13 +10,13 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/wasmcri/wasmcri/internal/syncbuf"
 	"github.com/wasmcri/wasmcri/internal/testmodule"
+	"github.com/wasmcri/wasmcri/internal/testweb"
 )
 
 // webContainerJSON is a webserver container; ports, when not "", is its
@@ -105,37 +104,7 @@ func TestWasmServerWithCrictl(t *testing.T) {
 	waitServes(t, "http://"+net.JoinHostPort("127.0.0.1", strconv.Itoa(hostPort))+"/", "Hello from WebAssembly on web-a")
 
 	t.Run("large bodies to 8 clients at once", func(t *testing.T) {
-		const size = 16 << 20
-		client := &http.Client{Timeout: 2 * time.Minute}
-		var wg sync.WaitGroup
-		errs := make(chan error, 8)
-		for c := 0; c < 8; c++ {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for k := 0; k < 2; k++ {
-					body, err := httpGet(client, fmt.Sprintf("%s/bytes/%d", urlA, size))
-					if err != nil || len(body) != size || body[size-1] != byte('a'+(size-1)%(64<<10)%26) {
-						errs <- fmt.Errorf("GET /bytes/%d: %d bytes, %v", size, len(body), err)
-						return
-					}
-				}
-				upload := bytes.Repeat([]byte{byte('a' + c)}, 2<<20)
-				resp, err := client.Post(urlA+"/echo", "application/octet-stream", bytes.NewReader(upload))
-				if err != nil {
-					errs <- err
-					return
-				}
-				back, err := io.ReadAll(resp.Body)
-				resp.Body.Close()
-				if err != nil || !bytes.Equal(back, upload) {
-					errs <- fmt.Errorf("POST /echo: %d bytes back of %d, %v", len(back), len(upload), err)
-				}
-			}()
-		}
-		wg.Wait()
-		close(errs)
-		for err := range errs {
+		if err := testweb.Load(urlA, 8, 2, 16<<20); err != nil {
 			t.Error(err)
 		}
 	})

@@ -1,7 +1,6 @@
 package wasm
 
 import (
-	"bytes"
 	"fmt"
 	"io"
 	"net"
@@ -9,12 +8,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 	"unsafe"
 
 	"github.com/wasmcri/wasmcri/internal/testmodule"
+	"github.com/wasmcri/wasmcri/internal/testweb"
 	"golang.org/x/sys/unix"
 )
 
@@ -75,39 +74,7 @@ func TestGoServerServesOnItsListener(t *testing.T) {
 		t.Fatalf("GET /: %q", body)
 	}
 
-	const size = 8 << 20
-	var wg sync.WaitGroup
-	errs := make(chan error, 16)
-	for c := 0; c < 8; c++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			resp, err := client.Get(fmt.Sprintf("%s/bytes/%d", base, size))
-			if err != nil {
-				errs <- err
-				return
-			}
-			b, err := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || len(b) != size || b[size-1] != byte('a'+(size-1)%(64<<10)%26) {
-				errs <- fmt.Errorf("GET /bytes: %d bytes, %v", len(b), err)
-			}
-			upload := bytes.Repeat([]byte{byte('A' + c)}, 3<<20)
-			resp, err = client.Post(base+"/echo", "application/octet-stream", bytes.NewReader(upload))
-			if err != nil {
-				errs <- err
-				return
-			}
-			b, err = io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if err != nil || !bytes.Equal(b, upload) {
-				errs <- fmt.Errorf("POST /echo: %d bytes back of %d, %v", len(b), len(upload), err)
-			}
-		}()
-	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
+	if err := testweb.Load(base, 8, 1, 8<<20); err != nil {
 		t.Error(err)
 	}
 
