@@ -147,6 +147,7 @@ const socketCalls = `(module
   (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_close" (func $close (param i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_renumber" (func $renumber (param i32 i32) (result i32)))
   (memory (export "memory") 1)
   (data (i32.const 512) "x")
   (func $out (param $code i32) (param $tag i32)
@@ -176,6 +177,8 @@ const socketCalls = `(module
     ;; n: sock_accept(1), not a socket; e: sock_accept(3) into memory out of bounds
     (call $out (call $accept (i32.const 1) (i32.const 0) (i32.const 64)) (i32.const 110))
     (call $out (call $accept (i32.const 3) (i32.const 0) (i32.const 65534)) (i32.const 101))
+    ;; r: fd_renumber(1, 3), stdout onto the listener
+    (call $out (call $renumber (i32.const 1) (i32.const 3)) (i32.const 114))
     ;; c: fd_close(3); b: fd_read(3) after it; z: fd_fdstat_get(16777216), never opened
     (call $out (call $close (i32.const 3)) (i32.const 99))
     (i32.store (i32.const 128) (i32.const 512))
@@ -198,6 +201,7 @@ func TestSocketFDCalls(t *testing.T) {
 		"o=54", "s=70", // ENOTDIR, ESPIPE
 		"a=06",         // EAGAIN
 		"n=57", "e=21", // ENOTSOCK, EFAULT
+		"r=58",         // ENOTSUP
 		"c=00", "b=08", "z=08", // closed: EBADF
 	}
 	if got := out.stdout.lines(); strings.Join(got, " ") != strings.Join(want, " ") {
@@ -325,5 +329,44 @@ func TestBlockingServer(t *testing.T) {
 	}
 	if res := wait(t, inst, 20*time.Second); res.ExitCode != 5 {
 		t.Fatalf("%+v %s", res, out.stderr.String())
+	}
+}
+
+// acceptAll accepts until sock_accept fails (blocking), holding every
+// connection, and exits with the errno.
+const acceptAll = `(module
+  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $setfl (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 1)
+  (func (export "_start") (local $errno i32)
+    (drop (call $setfl (i32.const 3) (i32.const 0)))
+    (loop $again
+      (local.set $errno (call $accept (i32.const 3) (i32.const 0) (i32.const 0)))
+      (br_if $again (i32.eqz (local.get $errno))))
+    (call $exit (local.get $errno))))`
+
+// A module that accepts every connection and closes none holds at most
+// maxConnections of the daemon's fds: the next accept fails with EMFILE,
+// and the connection waits in the backlog.
+func TestAcceptedConnectionsAreBounded(t *testing.T) {
+	r := newRuntime(t)
+	l, port := listen(t)
+	inst, _ := run(t, r, testmodule.Wat(t, acceptAll), Spec{Listeners: []Listener{l}})
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for k := 0; k <= maxConnections; k++ {
+		c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", port))
+		if err != nil {
+			t.Fatalf("connection %d: %v", k, err)
+		}
+		conns = append(conns, c)
+	}
+	if res := wait(t, inst, 30*time.Second); res.ExitCode != errnoMfile {
+		t.Fatalf("%+v, want exit %d (EMFILE)", res, errnoMfile)
 	}
 }
