@@ -76,7 +76,8 @@ func (m *Manager) checkCreate(ctx context.Context, sandboxID string, cfg *runtim
 	if p.sandbox, err = m.readySandbox(sandboxID); err != nil {
 		return createPlan{}, err
 	}
-	if p.ports, err = containerPorts(cfg, p.sandbox.Config, len(m.containersOf(sandboxID)) == 0); err != nil {
+	first := func() bool { return len(m.containersOf(sandboxID)) == 0 }
+	if p.ports, err = containerPorts(cfg, p.sandbox.Config, first); err != nil {
 		return createPlan{}, err
 	}
 	if p.img, err = m.images.Get(cfg.GetImage().GetImage()); err != nil {

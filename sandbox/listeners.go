@@ -46,9 +46,10 @@ type containerPort struct {
 
 // containerPorts are the TCP ports a container listens on: those of its
 // ports annotation; without one, for the only container of a pod not made
-// by kubelet (crictl's), the pod's port_mappings. UDP and SCTP ports get
-// no listener: WASI preview1 has no datagram sockets.
-func containerPorts(cfg *runtimeapi.ContainerConfig, pod *runtimeapi.PodSandboxConfig, onlyContainer bool) ([]Port, error) {
+// by kubelet (crictl's), the pod's port_mappings. onlyContainer is asked
+// only then. UDP and SCTP ports get no listener: WASI preview1 has no
+// datagram sockets.
+func containerPorts(cfg *runtimeapi.ContainerConfig, pod *runtimeapi.PodSandboxConfig, onlyContainer func() bool) ([]Port, error) {
 	var ports []Port
 	add := func(number int32, name string) {
 		for _, p := range ports {
@@ -83,7 +84,7 @@ func containerPorts(cfg *runtimeapi.ContainerConfig, pod *runtimeapi.PodSandboxC
 				add(p.ContainerPort, p.Name)
 			}
 		}
-	case onlyContainer && cfg.GetLabels()[kubeletContainerLabel] == "":
+	case len(pod.GetPortMappings()) > 0 && cfg.GetLabels()[kubeletContainerLabel] == "" && onlyContainer():
 		for _, pm := range pod.GetPortMappings() {
 			if pm.GetProtocol() == runtimeapi.Protocol_TCP && pm.GetContainerPort() > 0 {
 				add(pm.GetContainerPort(), "")

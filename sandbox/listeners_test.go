@@ -147,7 +147,7 @@ func TestContainerPorts(t *testing.T) {
 		{"huge", annotated(strings.Repeat(" ", maxPortsAnnotation+1)), true, "invalid: at most 65536"},
 		{"too many", annotated("[" + manyPorts(65) + "]"), true, "invalid: declares 65 TCP ports"},
 	} {
-		ports, err := containerPorts(c.cfg, pod, c.only)
+		ports, err := containerPorts(c.cfg, pod, func() bool { return c.only })
 		var got string
 		if err != nil {
 			if !errdefs.IsInvalidArgument(err) {
@@ -191,7 +191,7 @@ func FuzzContainerPorts(f *testing.F) {
 	f.Add(`{}`)
 	f.Fuzz(func(t *testing.T, annotation string) {
 		cfg := &runtimeapi.ContainerConfig{Annotations: map[string]string{portsAnnotation: annotation}}
-		ports, err := containerPorts(cfg, &runtimeapi.PodSandboxConfig{}, true)
+		ports, err := containerPorts(cfg, &runtimeapi.PodSandboxConfig{}, func() bool { return true })
 		if err != nil {
 			if !errdefs.IsInvalidArgument(err) {
 				t.Fatalf("%v is not InvalidArgument", err)
