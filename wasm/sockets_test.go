@@ -201,7 +201,7 @@ func TestSocketFDCalls(t *testing.T) {
 		"o=54", "s=70", // ENOTDIR, ESPIPE
 		"a=06",         // EAGAIN
 		"n=57", "e=21", // ENOTSOCK, EFAULT
-		"r=58",         // ENOTSUP
+		"r=58",                 // ENOTSUP
 		"c=00", "b=08", "z=08", // closed: EBADF
 	}
 	if got := out.stdout.lines(); strings.Join(got, " ") != strings.Join(want, " ") {
