@@ -68,6 +68,22 @@ type socket struct {
 	// nonblock is the guest's view: blocking calls wait in Go for
 	// readiness (or Stop) rather than in the kernel.
 	nonblock bool
+	// undecided marks a listener whose mode the module has neither read
+	// nor set (see newSocketTable).
+	undecided bool
+}
+
+// flags is what fd_fdstat_get says of s. A listener whose mode is still
+// undecided becomes non-blocking the moment it is asked, so what the
+// module reads is what holds from then on.
+func (s *socket) flags() uint16 {
+	if s.undecided {
+		s.nonblock, s.undecided = true, false
+	}
+	if s.nonblock {
+		return fdflagNonblock
+	}
+	return 0
 }
 
 // socketTable holds an instance's sockets. Only the instance's own thread
@@ -95,10 +111,15 @@ func newSocketTable(ls []Listener) (*socketTable, error) {
 	}
 	t := &socketTable{listeners: len(ls), socks: map[int32]*socket{}, next: firstConnFD, wake: wake}
 	for k, l := range ls {
-		// Listeners start non-blocking: Go's os.NewFile keeps a blocking
-		// fd out of its poller, and its Accept would then block the whole
-		// (single-threaded) Go runtime.
-		t.socks[int32(3+k)] = &socket{host: l.FD, listener: true, nonblock: true}
+		// Go and Rust need opposite modes, and tell which by what they
+		// call first. Go's os.NewFile reads the flags and keeps a blocking
+		// fd out of its poller (its Accept would then block the whole
+		// single-threaded Go runtime): it must read non-blocking. Rust
+		// std's TcpListener::from_raw_fd reads nothing and its accept
+		// expects to block, as on a socket inherited on POSIX. So a
+		// listener blocks until the module reads its flags, and reads
+		// non-blocking (wasmtime's --tcplisten mode) from then on.
+		t.socks[int32(3+k)] = &socket{host: l.FD, listener: true, undecided: true}
 	}
 	return t, nil
 }
@@ -344,9 +365,7 @@ func defineSocketFuncs(l *wasmtime.Linker) error {
 			}
 			clear(b)
 			b[0] = filetypeSocketStream
-			if s.nonblock {
-				binary.LittleEndian.PutUint16(b[2:], fdflagNonblock)
-			}
+			binary.LittleEndian.PutUint16(b[2:], s.flags())
 			rights := uint64(rightFdRead | rightFdSetFlags | rightFdWrite | rightFdFilestatGet | rightPollFdReadWrite | rightSockShutdown)
 			if s.listener {
 				rights |= rightSockAccept
@@ -362,7 +381,7 @@ func defineSocketFuncs(l *wasmtime.Linker) error {
 			if flags&^fdflagNonblock != 0 {
 				return errnoNotsup
 			}
-			s.nonblock = flags&fdflagNonblock != 0
+			s.nonblock, s.undecided = flags&fdflagNonblock != 0, false
 			return errnoSuccess
 		},
 		"fd_filestat_get": func(caller *wasmtime.Caller, fd, buf int32) int32 {

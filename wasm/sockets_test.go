@@ -278,12 +278,11 @@ func FuzzIovecs(f *testing.F) {
 	})
 }
 
-// blockingEcho is what a Rust std server does with its listener
-// (TcpListener::from_raw_fd(3), set_nonblocking(false)): a blocking
-// accept, a blocking read of up to 64 bytes, the bytes sent back, its
-// side shut down, the connection closed; it exits with the count read.
+// blockingEcho makes the calls a Rust std server makes with its listener
+// (TcpListener::from_raw_fd(3), then accept): a blocking accept, with no
+// call before it, a blocking read of up to 64 bytes, the bytes sent back,
+// its side shut down, the connection closed; it exits with the count read.
 const blockingEcho = `(module
-  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $setfl (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))
@@ -294,7 +293,6 @@ const blockingEcho = `(module
   (func $check (param $errno i32) (param $code i32)
     (if (local.get $errno) (then (call $exit (local.get $code)))))
   (func (export "_start") (local $conn i32)
-    (call $check (call $setfl (i32.const 3) (i32.const 0)) (i32.const 101))
     (call $check (call $accept (i32.const 3) (i32.const 0) (i32.const 0)) (i32.const 102))
     (local.set $conn (i32.load (i32.const 0)))
     ;; one iovec at 16: 64 bytes at 256
@@ -307,8 +305,10 @@ const blockingEcho = `(module
     (call $check (call $close (local.get $conn)) (i32.const 106))
     (call $exit (i32.load (i32.const 8)))))`
 
-// A server written as Rust std writes one, blocking in accept and in
-// read, serves a connection: its calls wait in the host for the peer.
+// A server written as Rust std writes one, unmodified, blocking in accept
+// and in read, serves a connection: its calls wait in the host for the
+// peer. (The Go server, which reads the listener's flags first, finds it
+// non-blocking: TestGoServerServesOnItsListener.)
 func TestBlockingServer(t *testing.T) {
 	r := newRuntime(t)
 	l, port := listen(t)
@@ -332,15 +332,13 @@ func TestBlockingServer(t *testing.T) {
 	}
 }
 
-// acceptAll accepts until sock_accept fails (blocking), holding every
-// connection, and exits with the errno.
+// acceptAll accepts until sock_accept fails (blocking: the listener's
+// flags never read), holding every connection, and exits with the errno.
 const acceptAll = `(module
-  (import "wasi_snapshot_preview1" "fd_fdstat_set_flags" (func $setfl (param i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 1)
   (func (export "_start") (local $errno i32)
-    (drop (call $setfl (i32.const 3) (i32.const 0)))
     (loop $again
       (local.set $errno (call $accept (i32.const 3) (i32.const 0) (i32.const 0)))
       (br_if $again (i32.eqz (local.get $errno))))
